@@ -1,0 +1,121 @@
+"""The abstract hypergradient backend and the inner-loop driver that runs any backend.
+
+A backend holds configuration only.  What changes during a run lives in an explicit state object
+that each call returns::
+
+    state = backend.init(problem, schedule)
+    for t, x, y in problem.batches():
+        state = backend.step(problem, schedule, state, t, x, y)
+    result = backend.hypergradient(problem, schedule, state)
+
+``result.hypergrad[name][j]`` is :math:`\\partial L_{val}(\\theta_T) / \\partial \\lambda_{name, j}`,
+the derivative of the validation loss at the final weights with respect to the j-th shared value.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar, Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+from hpo.problem import Buffers, InnerProblem
+from hpo.schedule import Schedule
+from optimizers.base import Params, State
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class InnerState:
+    """Primal state of inner training after step ``t - 1``: weights, buffers, optimizer state."""
+
+    params: Params
+    buffers: Buffers
+    opt_state: State
+    t: int
+    loss: Tensor
+
+
+@dataclass(frozen=True)
+class HypergradResult:
+    """What a backend returns at the end of an inner run."""
+
+    hypergrad: dict[str, Tensor]
+    val_loss: float
+    val_acc: float
+    steps: int
+    diverged: bool = False
+    info: dict[str, Any] | None = None
+
+
+class HypergradientBackend(ABC, Generic[S]):
+    """Computes the hypergradient of the validation loss with respect to a shared schedule."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def init(self, problem: InnerProblem, schedule: Schedule) -> S:
+        """State before inner step 0."""
+
+    @abstractmethod
+    def step(self, problem: InnerProblem, schedule: Schedule, state: S, t: int, x: Tensor, y: Tensor) -> S:
+        """Inner step ``t`` on minibatch ``(x, y)``; returns the new state."""
+
+    @abstractmethod
+    def inner(self, state: S) -> InnerState:
+        """The primal inner state inside ``state``."""
+
+    @abstractmethod
+    def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: S) -> HypergradResult:
+        """Hypergradient of the validation loss at the final weights."""
+
+
+StepCallback = Callable[[int, InnerState], None]
+
+
+def run_inner(
+    backend: HypergradientBackend[Any],
+    problem: InnerProblem,
+    schedule: Schedule,
+    on_step: StepCallback | None = None,
+    check_every: int = 1,
+) -> HypergradResult:
+    """Run ``problem.horizon`` inner steps with ``backend`` and return its hypergradient.
+
+    ``on_step(t, inner_state)`` is called after each step (for progress bars and logging).  Every
+    ``check_every`` steps the training loss is checked (one host sync); when it is non-finite the
+    run stops early and the result has ``diverged=True``.
+    """
+    state = backend.init(problem, schedule)
+    diverged = False
+    for t, x, y in problem.batches():
+        state = backend.step(problem, schedule, state, t, x, y)
+        inner = backend.inner(state)
+        if on_step is not None:
+            on_step(t, inner)
+        if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
+            if not is_finite(inner.loss):
+                diverged = True
+                break
+    result = backend.hypergradient(problem, schedule, state)
+    return replace(result, diverged=diverged or result.diverged)
+
+
+def hyper_at(schedule_values: dict[str, Tensor], seg: dict[str, int]) -> dict[str, Tensor]:
+    """0-d tensors of every type's value in its segment ``seg[name]``."""
+    return {k: v[seg[k]] for k, v in schedule_values.items()}
+
+
+def tree_clamp(tree: Params, c: float | None) -> Params:
+    """Clamp every tensor of ``tree`` to ``[-c, c]`` (identity when ``c`` is None)."""
+    if c is None:
+        return tree
+    return {k: v.clamp(-c, c) for k, v in tree.items()}
+
+
+def is_finite(x: Tensor) -> bool:
+    """Whether a tensor holds only finite values (one host sync)."""
+    return bool(torch.isfinite(x).all())

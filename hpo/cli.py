@@ -1,0 +1,173 @@
+"""The ``hpo`` command line.  Every input error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+import torch
+
+from hpo.callbacks import CallbackList
+from hpo.cli_types import IntList, KeyValues, ensure_writable_dir, resolve_device
+from hpo.console import ConsoleReporter, format_values
+from hpo.fds import FDSConfig, run_fds
+from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
+from hpo.retrain import retrain
+from hpo.schedule import Schedule
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class OneLineErrors(click.Group):
+    """A click group whose usage errors are a single ``Error: ...`` line with exit status 2."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        """Run the command; turn usage errors and ``ValueError`` into one line and exit 2."""
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors)
+@click.version_option(package_name="hpo-long-horizon", prog_name="hpo")
+def cli() -> None:
+    """Gradient-based hyperparameter optimization over long horizons (FDS)."""
+
+
+def fail(message: str, hint: str | None = None) -> None:
+    """Stop with a one-line usage error (exit status 2)."""
+    raise click.BadParameter(message, param_hint=hint)
+
+
+@cli.command()
+@click.option("--task", default="mnist1d-mlp", show_default=True,
+              help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
+@click.option("--backend", default="forward-manual", show_default=True,
+              help=f"Hypergradient backend: {', '.join(BUILTIN_BACKENDS)} or module:attr.")
+@click.option("--optimizer", default="sgd", show_default=True,
+              help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr.")
+@click.option("--outer-steps", type=int, default=10, show_default=True, help="Number of outer (hyperparameter) steps.")
+@click.option("--inner-steps", type=IntList(), default="30,300", show_default=True,
+              help="Inner steps per outer step; the last entry repeats (e.g. 1 epoch, then 10).")
+@click.option("--counts", type=KeyValues(int), default="", help="Shared values per type, e.g. lr=7,momentum=1,wd=1 (rule defaults).")
+@click.option("--init", "init_values", type=KeyValues(float), default="", help="Initial values, e.g. lr=0,momentum=0 (rule defaults).")
+@click.option("--steps", "step_sizes", type=KeyValues(float), default="", help="Initial outer steps, e.g. lr=0.1,wd=3e-4 (rule defaults).")
+@click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
+@click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
+@click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
+@click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
+@click.option("--samples", type=int, default=None, help="MNIST-1D: number of generated samples (default 5000).")
+@click.option("--retrain-steps", type=int, default=None, help="Steps of the final retrain (default: the last inner horizon).")
+@click.option("--baseline", type=KeyValues(float), default=None, help="Constant setting to compare with (rule's hand-picked one).")
+@click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C (authors' code: 3). Off by default.")
+@click.option("--hz-clip", type=float, default=None, help="Clamp Hessian-tangent products to +-C (authors' code: 1). Off by default.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisations, splits and batches.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--logdir", type=click.Path(path_type=Path), default=None,
+              help="TensorBoard logs and schedule.json (default runs/<time>).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+def run(**o: Any) -> None:
+    """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy."""
+    for name in ("outer_steps", "batch_size", "samples", "retrain_steps"):
+        if o[name] is not None and o[name] < 1:
+            fail(f"must be at least 1, got {o[name]}", "--" + name.replace("_", "-"))
+    device = resolve_device(o["device"])
+    dtype = DTYPES[o["dtype"]]
+    try:
+        rule = resolve_rule(o["optimizer"])
+    except ValueError as e:
+        fail(str(e), "--optimizer")
+    try:
+        backend = resolve_backend(o["backend"])
+    except ValueError as e:
+        fail(str(e), "--backend")
+    config = FDSConfig(
+        outer_steps=o["outer_steps"], inner_steps=o["inner_steps"], counts=o["counts"], init=o["init_values"],
+        steps=o["step_sizes"], decay=o["decay"], converged_frac=o["converged_frac"], val_frac=o["val_frac"],
+        batch_size=o["batch_size"], seed=o["seed"], grad_clip=o["grad_clip"], hz_clip=o["hz_clip"],
+        dtype=dtype, device=device,
+    )
+    try:
+        config.validate(rule)
+    except ValueError as e:
+        fail(str(e))
+    baseline = o["baseline"] if o["baseline"] is not None else rule.hand_picked
+    if baseline is not None:
+        try:
+            Schedule.constant(baseline).check(rule)
+        except ValueError as e:
+            fail(str(e), "--baseline")
+    logdir = o["logdir"] or Path("runs") / time.strftime("hpo-%Y%m%d-%H%M%S")
+    ensure_writable_dir(logdir)
+    try:
+        task_kwargs = {"samples": o["samples"]} if o["samples"] is not None else {}
+        task = resolve_task(o["task"], **task_kwargs)
+    except ValueError as e:
+        fail(str(e), "--task")
+    retrain_steps = o["retrain_steps"] or config.horizon(config.outer_steps - 1)
+
+    from hpo.tensorboard_log import TensorBoardLogger
+
+    click.echo(f"task={task.name} backend={backend.name} optimizer={rule.name} device={device} dtype={o['dtype']} "
+               f"train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
+    tb = TensorBoardLogger(logdir)
+    console = ConsoleReporter(config.outer_steps, show_progress=o["progress"])
+    callbacks = CallbackList(console, tb)
+    start = time.perf_counter()
+    result = run_fds(task, rule, backend, config, callbacks)
+    search_seconds = time.perf_counter() - start
+
+    final = retrain(task, rule, result.schedule, retrain_steps, o["seed"] + 7919, dtype, device,
+                    on_step=lambda t, loss: callbacks.on_retrain_step("learned", t, retrain_steps, loss))
+    lines = [f"learned schedule   test_acc={final.test_acc:.4f}  test_loss={final.test_loss:.4f}  "
+             f"({retrain_steps} steps{', DIVERGED' if final.diverged else ''})"]
+    summary: dict[str, Any] = {"learned": final.__dict__}
+    if baseline is not None:
+        base = retrain(task, rule, Schedule.constant(baseline), retrain_steps, o["seed"] + 7919, dtype, device,
+                       on_step=lambda t, loss: callbacks.on_retrain_step("hand-picked", t, retrain_steps, loss))
+        desc = ", ".join(f"{k} {v:g}" for k, v in baseline.items())
+        lines.append(f"hand-picked ({desc})  test_acc={base.test_acc:.4f}  test_loss={base.test_loss:.4f}  "
+                     f"({retrain_steps} steps{', DIVERGED' if base.diverged else ''})")
+        summary["hand_picked"] = {"hyper": baseline, **base.__dict__}
+    out = {
+        "optimizer": rule.name, "backend": backend.name, "task": task.name,
+        "schedule": result.schedule.to_dict(), "retrain_steps": retrain_steps,
+        "search_seconds": search_seconds, "results": summary,
+        "history": [r.__dict__ for r in result.history],
+    }
+    (logdir / "schedule.json").write_text(json.dumps(out, indent=2) + "\n")
+    tb.add_text("summary", "\n\n".join(lines))
+    tb.close()
+    click.echo(f"learned schedule: {format_values(result.schedule.to_dict())}")
+    for line in lines:
+        click.echo(line)
+    click.echo(f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'} and TensorBoard logs "
+               f"(tensorboard --logdir {logdir})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # torch.func emits this while building its decompositions on first use; it is not ours to fix.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    cli()
+
+
+if __name__ == "__main__":
+    main()

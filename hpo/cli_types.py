@@ -1,0 +1,82 @@
+"""click parameter types and checks shared by the ``hpo`` commands."""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+import click
+import torch
+
+
+class KeyValues(click.ParamType):
+    """``name=value,name=value`` parsed into a dict with values of ``kind`` (int or float)."""
+
+    name = "NAME=VALUE,..."
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, float]:
+        """Parse the text; a one-line error names the bad piece."""
+        if isinstance(value, dict):
+            return value
+        out: dict[str, float] = {}
+        for piece in str(value).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            name, eq, raw = piece.partition("=")
+            if not eq or not name.strip():
+                self.fail(f"expected NAME=VALUE, got {piece!r}", param, ctx)
+            try:
+                x = self.kind(raw.strip())
+            except ValueError:
+                self.fail(f"{name.strip()}={raw.strip()!r} is not {'an integer' if self.kind is int else 'a number'}", param, ctx)
+            if isinstance(x, float) and not math.isfinite(x):
+                self.fail(f"{name.strip()} must be finite, got {raw.strip()}", param, ctx)
+            out[name.strip()] = x
+        return out
+
+
+class IntList(click.ParamType):
+    """``300`` or ``30,300``: a comma-separated list of positive integers."""
+
+    name = "N[,N...]"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        """Parse the list; every entry must be a positive integer."""
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(int(p) for p in str(value).split(",") if p.strip())
+        except ValueError:
+            self.fail(f"expected positive integers separated by commas, got {value!r}", param, ctx)
+        if not out or min(out) < 1:
+            self.fail(f"expected positive integers separated by commas, got {value!r}", param, ctx)
+        return out
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` is ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without one is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA was asked for but no GPU is available; use --device cpu or auto", param_hint="--device")
+    return name
+
+
+def ensure_writable_dir(path: Path, option: str = "--logdir") -> Path:
+    """Create ``path`` if needed and prove it writable, or raise a one-line ``BadParameter``."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise click.BadParameter(f"cannot write to {path}: {e.strerror or e}", param_hint=option) from None
+    if not os.access(path, os.W_OK):
+        raise click.BadParameter(f"cannot write to {path}", param_hint=option)
+    return path

@@ -1,0 +1,192 @@
+"""The FDS outer loop: hypergradient of the whole inner run, sign-based update, repeat.
+
+Each outer step ``k`` re-initialises the network, splits a fresh validation set off the training
+set, runs ``inner_steps[k]`` inner steps with the backend, and applies :func:`hpo.outer.sign_update`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from hpo.backend import HypergradientBackend, run_inner
+from hpo.callbacks import Callbacks, OuterRecord
+from hpo.outer import OuterState, converged, safe_direction, sign_update
+from hpo.problem import InnerProblem
+from hpo.schedule import Schedule, check_counts
+from optimizers.base import UpdateRule
+from tasks.base import Task, init_model, model_functions, split_state
+
+
+@dataclass(frozen=True)
+class FDSConfig:
+    """Settings of the outer loop.  Empty ``counts``/``init``/``steps`` take the rule's defaults.
+
+    ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats), e.g.
+    ``(62, 620)`` for one epoch, then ten.
+    """
+
+    outer_steps: int = 10
+    inner_steps: tuple[int, ...] = (300,)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    init: Mapping[str, float] = field(default_factory=dict)
+    steps: Mapping[str, float] = field(default_factory=dict)
+    decay: float = 0.5
+    converged_frac: float = 0.05
+    val_frac: float = 0.05
+    batch_size: int | None = None
+    seed: int = 0
+    grad_clip: float | None = None
+    hz_clip: float | None = None
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+    def horizon(self, k: int) -> int:
+        """Inner steps of outer step ``k``."""
+        return self.inner_steps[min(k, len(self.inner_steps) - 1)]
+
+    def validate(self, rule: UpdateRule) -> None:
+        """Raise ``ValueError`` (one line) on any inconsistent setting."""
+        if self.outer_steps < 1:
+            raise ValueError(f"--outer-steps must be at least 1, got {self.outer_steps}")
+        if not self.inner_steps or min(self.inner_steps) < 1:
+            raise ValueError(f"inner steps must be positive integers, got {list(self.inner_steps)}")
+        if not 0 < self.decay < 1:
+            raise ValueError(f"--decay must be in (0, 1), got {self.decay}")
+        if not 0 < self.converged_frac:
+            raise ValueError(f"--converged-frac must be positive, got {self.converged_frac}")
+        if not 0 < self.val_frac < 1:
+            raise ValueError(f"--val-frac must be in (0, 1), got {self.val_frac}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        for opt, d in (("--counts", self.counts), ("--init", self.init), ("--steps", self.steps)):
+            for name in d:
+                if name not in rule.hyper_names:
+                    raise ValueError(f"{opt}: optimizer {rule.name!r} has no hyperparameter {name!r} "
+                                     f"(it has {', '.join(rule.hyper_names)})")
+        check_counts(self.resolved_counts(rule), min(self.inner_steps))
+        for s in rule.hyperparameters:
+            x = float(self.init.get(s.name, s.init))
+            if not s.contains(x):
+                raise ValueError(f"--init: {s.name} = {x:g} is out of range ({s.range_text()})")
+            st = float(self.steps.get(s.name, s.step))
+            if not (st > 0 and math.isfinite(st)):
+                raise ValueError(f"--steps: the step of {s.name} must be positive, got {st:g}")
+        for c in (self.grad_clip, self.hz_clip):
+            if c is not None and not c > 0:
+                raise ValueError(f"clip values must be positive, got {c}")
+
+    def resolved_counts(self, rule: UpdateRule) -> dict[str, int]:
+        """Count of shared values per type: the override or the rule's default."""
+        return {s.name: int(self.counts.get(s.name, s.count)) for s in rule.hyperparameters}
+
+    def resolved_steps(self, rule: UpdateRule) -> dict[str, float]:
+        """Initial outer step per type: the override or the rule's default."""
+        return {s.name: float(self.steps.get(s.name, s.step)) for s in rule.hyperparameters}
+
+
+@dataclass(frozen=True)
+class FDSResult:
+    """The learned schedule and the record of every outer step."""
+
+    schedule: Schedule
+    state: OuterState
+    history: tuple[OuterRecord, ...]
+
+
+def validation_split(n: int, frac: float, seed: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, val)`` of a fresh random split for outer step ``k``; val has ``ceil(frac n)``."""
+    gen = torch.Generator().manual_seed(int(seed) * 100_003 + int(k))
+    perm = torch.randperm(n, generator=gen)
+    n_val = max(1, math.ceil(frac * n))
+    return perm[n_val:], perm[:n_val]
+
+
+def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> InnerProblem:
+    """The inner problem of outer step ``k``: fresh network, fresh validation split."""
+    dev = torch.device(config.device)
+    model = init_model(task, config.seed * 1000 + k, config.dtype, dev)
+    loss_fn, eval_fn = model_functions(model)
+    params, buffers = split_state(model)
+    tr, va = validation_split(task.train_x.shape[0], config.val_frac, config.seed, k)
+    x = task.train_x.to(dev, config.dtype)
+    y = task.train_y.to(dev)
+    tr, va = tr.to(dev), va.to(dev)
+    return InnerProblem(
+        loss_fn=loss_fn, eval_fn=eval_fn, params=params, buffers=buffers, rule=rule,
+        train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
+        horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
+        seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
+    )
+
+
+def initial_state(rule: UpdateRule, config: FDSConfig) -> OuterState:
+    """Outer state before the first step: the rule's (or overridden) counts, initial values and steps."""
+    sched = Schedule.initial(rule, config.resolved_counts(rule), dict(config.init))
+    return OuterState.start(sched.values, config.resolved_steps(rule))
+
+
+def outer_step(
+    task: Task,
+    rule: UpdateRule,
+    backend: HypergradientBackend,
+    config: FDSConfig,
+    state: OuterState,
+    callbacks: Callbacks,
+) -> tuple[OuterState, OuterRecord]:
+    """Run one outer step from ``state``; returns the new state and its record."""
+    k = state.k
+    problem = make_problem(task, rule, config, k)
+    schedule = Schedule({n: v.clone() for n, v in state.values.items()})
+    callbacks.on_outer_start(k, problem.horizon)
+    start = time.perf_counter()
+    result = run_inner(backend, problem, schedule, on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
+    hg = result.hypergrad
+    if result.diverged or not all(bool(torch.isfinite(h).all()) for h in hg.values()):
+        hg = safe_direction(hg, {s.name: s for s in rule.hyperparameters})
+    specs = {s.name: s for s in rule.hyperparameters}
+    new = sign_update(state, hg, specs, config.decay)
+    record = OuterRecord(
+        k=k,
+        horizon=problem.horizon,
+        steps_run=result.steps,
+        val_loss=result.val_loss,
+        val_acc=result.val_acc,
+        hypergrad={n: [float(x) for x in h] for n, h in result.hypergrad.items()},
+        values={n: [float(x) for x in v] for n, v in new.values.items()},
+        step_sizes={n: [float(x) for x in v] for n, v in new.steps.items()},
+        diverged=result.diverged,
+        seconds=time.perf_counter() - start,
+        converged=converged(new, config.converged_frac),
+    )
+    callbacks.on_outer_step(record)
+    return new, record
+
+
+def run_fds(
+    task: Task,
+    rule: UpdateRule,
+    backend: HypergradientBackend,
+    config: FDSConfig,
+    callbacks: Callbacks | None = None,
+    state: OuterState | None = None,
+    history: tuple[OuterRecord, ...] = (),
+) -> FDSResult:
+    """Run outer steps until ``config.outer_steps`` are done or every value has converged.
+
+    Pass ``state`` and ``history`` to continue an earlier run (e.g. from a checkpoint).
+    """
+    config.validate(rule)
+    callbacks = callbacks or Callbacks()
+    state = state or initial_state(rule, config)
+    records = list(history)
+    while state.k < config.outer_steps:
+        state, record = outer_step(task, rule, backend, config, state, callbacks)
+        records.append(record)
+        if record.converged:
+            break
+    return FDSResult(Schedule(dict(state.values)), state, tuple(records))

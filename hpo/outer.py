@@ -1,0 +1,100 @@
+"""The sign-based outer update of FDS (non-greedy, since each hypergradient spans the whole run).
+
+For every shared value :math:`\\lambda_j` with hypergradient :math:`h_j` and step :math:`s_j`:
+
+.. math::
+
+    s_j \\leftarrow s_j \\cdot \\gamma \\;\\text{ if } \\operatorname{sign}(h_j) \\ne
+    \\operatorname{sign}(h_j^{prev}), \\qquad
+    \\lambda_j \\leftarrow \\operatorname{clamp}(\\lambda_j - \\operatorname{sign}(h_j)\\, s_j)
+
+with decay :math:`\\gamma` (default 0.5) and the clamp to the rule's valid range.  The search has
+converged when every :math:`s_j / |\\lambda_j|` is below a fraction (default 0.05).
+
+A non-finite hypergradient (a diverged inner run) has no usable sign; the authors' code takes
+sign 0 there and stalls.  Here the caller passes the *safe* direction instead (see
+:func:`safe_direction`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from optimizers.base import HyperSpec
+
+
+@dataclass(frozen=True)
+class OuterState:
+    """Values, step sizes and last hypergradient signs of every shared value, and the step count."""
+
+    values: dict[str, Tensor]
+    steps: dict[str, Tensor]
+    signs: dict[str, Tensor]
+    k: int = 0
+
+    @classmethod
+    def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float]) -> "OuterState":
+        """Initial state: the given values, step ``steps[name]`` for every value of a type, no signs."""
+        vals = {k: v.detach().clone().to(torch.float64) for k, v in values.items()}
+        return cls(
+            values=vals,
+            steps={k: torch.full_like(v, float(steps[k])) for k, v in vals.items()},
+            signs={k: torch.zeros_like(v) for k, v in vals.items()},
+            k=0,
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain tensors and ints (for checkpoints loaded with ``weights_only=True``)."""
+        return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> "OuterState":
+        """Inverse of :meth:`to_dict`."""
+        return cls(dict(d["values"]), dict(d["steps"]), dict(d["signs"]), int(d["k"]))  # type: ignore[arg-type]
+
+
+def sign_update(
+    state: OuterState,
+    hypergrad: Mapping[str, Tensor],
+    specs: Mapping[str, HyperSpec],
+    decay: float = 0.5,
+) -> OuterState:
+    """One FDS outer step: halve (``decay``) steps whose sign flipped, move against the sign, clamp.
+
+    A zero or non-finite hypergradient entry leaves its value, step and last sign unchanged.
+    """
+    values, steps, signs = {}, {}, {}
+    for name, v in state.values.items():
+        h = hypergrad[name].detach().to(dtype=v.dtype, device=v.device)
+        s = torch.where(torch.isfinite(h), torch.sign(h), torch.zeros_like(h))
+        flipped = (s * state.signs[name]) < 0
+        step = torch.where(flipped, state.steps[name] * decay, state.steps[name])
+        values[name] = specs[name].clamp(v - s * step)
+        steps[name] = step
+        signs[name] = torch.where(s != 0, s, state.signs[name])
+    return OuterState(values, steps, signs, state.k + 1)
+
+
+def converged(state: OuterState, frac: float = 0.05) -> bool:
+    """Whether every ``step / |value|`` is below ``frac`` (a zero value never counts as converged)."""
+    for name, v in state.values.items():
+        ratio = state.steps[name] / v.abs()
+        if not bool((ratio < frac).all()):
+            return False
+    return True
+
+
+def safe_direction(hypergrad: Mapping[str, Tensor], specs: Mapping[str, HyperSpec]) -> dict[str, Tensor]:
+    """A hypergradient whose non-finite entries are replaced by +1 (move the value *down*).
+
+    After a divergence every non-finite entry is treated as if the loss grew with that value, so
+    the outer step lowers it: smaller learning rates, momentum and weight decay are the safe side.
+    """
+    out = {}
+    for name, h in hypergrad.items():
+        out[name] = torch.where(torch.isfinite(h), h, torch.ones_like(h))
+    return out

@@ -1,0 +1,80 @@
+"""The inner problem: what one run of inner training needs, bundled once per outer step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from optimizers.base import Params, UpdateRule
+
+Buffers = dict[str, Tensor]
+#: ``loss_fn(params, buffers, x, y) -> (loss, new_buffers)``: the train-mode minibatch loss.
+LossFn = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]]
+#: ``eval_fn(params, buffers, x, y) -> (mean loss, number correct)``: eval mode, no buffer updates.
+EvalFn = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class InnerProblem:
+    """Data, model functions, optimizer rule and horizon of one inner training run.
+
+    ``grad_clip`` clamps the inner gradient to ``[-c, c]`` and ``hz_clip`` the Hessian-tangent
+    product to ``[-c, c]``, as in the authors' code; both are None (off) by default, and with
+    either on the hypergradient is no longer exact.
+    """
+
+    loss_fn: LossFn
+    eval_fn: EvalFn
+    params: Params
+    buffers: Buffers
+    rule: UpdateRule
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    horizon: int
+    batch_size: int
+    seed: int = 0
+    grad_clip: float | None = None
+    hz_clip: float | None = None
+    eval_batch_size: int = 4096
+    extra: dict = field(default_factory=dict)
+
+    def batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """Yield ``(t, x_t, y_t)`` for ``t = 0..horizon-1``: epochs of shuffled minibatches.
+
+        Deterministic given ``seed``; an incomplete last batch of an epoch is dropped.
+        """
+        for t, idx in enumerate(batch_index_stream(self.train_x.shape[0], self.batch_size, self.horizon, self.seed)):
+            idx = idx.to(self.train_x.device)
+            yield t, self.train_x[idx], self.train_y[idx]
+
+
+def batch_index_stream(n: int, batch_size: int, horizon: int, seed: int) -> Iterator[Tensor]:
+    """Minibatch indices for ``horizon`` steps: a fresh permutation of ``range(n)`` per epoch."""
+    bs = min(batch_size, n)
+    per_epoch = n // bs
+    gen = torch.Generator().manual_seed(int(seed))
+    t = 0
+    while t < horizon:
+        perm = torch.randperm(n, generator=gen)
+        for b in range(per_epoch):
+            if t >= horizon:
+                return
+            yield perm[b * bs:(b + 1) * bs]
+            t += 1
+
+
+def evaluate(problem_eval: EvalFn, params: Params, buffers: Buffers, x: Tensor, y: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean loss and accuracy of ``params`` on ``(x, y)``, in chunks; returns 0-d tensors."""
+    total_loss = torch.zeros((), dtype=x.dtype if x.is_floating_point() else torch.float32, device=x.device)
+    correct = torch.zeros((), device=x.device)
+    n = x.shape[0]
+    for i in range(0, n, chunk):
+        loss, corr = problem_eval(params, buffers, x[i:i + chunk], y[i:i + chunk])
+        total_loss = total_loss + loss.detach() * (min(n, i + chunk) - i)
+        correct = correct + corr
+    return total_loss / n, correct / n

@@ -1,0 +1,70 @@
+"""Drive a plain ``torch.optim`` optimizer with a learned schedule, in your own training loop.
+
+Example:
+    >>> import torch
+    >>> from hpo.schedule import Schedule
+    >>> from optimizers import SGDMomentum
+    >>> model = torch.nn.Linear(2, 1)
+    >>> sched = Schedule.constant({"lr": 0.1, "momentum": 0.9, "wd": 5e-4}, {"lr": 2})
+    >>> opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    >>> driver = ScheduleDriver(opt, SGDMomentum(), sched, horizon=100)
+    >>> for t in range(100):
+    ...     driver.apply()          # sets lr, momentum and weight decay for step t
+    ...     opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
+    ...     driver.advance()
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hpo.schedule import Schedule
+from optimizers.base import UpdateRule
+
+
+class ScheduleDriver:
+    """Sets each param group's hyperparameters to the schedule's values at the current step.
+
+    ``apply()`` writes the values of step ``t`` (``floor(n t / T)``-th shared value of each type)
+    into every param group, through ``rule.torch_group``; ``advance()`` moves to step ``t + 1``.
+    ``step()`` does both after an optimizer step, like an LR scheduler.  Steps past the horizon
+    keep the last values.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, rule: UpdateRule, schedule: Schedule, horizon: int) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be at least 1, got {horizon}")
+        self.optimizer = optimizer
+        self.rule = rule
+        self.schedule = schedule
+        self.horizon = horizon
+        self.t = 0
+
+    def current(self) -> dict[str, float]:
+        """The hyperparameter values of the current step."""
+        return self.schedule.at(min(self.t, self.horizon - 1), self.horizon)
+
+    def apply(self) -> dict[str, float]:
+        """Write the current step's values into every param group and return them."""
+        hyper = self.current()
+        group_values = self.rule.torch_group(hyper)
+        for group in self.optimizer.param_groups:
+            group.update(group_values)
+        return hyper
+
+    def advance(self) -> None:
+        """Move to the next step."""
+        self.t += 1
+
+    def step(self) -> None:
+        """Advance, then apply the new step's values (call after ``optimizer.step()``)."""
+        self.advance()
+        self.apply()
+
+    def state_dict(self) -> dict[str, int]:
+        """The current step, for checkpoints."""
+        return {"t": self.t}
+
+    def load_state_dict(self, d: dict[str, int]) -> None:
+        """Restore the current step."""
+        self.t = int(d["t"])

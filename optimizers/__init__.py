@@ -1,0 +1,6 @@
+"""Optimizer update rules: pure functions over dicts of tensors, differentiable in their hyperparameters."""
+
+from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule
+from optimizers.sgd import SGDMomentum
+
+__all__ = ["Hyper", "HyperSpec", "Params", "SGDMomentum", "State", "UpdateRule"]

@@ -1,0 +1,145 @@
+"""The interface every optimizer update rule implements.
+
+An update rule is a pair of pure, out-of-place functions over dicts of tensors (as from
+``model.named_parameters()``)::
+
+    state = rule.init(params)
+    params, state = rule.step(params, state, grads, hyper, t)
+
+``hyper`` maps each hyperparameter name (``"lr"``, ``"momentum"``, ...) to a 0-d tensor: the
+value in force at inner step ``t``.  Hyperparameters are arguments, never values frozen at
+construction, so the same rule can be differentiated with respect to them.
+
+A rule may also carry a hand-derived ``tangent``: the Jacobian-vector product of ``step`` with
+respect to ``(params, state, grads, hyper)``.  When it does not, the ``forward-jvp`` backend
+derives it with :func:`torch.func.jvp`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+State = dict[str, Params]
+Hyper = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class HyperSpec:
+    """One hyperparameter type of a rule: its valid range and the FDS defaults.
+
+    The valid range is ``low <= x <= high``; an open bound (``low_open``/``high_open``) is kept
+    ``margin`` inside.  ``count`` is the default number of shared values over the horizon,
+    ``init`` their starting value and ``step`` the initial outer step size.
+    """
+
+    name: str
+    low: float = 0.0
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    init: float = 0.0
+    step: float = 0.1
+    count: int = 1
+    margin: float = 1e-3
+    description: str = ""
+
+    @property
+    def lower(self) -> float:
+        """The smallest value the outer loop may set."""
+        return self.low + self.margin if self.low_open else self.low
+
+    @property
+    def upper(self) -> float:
+        """The largest value the outer loop may set."""
+        return self.high - self.margin if self.high_open else self.high
+
+    def contains(self, x: float) -> bool:
+        """Whether ``x`` is in the valid range (open bounds excluded)."""
+        lo_ok = x > self.low if self.low_open else x >= self.low
+        hi_ok = x < self.high if self.high_open else x <= self.high
+        return lo_ok and hi_ok and not math.isnan(x)
+
+    def range_text(self) -> str:
+        """The valid range as text, e.g. ``0 <= momentum < 1``."""
+        lo = "<" if self.low_open else "<="
+        hi = "<" if self.high_open else "<="
+        high = "inf" if math.isinf(self.high) else f"{self.high:g}"
+        return f"{self.low:g} {lo} {self.name} {hi} {high}"
+
+    def clamp(self, x: Tensor) -> Tensor:
+        """Clamp ``x`` into ``[lower, upper]`` (out of place)."""
+        return x.clamp(min=self.lower, max=self.upper)
+
+
+class UpdateRule(ABC):
+    """An optimizer as pure functions of (params, state, grads, hyperparameters).
+
+    Subclasses set ``name`` and ``hyperparameters`` and implement ``init`` and ``step``; they may
+    implement ``tangent`` (hand-derived) and ``torch_optimizer`` (the matching ``torch.optim``
+    class, used when a learned schedule drives an ordinary training loop).
+    """
+
+    name: ClassVar[str]
+    hyperparameters: ClassVar[tuple[HyperSpec, ...]]
+    #: A common hand-picked constant setting, the baseline a learned schedule is compared with.
+    hand_picked: ClassVar[dict[str, float] | None] = None
+
+    @abstractmethod
+    def init(self, params: Params) -> State:
+        """Optimizer state for ``params`` (e.g. zero momentum buffers)."""
+
+    @abstractmethod
+    def step(self, params: Params, state: State, grads: Params, hyper: Hyper, t: int) -> tuple[Params, State]:
+        """One update at inner step ``t`` (0-based); returns new params and state, out of place."""
+
+    def tangent(
+        self,
+        params: Params,
+        state: State,
+        grads: Params,
+        hyper: Hyper,
+        t: int,
+        d_params: Params,
+        d_state: State,
+        d_grads: Params,
+        d_hyper: Hyper,
+    ) -> tuple[Params, State]:
+        """Hand-derived JVP of :meth:`step` for one tangent column; optional."""
+        raise NotImplementedError(f"optimizer {self.name!r} has no hand-derived tangent")
+
+    @property
+    def has_tangent(self) -> bool:
+        """Whether this rule overrides :meth:`tangent` with a hand derivation."""
+        return type(self).tangent is not UpdateRule.tangent
+
+    def spec(self, name: str) -> HyperSpec:
+        """The :class:`HyperSpec` called ``name``."""
+        for s in self.hyperparameters:
+            if s.name == name:
+                return s
+        raise KeyError(f"optimizer {self.name!r} has no hyperparameter {name!r}")
+
+    @property
+    def hyper_names(self) -> tuple[str, ...]:
+        """Names of this rule's hyperparameter types, in order."""
+        return tuple(s.name for s in self.hyperparameters)
+
+    def torch_optimizer(self, params: Iterable[Tensor], hyper: dict[str, float]) -> torch.optim.Optimizer | None:
+        """A ``torch.optim`` optimizer equal to this rule at constant ``hyper``, or None."""
+        return None
+
+    def torch_group(self, hyper: dict[str, float]) -> dict[str, Any]:
+        """The ``param_group`` entries that set ``hyper`` on :meth:`torch_optimizer`'s optimizer."""
+        raise NotImplementedError(f"optimizer {self.name!r} has no torch.optim counterpart")
+
+
+def zeros_like_params(params: Params) -> Params:
+    """A dict of zero tensors shaped like ``params``."""
+    return {k: torch.zeros_like(v) for k, v in params.items()}
