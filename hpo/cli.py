@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import click
-import torch
 
 from hpo.callbacks import CallbackList
 from hpo.cli_types import IntList, KeyValues, ensure_writable_dir, resolve_device
 from hpo.console import ConsoleReporter, format_values
+from hpo.device import DTYPES
 from hpo.fds import FDSConfig, run_fds
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
+from hpo.registry import VISION_TASKS
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class OneLineErrors(click.Group):
@@ -72,7 +71,13 @@ def fail(message: str, hint: str | None = None) -> None:
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
-@click.option("--samples", type=int, default=None, help="MNIST-1D: number of generated samples (default 5000).")
+@click.option("--samples", type=int, default=None,
+              help="MNIST-1D: number of generated samples (default 5000); vision tasks: keep the first N train images.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="Vision tasks: folder holding the datasets in torchvision's layout (e.g. data/MNIST/raw).")
+@click.option("--download/--no-download", default=False, show_default=True,
+              help="Vision tasks: download a missing dataset into --data-root (needs internet).")
+@click.option("--augment", default=None, help="Vision tasks: minibatch augmentation, e.g. crop,flip or crop,flip,cutout.")
 @click.option("--retrain-steps", type=int, default=None, help="Steps of the final retrain (default: the last inner horizon).")
 @click.option("--baseline", type=KeyValues(float), default=None, help="Constant setting to compare with (rule's hand-picked one).")
 @click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C (authors' code: 3). Off by default.")
@@ -117,8 +122,12 @@ def run(**o: Any) -> None:
     logdir = o["logdir"] or Path("runs") / time.strftime("hpo-%Y%m%d-%H%M%S")
     ensure_writable_dir(logdir)
     try:
-        task_kwargs = {"samples": o["samples"]} if o["samples"] is not None else {}
-        task = resolve_task(o["task"], **task_kwargs)
+        task_kwargs: dict[str, Any] = {"samples": o["samples"]} if o["samples"] is not None else {}
+        if o["task"] in VISION_TASKS:
+            task_kwargs.update(data_root=o["data_root"], download=o["download"], augment=o["augment"])
+        elif o["download"] or o["augment"]:
+            fail(f"--download and --augment apply to the vision tasks ({', '.join(VISION_TASKS)}), not {o['task']!r}")
+        task = resolve_task(o["task"], **task_kwargs).to(dtype=dtype, device=device)
     except ValueError as e:
         fail(str(e), "--task")
     retrain_steps = o["retrain_steps"] or config.horizon(config.outer_steps - 1)

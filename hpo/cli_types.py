@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import click
-import torch
 
 
 class KeyValues(click.ParamType):
@@ -61,11 +60,12 @@ class IntList(click.ParamType):
 
 def resolve_device(name: str) -> str:
     """``auto`` is ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without one is an error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA was asked for but no GPU is available; use --device cpu or auto", param_hint="--device")
-    return name
+    from hpo.device import pick_device
+
+    try:
+        return str(pick_device(name))
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--device") from None
 
 
 def ensure_writable_dir(path: Path, option: str = "--logdir") -> Path:

@@ -121,6 +121,7 @@ def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> Inn
         train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
         horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
         seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
+        augment=task.augment,
     )
 
 

@@ -42,15 +42,27 @@ class InnerProblem:
     hz_clip: float | None = None
     eval_batch_size: int = 4096
     extra: dict = field(default_factory=dict)
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     def batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield ``(t, x_t, y_t)`` for ``t = 0..horizon-1``: epochs of shuffled minibatches.
 
-        Deterministic given ``seed``; an incomplete last batch of an epoch is dropped.
+        Deterministic given ``seed``; an incomplete last batch of an epoch is dropped.  With
+        ``augment`` set, each minibatch is augmented on its device with a generator seeded by
+        ``seed``, so every backend and the reference unroll see the same batches.
         """
+        gen = augment_generator(self.train_x.device, self.seed) if self.augment is not None else None
         for t, idx in enumerate(batch_index_stream(self.train_x.shape[0], self.batch_size, self.horizon, self.seed)):
             idx = idx.to(self.train_x.device)
-            yield t, self.train_x[idx], self.train_y[idx]
+            x = self.train_x[idx]
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            yield t, x, self.train_y[idx]
+
+
+def augment_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A generator on ``device`` for augmentation, seeded from ``seed`` (never the global RNG)."""
+    return torch.Generator(device=device).manual_seed(int(seed) * 7 + 12345)
 
 
 def batch_index_stream(n: int, batch_size: int, horizon: int, seed: int) -> Iterator[Tensor]:

@@ -30,6 +30,27 @@ def _mnist1d(model: str) -> Callable[..., Task]:
     return make
 
 
+def _vision(dataset: str, model: str) -> Callable[..., Task]:
+    def make(data_root: str | None = None, download: bool = False, augment: str | None = None,
+             samples: int | None = None, **_: Any) -> Task:
+        from tasks.vision import vision_task
+
+        return vision_task(dataset, model, data_root=data_root, download=download, augment=augment, samples=samples)
+
+    return make
+
+
+#: Vision tasks read --data-root, --download and --augment (files in torchvision's layout).
+VISION_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
+    "mnist-lenet": _vision("mnist", "lenet"),
+    "fashionmnist-lenet": _vision("fashionmnist", "lenet"),
+    "svhn-lenet": _vision("svhn", "lenet"),
+    "svhn-wrn16": _vision("svhn", "wrn16"),
+    "cifar10-lenet": _vision("cifar10", "lenet"),
+    "cifar10-wrn16": _vision("cifar10", "wrn16"),
+    "cifar10-wrn40": _vision("cifar10", "wrn40"),
+})
+
 BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({"sgd": SGDMomentum})
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
@@ -38,6 +59,7 @@ BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProx
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),
     "mnist1d-cnn": _mnist1d("cnn"),
+    **VISION_TASKS,
 })
 
 

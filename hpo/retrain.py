@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from hpo.problem import batch_index_stream, evaluate
+from hpo.problem import augment_generator, batch_index_stream, evaluate
 from hpo.schedule import Schedule
 from hpo.torch_scheduler import ScheduleDriver
 from optimizers.base import UpdateRule
@@ -44,6 +44,11 @@ def retrain(
     model = init_model(task, seed, dtype, device)
     x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
     stream = batch_index_stream(x_all.shape[0], task.batch_size, steps, seed + 1)
+    gen = augment_generator(x_all.device, seed + 1) if task.augment is not None else None
+
+    def batch_x(idx: torch.Tensor) -> torch.Tensor:
+        return x_all[idx] if task.augment is None else task.augment(x_all[idx], gen)
+
     opt = rule.torch_optimizer(model.parameters(), schedule.at(0, steps))
     loss = torch.zeros((), device=device)
     diverged = False
@@ -53,7 +58,7 @@ def retrain(
             driver.apply()
             idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = cross_entropy(model(x_all[idx]), y_all[idx])
+            loss = cross_entropy(model(batch_x(idx)), y_all[idx])
             loss.backward()
             opt.step()
             driver.advance()
@@ -73,7 +78,7 @@ def retrain(
             hyper = {k: v[(v.numel() * t) // steps] for k, v in values.items()}
             with torch.enable_grad():
                 p = {k: v.detach().requires_grad_() for k, v in params.items()}
-                loss, buffers = loss_fn(p, buffers, x_all[idx], y_all[idx])
+                loss, buffers = loss_fn(p, buffers, batch_x(idx), y_all[idx])
                 grads = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
             params, state = rule.step({k: v.detach() for k, v in p.items()}, state, grads, hyper, t)
             if on_step is not None:

@@ -9,14 +9,15 @@ ones it was given.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from hpo.problem import Buffers, EvalFn, LossFn
-from optimizers.base import Params
+if TYPE_CHECKING:  # importing hpo here would be circular (hpo.fds imports tasks.base)
+    from hpo.problem import Buffers, EvalFn, LossFn
+    from optimizers.base import Params
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Task:
     """Data and model of one classification problem.
 
     ``make_model(num_classes)`` builds a fresh, randomly initialised model (seed it with
-    :func:`init_model`).  ``batch_size`` is the task's default inner minibatch size.
+    :func:`init_model`).  ``batch_size`` is the task's default inner minibatch size.  ``augment``,
+    if set, maps a training minibatch and a ``torch.Generator`` (on the data's device) to an
+    augmented minibatch (see :mod:`tasks.augment`).
     """
 
     name: str
@@ -35,6 +38,7 @@ class Task:
     make_model: Callable[[], nn.Module]
     num_classes: int
     batch_size: int = 128
+    augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Task":
         """The task with inputs in ``dtype`` and all data on ``device``."""
@@ -42,7 +46,7 @@ class Task:
             return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
 
         return Task(self.name, cast(self.train_x), self.train_y.to(device), cast(self.test_x),
-                    self.test_y.to(device), self.make_model, self.num_classes, self.batch_size)
+                    self.test_y.to(device), self.make_model, self.num_classes, self.batch_size, self.augment)
 
 
 def init_model(task: Task, seed: int, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
