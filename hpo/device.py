@@ -1,6 +1,6 @@
 """Device and dtype, chosen in one place for the CLI, the benchmarks and the tests.
 
-``auto`` means CUDA when a GPU is present, else CPU.  Tests use :func:`testing_device`, which honours
+``auto`` means CUDA when a GPU is present, else CPU.  Tests use :func:`device_for_tests`, which honours
 ``HPO_TEST_DEVICE`` (e.g. ``cpu`` to force the CPU on a GPU machine) and otherwise is ``auto``.
 """
 
@@ -33,7 +33,7 @@ def pick_dtype(name: str = "float32") -> torch.dtype:
     return DTYPES[name]
 
 
-def testing_device() -> torch.device:
+def device_for_tests() -> torch.device:
     """Where the tests run: ``$HPO_TEST_DEVICE`` if set, else CUDA when present, else CPU."""
     return pick_device(os.environ.get("HPO_TEST_DEVICE", "auto"))
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import run_inner
-from hpo.device import testing_device
+from hpo.device import device_for_tests
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
@@ -24,7 +24,7 @@ from tasks.augment import Augment
 from tasks.base import init_model, model_functions, split_state, Task
 from tasks.models import LeNet, WideResNet
 
-DEV = testing_device()
+DEV = device_for_tests()
 F64 = torch.float64
 
 
