@@ -1,0 +1,316 @@
+"""Cost of one inner step, and peak memory against the horizon, for every hypergradient method.
+
+Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen model:
+
+* ``sgd``: a plain training step of the same model (``torch.optim.SGD``: forward, backward, step),
+  the yardstick; every other figure is also given as a multiple of it;
+* ``forward-manual`` / ``forward-jvp``: one inner step with every tangent column started (the
+  steady state of the last segment), for each ``--counts`` setting (lr,momentum,wd values);
+* ``reverse-truncated``: (W graph-building steps + the reverse pass) / W, for each ``--windows`` W;
+  included when a backend is registered under that name (or given by ``--reverse-truncated``
+  as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
+* peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
+  reverse-truncated with the largest window, and full reverse mode up to ``--full-reverse-max``).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the growth of the
+process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the run.
+Timings synchronise the device only around the timed loop.  Example (the GPU target setting)::
+
+    python benchmarks/step_cost.py --model wrn16 --input cifar --batch-size 256 \\
+        --counts 7,1,1 --counts 7,7,7 --windows 10,50 --horizons 100,1000,10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hpo.backend import HypergradientBackend, run_inner  # noqa: E402
+from hpo.device import pick_device, pick_dtype, synchronize  # noqa: E402
+from hpo.problem import InnerProblem  # noqa: E402
+from hpo.schedule import Schedule, segment_starts  # noqa: E402
+from hpo.unroll import reverse_hypergradient  # noqa: E402
+from optimizers.sgd import SGDMomentum  # noqa: E402
+from tasks.base import cross_entropy, model_functions, split_state  # noqa: E402
+from tasks.mnist1d import MLP  # noqa: E402
+from tasks.models import LeNet, wrn16_1, wrn40_2  # noqa: E402
+
+INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
+MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
+    "mlp": lambda s: MLP(in_features=math.prod(s)),
+    "lenet": lambda s: LeNet(s[0], 10, s[-1]),
+    "wrn16": lambda s: wrn16_1(s[0], 10),
+    "wrn40": lambda s: wrn40_2(s[0], 10),
+}
+HYPER = {"lr": 0.05, "momentum": 0.9, "wd": 5e-4}
+
+
+class PeakMemory:
+    """Peak memory (MiB) allocated while the ``with`` block runs: CUDA allocator, or CPU peak RSS growth."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mib = float("nan")
+
+    @staticmethod
+    def _status(key: str) -> float:
+        text = Path("/proc/self/status").read_text()
+        return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
+
+    def __enter__(self) -> "PeakMemory":
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                self.base = self._status("VmRSS")
+            except OSError:
+                self.base = float("nan")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base
+        elif not math.isnan(self.base):
+            self.mib = self._status("VmHWM") - self.base
+
+
+def build(model: str, shape: tuple[int, ...], batch: int, dtype: torch.dtype, device: torch.device,
+          pool: int = 1, seed: int = 0) -> tuple[nn.Module, Tensor, Tensor]:
+    """A seeded model and ``pool`` synthetic batches of ``batch`` inputs (standard normal) and labels."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = MODELS[model](shape)
+    x = torch.randn(pool * batch, *shape, generator=gen).to(device, dtype)
+    y = torch.randint(0, 10, (pool * batch,), generator=gen).to(device)
+    return net.to(device, dtype), x, y
+
+
+def problem_for(net: nn.Module, x: Tensor, y: Tensor, horizon: int, batch: int) -> InnerProblem:
+    """An inner problem of ``horizon`` steps on the pool ``(x, y)``; validation is one batch of it."""
+    loss_fn, eval_fn = model_functions(net)
+    params, buffers = split_state(net)
+    return InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), x, y, x[:batch], y[:batch],
+                        horizon=horizon, batch_size=batch, eval_batch_size=batch)
+
+
+def schedule_for(counts: dict[str, int], dtype: torch.dtype, device: torch.device) -> Schedule:
+    """Non-zero constant values (lr 0.05, momentum 0.9, wd 5e-4) with ``counts`` copies each."""
+    return Schedule.constant(HYPER, counts).to(dtype, device)
+
+
+def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int) -> tuple[float, float]:
+    """ms per plain ``torch.optim.SGD`` step (forward, backward, update) and its peak memory."""
+    opt = torch.optim.SGD(net.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], weight_decay=HYPER["wd"])
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        cross_entropy(net(x), y).backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    with PeakMemory(x.device) as mem:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(x.device)
+        ms = (time.perf_counter() - start) * 1000 / steps
+    return ms, mem.mib
+
+
+def time_forward(backend: HypergradientBackend, net: nn.Module, x: Tensor, y: Tensor, counts: dict[str, int],
+                 steps: int, warmup: int) -> tuple[float, float]:
+    """ms per forward-mode step with every column started (the last segment), and its peak memory."""
+    n_max = max(counts.values())
+    horizon = n_max * (warmup + steps)
+    t0 = max(segment_starts(horizon, n)[-1] for n in counts.values())
+    problem = problem_for(net, x, y, horizon, x.shape[0])
+    sched = schedule_for(counts, x.dtype, x.device)
+    state = backend.init(problem, sched)
+    for t in range(t0, t0 + warmup):
+        state = backend.step(problem, sched, state, t, x, y)
+    with PeakMemory(x.device) as mem:
+        start = time.perf_counter()
+        for t in range(t0 + warmup, t0 + warmup + steps):
+            state = backend.step(problem, sched, state, t, x, y)
+        synchronize(x.device)
+        ms = (time.perf_counter() - start) * 1000 / steps
+    return ms, mem.mib
+
+
+def time_truncated(make: Callable[..., HypergradientBackend], window: int, net: nn.Module, x: Tensor, y: Tensor,
+                   counts: dict[str, int]) -> tuple[float, float]:
+    """(``window`` taped steps + reverse pass) / ``window`` in ms, and the peak memory of the run."""
+    sched = schedule_for(counts, x.dtype, x.device)
+
+    def run(w: int) -> None:
+        backend = make(window=w)
+        problem = problem_for(net, x, y, max(w, max(counts.values())), x.shape[0])
+        state = backend.init(problem, sched)
+        for t in range(problem.horizon):
+            state = backend.step(problem, sched, state, t, x, y)
+        backend.hypergradient(problem, sched, state)
+
+    run(2)  # warm-up
+    with PeakMemory(x.device) as mem:
+        start = time.perf_counter()
+        run(window)
+        synchronize(x.device)
+        ms = (time.perf_counter() - start) * 1000 / window
+    return ms, mem.mib
+
+
+def whole_run(method: str, make: Callable[[], HypergradientBackend] | None, net: nn.Module, x: Tensor, y: Tensor,
+              batch: int, horizon: int, counts: dict[str, int]) -> tuple[float, float]:
+    """Seconds and peak memory (MiB) of a whole inner run of ``horizon`` steps plus its hypergradient."""
+    problem = problem_for(net, x, y, horizon, batch)
+    sched = schedule_for(counts, x.dtype, x.device)
+    with PeakMemory(x.device) as mem:
+        start = time.perf_counter()
+        if method == "reverse-full":
+            reverse_hypergradient(problem, sched.values)
+        else:
+            assert make is not None
+            run_inner(make(), problem, sched, check_every=max(1, horizon))
+        synchronize(x.device)
+        secs = time.perf_counter() - start
+    return secs, mem.mib
+
+
+def find_truncated(spec: str) -> Callable[..., HypergradientBackend] | None:
+    """The reverse-truncated backend class by registered name or ``module:attr``; None (with a note) if absent."""
+    from hpo.registry import BUILTIN_BACKENDS, load_object
+
+    try:
+        obj = BUILTIN_BACKENDS.get(spec) if ":" not in spec else load_object(spec)
+    except ValueError as e:
+        print(f"note: reverse-truncated skipped ({e})")
+        return None
+    if obj is None:
+        print(f"note: reverse-truncated skipped (no backend registered as {spec!r}; "
+              f"pass --reverse-truncated module:attr or path/to/file.py:attr)")
+    return obj
+
+
+def parse_counts(text: str) -> dict[str, int]:
+    """``7,1,1`` -> ``{"lr": 7, "momentum": 1, "wd": 1}``."""
+    parts = [int(p) for p in text.split(",")]
+    if len(parts) != 3 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--counts takes lr,momentum,wd counts such as 7,1,1, got {text!r}")
+    return dict(zip(("lr", "momentum", "wd"), parts))
+
+
+def ints(text: str) -> list[int]:
+    """``10,100`` -> ``[10, 100]`` (empty text -> ``[]``)."""
+    return [int(p) for p in text.split(",") if p.strip()]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse arguments, run every measurement, print Markdown tables; returns the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="wrn16")
+    ap.add_argument("--input", choices=sorted(INPUTS), default="cifar", help="Shape of the synthetic batches.")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--counts", type=parse_counts, action="append", help="lr,momentum,wd shared values (repeatable).")
+    ap.add_argument("--methods", default="sgd,forward-manual,forward-jvp,reverse-truncated")
+    ap.add_argument("--windows", type=ints, default=[10, 50], help="reverse-truncated windows, e.g. 10,50.")
+    ap.add_argument("--steps", type=int, default=20, help="Timed steps per measurement.")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--horizons", type=ints, default=[100, 1000, 10000], help="Horizons of the memory sweep ('' skips).")
+    ap.add_argument("--horizon-model", choices=sorted(MODELS), default=None, help="Model of the sweep (default --model).")
+    ap.add_argument("--horizon-input", choices=sorted(INPUTS), default=None)
+    ap.add_argument("--horizon-batch-size", type=int, default=None)
+    ap.add_argument("--full-reverse-max", type=int, default=1000, help="Largest horizon run with full reverse mode.")
+    ap.add_argument("--reverse-truncated", default="reverse-truncated", help="Registered name or module:attr / file.py:attr.")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    a = ap.parse_args(argv)
+    device, dtype = pick_device(a.device), pick_dtype(a.dtype)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    counts_list = a.counts or [parse_counts("7,1,1"), parse_counts("7,7,7")]
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    shape = INPUTS[a.input]
+    truncated = find_truncated(a.reverse_truncated) if ("reverse-truncated" in methods or a.horizons) else None
+    from backends.forward import ForwardJvpBackend, ForwardManualBackend
+
+    forward = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"# step cost: model={a.model} input={a.input}{shape} batch={a.batch_size} device={dev_name} "
+          f"dtype={a.dtype} torch={torch.__version__}")
+    out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}, "device": dev_name, "steps": [], "horizons": []}
+
+    net, x, y = build(a.model, shape, a.batch_size, dtype, device)
+    print(f"parameters: {sum(p.numel() for p in net.parameters()):,}\n")
+    print("| method | shared values (lr/mom/wd) | ms per inner step | x plain SGD | peak memory (MiB) |")
+    print("|---|---|---|---|---|")
+    sgd_ms = float("nan")
+    if "sgd" in methods:
+        sgd_ms, mib = time_sgd(build(a.model, shape, a.batch_size, dtype, device)[0], x, y, a.steps, a.warmup)
+        print(f"| plain SGD step | - | {sgd_ms:.2f} | 1.0 | {mib:.1f} |", flush=True)
+        out["steps"].append({"method": "sgd", "ms": sgd_ms, "peak_mib": mib})
+    for counts in counts_list:
+        label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
+        for name, cls in forward.items():
+            if name in methods:
+                ms, mib = time_forward(cls(), net, x, y, counts, a.steps, a.warmup)
+                print(f"| {name} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
+                out["steps"].append({"method": name, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
+        if "reverse-truncated" in methods and truncated is not None:
+            for w in a.windows:
+                ms, mib = time_truncated(truncated, w, net, x, y, counts)
+                print(f"| reverse-truncated W={w} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
+                out["steps"].append({"method": f"reverse-truncated W={w}", "counts": label, "ms": ms,
+                                     "ratio": ms / sgd_ms, "peak_mib": mib})
+
+    if a.horizons:
+        hm, hi = a.horizon_model or a.model, a.horizon_input or a.input
+        hb = a.horizon_batch_size or a.batch_size
+        counts = counts_list[0]
+        label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
+        print(f"\n## peak memory against horizon: model={hm} input={hi} batch={hb} shared values {label}\n")
+        print("| method | horizon | seconds | peak memory (MiB) |")
+        print("|---|---|---|---|")
+        hnet, hx, hy = build(hm, INPUTS[hi], hb, dtype, device, pool=4)
+        sweep: list[tuple[str, Callable[[], HypergradientBackend] | None, int]] = [("forward-manual", ForwardManualBackend, 0)]
+        if truncated is not None and a.windows:
+            w = max(a.windows)
+            sweep.append((f"reverse-truncated W={w}", lambda w=w: truncated(window=w), 0))
+        sweep.append(("reverse-full", None, a.full_reverse_max))
+        whole_run("forward-manual", ForwardManualBackend, hnet, hx, hy, hb, 10, counts)  # warm-up
+        for name, make, cap in sweep:
+            for horizon in a.horizons:
+                if cap and horizon > cap:
+                    print(f"| {name} | {horizon} | skipped (> --full-reverse-max {cap}) | - |", flush=True)
+                    continue
+                secs, mib = whole_run(name, make, hnet, hx, hy, hb, horizon, counts)
+                print(f"| {name} | {horizon} | {secs:.1f} | {mib:.1f} |", flush=True)
+                out["horizons"].append({"method": name, "horizon": horizon, "seconds": secs, "peak_mib": mib})
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    import warnings
+
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    main()
