@@ -67,6 +67,14 @@ class ColumnLayout:
             out[name] = torch.tensor(row, dtype=dtype, device=device)
         return out
 
+    def phase_starts(self) -> tuple[int, ...]:
+        """Steps at which the started columns or an active segment change: the distinct segment starts.
+
+        Between two consecutive phase starts, ``started(t)``, ``segments(t)`` and ``direct(t)`` are
+        constant, so they can be computed once per phase instead of once per step.
+        """
+        return tuple(sorted(set(self.starts)))
+
     def to_types(self, per_column: Tensor) -> dict[str, Tensor]:
         """Scatter a per-column vector (length ``size``) into a per-type dict of per-segment vectors."""
         out = {name: per_column.new_zeros(n) for name, n in zip(self.names, self.counts)}

@@ -21,8 +21,9 @@ takes the tangent update from the rule's hand-derived ``tangent``; ``forward-jvp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from bisect import bisect_right
+from dataclasses import dataclass, replace
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -30,7 +31,7 @@ from torch.func import grad, jvp, vmap
 
 from backends.columns import ColumnLayout
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
-from hpo.problem import InnerProblem, evaluate
+from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
 from hpo.schedule import Schedule
 from optimizers.base import Hyper, Params, State, UpdateRule
 
@@ -38,14 +39,34 @@ TangentFn = Callable[[UpdateRule, Params, State, Params, Hyper, int, Params, Sta
 
 
 @dataclass(frozen=True)
+class Phase:
+    """What is constant between two segment starts: started columns, hyperparameters, one-hot tangents."""
+
+    start: int
+    started: int
+    hyper: Hyper
+    direct: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
 class ForwardState:
-    """Inner state plus the tangents of the weights and of the optimizer state (leading dim = column)."""
+    """Inner state plus the tangents of the weights and of the optimizer state (leading dim = column).
+
+    ``phases`` (built once in ``init``, on the device) hold per-phase constants so that a step does
+    no host-to-device copies and no per-step Python bookkeeping over columns.
+    """
 
     inner: InnerState
     d_params: Params
     d_state: State
     layout: ColumnLayout
     values: dict[str, Tensor]
+    phases: tuple[Phase, ...] = ()
+    core: Callable[..., Any] | None = None
+
+    def phase(self, t: int) -> Phase:
+        """The phase that step ``t`` falls in."""
+        return self.phases[bisect_right(self.phases, t, key=lambda p: p.start) - 1]
 
 
 def _manual_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
@@ -65,11 +86,55 @@ def _cat_rows(head: Tensor, full: Tensor, k: int) -> Tensor:
     return head if k == full.shape[0] else torch.cat([head, full[k:]], dim=0)
 
 
+def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase, ...]:
+    """One :class:`Phase` per distinct segment start, with its tensors already on ``values``' device."""
+    ref = next(iter(values.values()))
+    return tuple(Phase(s, layout.started(s), hyper_at(values, layout.segments(s)), layout.direct(s, ref.dtype, ref.device))
+                 for s in layout.phase_starts())
+
+
+def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, hz_clip: float | None,
+              params: Params, buffers: Buffers, opt_state: State, dp_k: Params, ds_k: State, direct: Hyper,
+              hyper: Hyper, t: int, x: Tensor, y: Tensor) -> tuple[Params, State, Params, State, Tensor, Buffers]:
+    """One primal step and the tangent update of the ``k`` started columns (one vmap over columns).
+
+    Returns ``(params, opt_state, d_params[:k], d_state[:k], loss, buffers)`` after the step.  A pure
+    function of tensors (the callables and floats are configuration), so it can be ``torch.compile``d.
+    """
+    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
+        loss, new_buffers = loss_fn(p, buffers, x, y)
+        return loss, (loss.detach(), new_buffers)
+
+    grad_fn = grad(loss_only, has_aux=True)
+
+    def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, Buffers]]:
+        g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
+        g = tree_clamp(g, grad_clip)
+        dg = tree_clamp(dg, hz_clip)
+        if grad_clip is not None:
+            dg = {n: dg[n] * (g[n].abs() < grad_clip) for n in dg}
+        new_dp, new_ds = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
+        return g, new_dp, new_ds, aux
+
+    grads, new_dp_k, new_ds_k, (loss, new_buffers) = vmap(column, out_dims=(None, 0, 0, None))(dp_k, ds_k, direct)
+    new_params, new_opt = rule.step(params, opt_state, grads, hyper, t)
+    return new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers
+
+
 class ForwardModeBackend(HypergradientBackend[ForwardState]):
-    """Forward-mode hypergradients over the whole horizon, all columns batched with vmap."""
+    """Forward-mode hypergradients over the whole horizon, all columns batched with vmap.
+
+    ``compile`` names a ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` for a quick
+    capture check) to compile the per-step :func:`step_core`; None (default) runs it eagerly.  The
+    compiled step computes the same mathematics; expect one compilation per distinct number of
+    started columns until the column dimension is marked dynamic.
+    """
 
     name: ClassVar[str] = "forward"
     tangent_fn: ClassVar[TangentFn]
+
+    def __init__(self, compile: str | None = None) -> None:
+        self.compile = compile
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """Zero tangents for every column; the primal state of step 0."""
@@ -83,7 +148,9 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         ref = next(iter(p0.values()))
         values = {n: v.to(dtype=ref.dtype, device=ref.device) for n, v in schedule.values.items()}
         loss0 = ref.new_zeros(())
-        return ForwardState(InnerState(p0, problem.buffers, opt0, 0, loss0), dp, ds, layout, values)
+        core = step_core if self.compile is None else torch.compile(step_core, backend=self.compile)
+        return ForwardState(InnerState(p0, problem.buffers, opt0, 0, loss0), dp, ds, layout, values,
+                            build_phases(layout, values), core)
 
     def inner(self, state: ForwardState) -> InnerState:
         """The primal inner state."""
@@ -91,38 +158,19 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
 
     def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
-        rule = problem.rule
         inner = state.inner
-        layout = state.layout
-        params, buffers, opt_state = inner.params, inner.buffers, inner.opt_state
-        hyper = hyper_at(state.values, layout.segments(t))
-        k = layout.started(t)
-        ref = next(iter(params.values()))
-        direct = layout.direct(t, ref.dtype, ref.device)
-        tangent = type(self).tangent_fn
-
-        def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
-            loss, new_buffers = problem.loss_fn(p, buffers, x, y)
-            return loss, (loss.detach(), new_buffers)
-
-        grad_fn = grad(loss_only, has_aux=True)
-
-        def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, dict[str, Tensor]]]:
-            g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
-            g = tree_clamp(g, problem.grad_clip)
-            dg = tree_clamp(dg, problem.hz_clip)
-            if problem.grad_clip is not None:
-                dg = {n: dg[n] * (g[n].abs() < problem.grad_clip) for n in dg}
-            new_dp, new_ds = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
-            return g, new_dp, new_ds, aux
-
+        phase = state.phase(t)
+        k = phase.started
+        core = state.core or step_core
         dp_k = {n: v[:k] for n, v in state.d_params.items()}
         ds_k = {sk: {n: v[:k] for n, v in sv.items()} for sk, sv in state.d_state.items()}
-        grads, new_dp_k, new_ds_k, (loss, new_buffers) = vmap(column, out_dims=(None, 0, 0, None))(dp_k, ds_k, direct)
-        new_params, new_opt = rule.step(params, opt_state, grads, hyper, t)
-        d_params = {n: _cat_rows(new_dp_k[n], state.d_params[n], k) for n in params}
+        new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers = core(
+            type(self).tangent_fn, problem.rule, problem.loss_fn, problem.grad_clip, problem.hz_clip,
+            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, x, y)
+        d_params = {n: _cat_rows(new_dp_k[n], state.d_params[n], k) for n in state.d_params}
         d_state = {sk: {n: _cat_rows(new_ds_k[sk][n], sv[n], k) for n in sv} for sk, sv in state.d_state.items()}
-        return ForwardState(InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params, d_state, layout, state.values)
+        return replace(state, inner=InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params=d_params,
+                       d_state=d_state)
 
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: ForwardState) -> HypergradResult:
         """:math:`\\nabla_\\theta L_{val}(\\theta_T)^\\top Z_T`, scattered to per-type vectors."""
