@@ -5,7 +5,8 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
 * ``sgd``: a plain training step of the same model (``torch.optim.SGD``: forward, backward, step),
   the yardstick; every other figure is also given as a multiple of it;
 * ``forward-manual`` / ``forward-jvp``: one inner step with every tangent column started (the
-  steady state of the last segment), for each ``--counts`` setting (lr,momentum,wd values);
+  steady state of the last segment), for each ``--counts`` setting (lr,momentum,wd values), and
+  with ``--compile inductor`` also with the step compiled (compilation happens in the warm-up);
 * ``reverse-truncated``: (W graph-building steps + the reverse pass) / W, for each ``--windows`` W;
   included when a backend is registered under that name (or given by ``--reverse-truncated``
   as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--horizon-batch-size", type=int, default=None)
     ap.add_argument("--full-reverse-max", type=int, default=1000, help="Largest horizon run with full reverse mode.")
     ap.add_argument("--reverse-truncated", default="reverse-truncated", help="Registered name or module:attr / file.py:attr.")
+    ap.add_argument("--compile", default=None, help="Also time the forward backends with torch.compile(backend=...), e.g. inductor.")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
@@ -270,10 +272,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for counts in counts_list:
         label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
         for name, cls in forward.items():
-            if name in methods:
-                ms, mib = time_forward(cls(), net, x, y, counts, a.steps, a.warmup)
-                print(f"| {name} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
-                out["steps"].append({"method": name, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
+            for comp in (None, a.compile) if a.compile else (None,):
+                if name not in methods:
+                    continue
+                row = name if comp is None else f"{name} (compiled, {comp})"
+                ms, mib = time_forward(cls(compile=comp), net, x, y, counts, a.steps, a.warmup)
+                print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
+                out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
         if "reverse-truncated" in methods and truncated is not None:
             for w in a.windows:
                 ms, mib = time_truncated(truncated, w, net, x, y, counts)

@@ -82,6 +82,8 @@ def fail(message: str, hint: str | None = None) -> None:
 @click.option("--baseline", type=KeyValues(float), default=None, help="Constant setting to compare with (rule's hand-picked one).")
 @click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C (authors' code: 3). Off by default.")
 @click.option("--hz-clip", type=float, default=None, help="Clamp Hessian-tangent products to +-C (authors' code: 1). Off by default.")
+@click.option("--compile/--no-compile", "compile_step", default=False, show_default=True,
+              help="Forward-mode backends: torch.compile the inner step (worth it on a GPU for long runs).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisations, splits and batches.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
@@ -103,6 +105,12 @@ def run(**o: Any) -> None:
         backend = resolve_backend(o["backend"])
     except ValueError as e:
         fail(str(e), "--backend")
+    if o["compile_step"]:
+        from backends.forward import ForwardModeBackend
+
+        if not isinstance(backend, ForwardModeBackend):
+            fail(f"--compile applies to the forward-mode backends, not {backend.name!r}", "--compile")
+        backend.compile = "inductor"
     config = FDSConfig(
         outer_steps=o["outer_steps"], inner_steps=o["inner_steps"], counts=o["counts"], init=o["init_values"],
         steps=o["step_sizes"], decay=o["decay"], converged_frac=o["converged_frac"], val_frac=o["val_frac"],
