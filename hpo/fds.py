@@ -44,6 +44,8 @@ class FDSConfig:
     hz_clip: float | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    #: Inner steps between divergence checks (each is one host sync; 1 = every step).
+    check_every: int = 25
 
     def horizon(self, k: int) -> int:
         """Inner steps of outer step ``k``."""
@@ -145,7 +147,8 @@ def outer_step(
     schedule = Schedule({n: v.clone() for n, v in state.values.items()})
     callbacks.on_outer_start(k, problem.horizon)
     start = time.perf_counter()
-    result = run_inner(backend, problem, schedule, on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
+    result = run_inner(backend, problem, schedule, on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss),
+                       check_every=config.check_every)
     hg = result.hypergrad
     if result.diverged or not all(bool(torch.isfinite(h).all()) for h in hg.values()):
         hg = safe_direction(hg, {s.name: s for s in rule.hyperparameters})

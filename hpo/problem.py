@@ -52,8 +52,8 @@ class InnerProblem:
         ``seed``, so every backend and the reference unroll see the same batches.
         """
         gen = augment_generator(self.train_x.device, self.seed) if self.augment is not None else None
-        for t, idx in enumerate(batch_index_stream(self.train_x.shape[0], self.batch_size, self.horizon, self.seed)):
-            idx = idx.to(self.train_x.device)
+        stream = batch_index_stream(self.train_x.shape[0], self.batch_size, self.horizon, self.seed, self.train_x.device)
+        for t, idx in enumerate(stream):
             x = self.train_x[idx]
             if self.augment is not None:
                 x = self.augment(x, gen)
@@ -65,14 +65,21 @@ def augment_generator(device: torch.device | str, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed) * 7 + 12345)
 
 
-def batch_index_stream(n: int, batch_size: int, horizon: int, seed: int) -> Iterator[Tensor]:
-    """Minibatch indices for ``horizon`` steps: a fresh permutation of ``range(n)`` per epoch."""
+def batch_index_stream(n: int, batch_size: int, horizon: int, seed: int,
+                       device: torch.device | str | None = None) -> Iterator[Tensor]:
+    """Minibatch indices for ``horizon`` steps: a fresh permutation of ``range(n)`` per epoch.
+
+    The permutation is drawn on the CPU (the same for every device) and moved to ``device`` once
+    per epoch, not once per step.
+    """
     bs = min(batch_size, n)
     per_epoch = n // bs
     gen = torch.Generator().manual_seed(int(seed))
     t = 0
     while t < horizon:
         perm = torch.randperm(n, generator=gen)
+        if device is not None:
+            perm = perm.to(device)
         for b in range(per_epoch):
             if t >= horizon:
                 return

@@ -43,7 +43,7 @@ def retrain(
     """
     model = init_model(task, seed, dtype, device)
     x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
-    stream = batch_index_stream(x_all.shape[0], task.batch_size, steps, seed + 1)
+    stream = batch_index_stream(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
     gen = augment_generator(x_all.device, seed + 1) if task.augment is not None else None
 
     def batch_x(idx: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from hpo.cli import cli
+from hpo.device import device_for_tests
 from tasks.vision import SPECS, DatasetMissing, load_raw, read_idx, vision_task
 
 
@@ -146,6 +147,6 @@ def test_cli_runs_a_vision_task_end_to_end(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["run", "--task", "mnist-lenet", "--data-root", str(tmp_path / "data"),
                                    "--augment", "crop,flip", "--outer-steps", "1", "--inner-steps", "7",
                                    "--retrain-steps", "3", "--batch-size", "8", "--logdir", str(tmp_path / "log"),
-                                   "--no-progress", "--device", "cpu"])
+                                   "--no-progress", "--device", str(device_for_tests())])
     assert res.exit_code == 0, res.output + res.stderr
     assert "task=mnist-lenet" in res.output and (tmp_path / "log" / "schedule.json").is_file()
