@@ -21,7 +21,7 @@ from hpo.schedule import Schedule
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from optimizers.sgd import SGDMomentum
 from tasks.augment import Augment
-from tasks.base import init_model, model_functions, split_state, Task
+from tasks.base import Task, init_model, model_functions, split_state
 from tasks.models import LeNet, WideResNet
 
 DEV = device_for_tests()

@@ -109,7 +109,8 @@ def test_cifar10_loads_all_batches_in_order(tmp_path: Path) -> None:
     task = vision_task("cifar10", "wrn16", data_root=tmp_path, samples=10)
     assert task.train_x.shape == (10, 3, 32, 32)
     mean, std = SPECS["cifar10"].mean[c], SPECS["cifar10"].std[c]
-    assert float(task.train_x[i - 5, c, h, w]) == pytest.approx((ref["train_x"][i - 5, c * 1024 + h * 32 + w] / 255 - mean) / std, rel=1e-6)
+    pixel = ref["train_x"][i - 5, c * 1024 + h * 32 + w]
+    assert float(task.train_x[i - 5, c, h, w]) == pytest.approx((pixel / 255 - mean) / std, rel=1e-6)
 
 
 def test_svhn_loads_mat_layout_and_maps_label_10_to_0(tmp_path: Path) -> None:
