@@ -89,12 +89,14 @@ def converged(state: OuterState, frac: float = 0.05) -> bool:
 
 
 def safe_direction(hypergrad: Mapping[str, Tensor], specs: Mapping[str, HyperSpec]) -> dict[str, Tensor]:
-    """A hypergradient whose non-finite entries are replaced by +1 (move the value *down*).
+    """A hypergradient whose non-finite entries point to each type's safe side.
 
-    After a divergence every non-finite entry is treated as if the loss grew with that value, so
-    the outer step lowers it: smaller learning rates, momentum and weight decay are the safe side.
+    The rule says which side is safe: a non-finite entry becomes ``-specs[name].on_diverge``, so
+    the outer step moves the value in the direction ``on_diverge`` (-1, the default, lowers it:
+    smaller learning rates, momentum and weight decay; 0 leaves it, e.g. Adam's betas).
     """
     out = {}
     for name, h in hypergrad.items():
-        out[name] = torch.where(torch.isfinite(h), h, torch.ones_like(h))
+        fill = torch.full_like(h, -float(specs[name].on_diverge))
+        out[name] = torch.where(torch.isfinite(h), h, fill)
     return out

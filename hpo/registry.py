@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import HypergradientBackend
+from optimizers.adam import Adam, AdamW
 from optimizers.base import UpdateRule
 from optimizers.sgd import SGDMomentum
 from tasks.base import Task
@@ -30,7 +31,11 @@ def _mnist1d(model: str) -> Callable[..., Task]:
     return make
 
 
-BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({"sgd": SGDMomentum})
+BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
+    "sgd": SGDMomentum,
+    "adam": Adam,
+    "adamw": AdamW,
+})
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,
