@@ -61,7 +61,8 @@ def fail(message: str, hint: str | None = None) -> None:
 @click.option("--backend", default="forward-manual", show_default=True,
               help=f"Hypergradient backend: {', '.join(BUILTIN_BACKENDS)} or module:attr.")
 @click.option("--optimizer", default="sgd", show_default=True,
-              help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr.")
+              help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr "
+                   "('hpo optimizers' lists each rule's hyperparameters, ranges and defaults).")
 @click.option("--outer-steps", type=int, default=10, show_default=True, help="Number of outer (hyperparameter) steps.")
 @click.option("--inner-steps", type=IntList(), default="30,300", show_default=True,
               help="Inner steps per outer step; the last entry repeats (e.g. 1 epoch, then 10).")
@@ -160,6 +161,25 @@ def run(**o: Any) -> None:
         click.echo(line)
     click.echo(f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'} and TensorBoard logs "
                f"(tensorboard --logdir {logdir})")
+
+
+@cli.command("optimizers")
+@click.argument("names", nargs=-1)
+def optimizers_cmd(names: tuple[str, ...]) -> None:
+    """Show update rules (built-in or module:attr / file.py:attr) with their hyperparameters.
+
+    Each row gives the valid range, the FDS defaults (initial value, outer step, number of shared
+    values), the hand-picked baseline and what the outer loop does to the value after a diverged
+    run.  With no NAMES, every built-in rule is shown.
+    """
+    from hpo.rule_table import describe_rule
+
+    for i, spec in enumerate(names or tuple(BUILTIN_RULES)):
+        try:
+            rule = resolve_rule(spec)
+        except ValueError as e:
+            fail(str(e), "NAMES")
+        click.echo(("\n" if i else "") + describe_rule(rule))
 
 
 def main() -> None:

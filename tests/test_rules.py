@@ -15,25 +15,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import Tensor, nn
+from torch import Tensor
 from torch.func import jvp
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import run_inner
 from hpo.cli import cli
 from hpo.fds import FDSConfig
-from hpo.problem import InnerProblem
 from hpo.registry import BUILTIN_RULES, load_object, resolve_rule
 from hpo.schedule import Schedule, segment_index
 from hpo.torch_scheduler import ScheduleDriver
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from optimizers import Adam, UpdateRule
-from tasks.base import model_functions, split_state
+from tests.helpers import tiny_problem
 
 F64 = torch.float64
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rmsprop_rule.py"
@@ -45,9 +43,13 @@ class RuleCase:
     """A rule, a constant setting, and a schedule (several segments per type) away from range edges."""
 
     key: str
-    make: Callable[[], UpdateRule]
+    spec: str
     const: dict[str, float]
     schedule: dict[str, list[float]]
+
+    def make(self) -> UpdateRule:
+        """The rule, resolved as the CLI's ``--optimizer`` resolves it."""
+        return resolve_rule(self.spec)
 
     def values(self) -> dict[str, Tensor]:
         """The schedule as float64 tensors."""
@@ -55,13 +57,13 @@ class RuleCase:
 
 
 CASES = [
-    RuleCase("sgd", lambda: resolve_rule("sgd"), {"lr": 0.1, "momentum": 0.9, "wd": 1e-2},
+    RuleCase("sgd", "sgd", {"lr": 0.1, "momentum": 0.9, "wd": 1e-2},
              {"lr": [0.3, 0.2, 0.1], "momentum": [0.5, 0.8], "wd": [1e-2, 3e-2]}),
-    RuleCase("adam", lambda: resolve_rule("adam"), {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 1e-2},
+    RuleCase("adam", "adam", {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 1e-2},
              {"lr": [0.03, 0.02, 0.01], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [1e-2, 3e-2]}),
-    RuleCase("adamw", lambda: resolve_rule("adamw"), {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 0.1},
+    RuleCase("adamw", "adamw", {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 0.1},
              {"lr": [0.03, 0.02, 0.01], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [0.1, 0.3]}),
-    RuleCase("example-rmsprop", lambda: resolve_rule(EXAMPLE_SPEC), {"lr": 1e-2, "alpha": 0.9},
+    RuleCase("example-rmsprop", EXAMPLE_SPEC, {"lr": 1e-2, "alpha": 0.9},
              {"lr": [0.03, 0.02, 0.01], "alpha": [0.8, 0.95]}),
 ]
 IDS = [c.key for c in CASES]
@@ -72,21 +74,6 @@ def rel_err(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     """``||a - b|| / ||b||`` over all entries of all types."""
     num = torch.cat([(a[k] - b[k]).flatten() for k in b]).norm()
     return float(num / torch.cat([b[k].flatten() for k in b]).norm())
-
-
-def tiny_problem(rule: UpdateRule, horizon: int = 8) -> InnerProblem:
-    """A smooth (tanh) 5-6-3 network on 16 train / 8 validation points, batch 4, float64."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).to(F64)
-    loss_fn, eval_fn = model_functions(model)
-    params, buffers = split_state(model)
-    x = torch.randn(24, 5, generator=gen, dtype=F64)
-    y = torch.randint(0, 3, (24,), generator=gen)
-    return InnerProblem(loss_fn=loss_fn, eval_fn=eval_fn, params=params, buffers=buffers, rule=rule,
-                        train_x=x[:16], train_y=y[:16], val_x=x[16:], val_y=y[16:],
-                        horizon=horizon, batch_size=4, seed=0)
 
 
 def random_params(gen: torch.Generator) -> dict[str, Tensor]:
@@ -116,6 +103,25 @@ def test_specs_are_consistent(case: RuleCase) -> None:
     Schedule.from_dict(case.schedule).check(rule)
     for s in rule.hyperparameters:
         assert s.lower <= s.init <= s.upper and s.step > 0 and s.count >= 1 and s.on_diverge in (-1, 0, 1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_hpo_optimizers_shows_the_rules_specs(case: RuleCase) -> None:
+    """``hpo optimizers SPEC`` prints every hyperparameter's range and defaults from the rule."""
+    result = CliRunner().invoke(cli, ["optimizers", case.spec])
+    assert result.exit_code == 0, result.output
+    rule = case.make()
+    assert result.output.startswith(rule.name)
+    for s in rule.hyperparameters:
+        row = next(line.split() for line in result.output.splitlines() if line.split()[:1] == [s.name])
+        assert " ".join(row[1:6]) == s.range_text() and float(row[6]) == s.init and float(row[7]) == s.step
+
+
+def test_hpo_optimizers_unknown_name_is_one_line_error() -> None:
+    """A bad name is one line on stderr and exit status 2."""
+    result = CliRunner().invoke(cli, ["optimizers", "no-such-rule"])
+    assert result.exit_code == 2 and "unknown optimizer 'no-such-rule'" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("scheduled", [False, True], ids=["constant", "scheduled"])
@@ -150,7 +156,7 @@ def test_equals_torch_optim(case: RuleCase, scheduled: bool) -> None:
 def test_forward_jvp_equals_reverse_and_finite_differences(case: RuleCase) -> None:
     """forward-jvp == full reverse-mode unroll (1e-12) == central differences (1e-6), float64."""
     rule = case.make()
-    problem = tiny_problem(rule)
+    problem = tiny_problem(rule, horizon=8)
     values = case.values()
     fwd = run_inner(ForwardJvpBackend(), problem, Schedule(values)).hypergrad
     rev = reverse_hypergradient(problem, values)
@@ -165,7 +171,7 @@ def test_forward_jvp_equals_reverse_and_finite_differences(case: RuleCase) -> No
 @pytest.mark.parametrize("case", HAND, ids=[c.key for c in HAND])
 def test_forward_manual_equals_forward_jvp(case: RuleCase) -> None:
     """With a hand-derived tangent, forward-manual and forward-jvp agree to 1e-10 (float64)."""
-    problem = tiny_problem(case.make())
+    problem = tiny_problem(case.make(), horizon=8)
     sched = Schedule(case.values())
     manual = run_inner(ForwardManualBackend(), problem, sched).hypergrad
     derived = run_inner(ForwardJvpBackend(), problem, sched).hypergrad
