@@ -13,8 +13,9 @@ def describe_rule(rule: UpdateRule) -> str:
     """A header line and one row per hyperparameter: range, init, outer step, count, hand-picked value."""
     backends = "forward-manual, forward-jvp" if rule.has_tangent else "forward-jvp"
     counterpart = type(rule).torch_optimizer is not UpdateRule.torch_optimizer
-    lines = [f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
-             f"torch.optim counterpart: {'yes' if counterpart else 'no'})"]
+    header = (f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
+              f"torch.optim counterpart: {'yes' if counterpart else 'no'})")
+    lines = [header]
     rows = [("name", "valid range", "init", "step", "count", "hand-picked", "on divergence", "description")]
     moves = {-1: "lower", 0: "keep", 1: "raise"}
     for s in rule.hyperparameters:
