@@ -165,10 +165,14 @@ class ForwardManualBackend(ForwardModeBackend):
     name = "forward-manual"
     tangent_fn = staticmethod(_manual_tangent)
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """The rule must carry a hand-derived tangent."""
+        if not rule.has_tangent:
+            raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """As :meth:`ForwardModeBackend.init`; the rule must carry a hand-derived tangent."""
-        if not problem.rule.has_tangent:
-            raise ValueError(f"optimizer {problem.rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+        self.check_rule(problem.rule)
         return super().init(problem, schedule)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from hpo.problem import Buffers, InnerProblem
 from hpo.schedule import Schedule
-from optimizers.base import Params, State
+from optimizers.base import Params, State, UpdateRule
 
 S = TypeVar("S")
 
@@ -55,6 +55,9 @@ class HypergradientBackend(ABC, Generic[S]):
     """Computes the hypergradient of the validation loss with respect to a shared schedule."""
 
     name: ClassVar[str]
+
+    def check_rule(self, rule: UpdateRule) -> None:
+        """Raise ``ValueError`` (one line) if this backend cannot run ``rule``; by default any rule."""
 
     @abstractmethod
     def init(self, problem: InnerProblem, schedule: Schedule) -> S:

@@ -109,6 +109,10 @@ def run(**o: Any) -> None:
         config.validate(rule)
     except ValueError as e:
         fail(str(e))
+    try:
+        backend.check_rule(rule)
+    except ValueError as e:
+        fail(str(e), "--backend")
     baseline = o["baseline"] if o["baseline"] is not None else rule.hand_picked
     if baseline is not None:
         try:

@@ -139,6 +139,15 @@ def test_divergence_moves_each_value_the_way_its_rule_says(case: RuleCase) -> No
         torch.testing.assert_close(moved.values[name], expected, rtol=0, atol=0)
 
 
+def test_forward_manual_without_hand_tangent_is_one_line_error(tmp_path: Path) -> None:
+    """A rule without ``tangent`` under ``--backend forward-manual``: one line, exit 2, before any work."""
+    result = CliRunner().invoke(cli, ["run", "--optimizer", EXAMPLE_SPEC, "--backend", "forward-manual",
+                                      "--logdir", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "has no hand-derived tangent; use --backend forward-jvp" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("scheduled", [False, True], ids=["constant", "scheduled"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_equals_torch_optim(case: RuleCase, scheduled: bool) -> None:
