@@ -3,7 +3,7 @@
 For each page (``docs/**/*.md`` and ``README.md``):
 
 - its fenced ``python`` blocks run in order, in one namespace per page, in a temporary working
-  directory (on ``sys.path``).  A block with ``title="name.py"`` is also written to that file
+  directory (on ``sys.path``, with ``docs/`` linked in).  A block with ``title="name.py"`` is also written to that file
   first, so later blocks can import it and ``hpo`` commands can load ``name.py:attr`` from it;
 - every ``hpo ...`` line of its ``console``/``bash``/``shell`` blocks must parse: the command and
   its options exist and the values convert (click's own parser, nothing runs).  A block preceded
@@ -134,7 +134,12 @@ def page_id(path: Path) -> str:
 
 @pytest.fixture
 def page_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A scratch working directory on ``sys.path``, with the MNIST-1D cache inside it."""
+    """A scratch working directory on ``sys.path``, with the MNIST-1D cache inside it.
+
+    ``docs`` inside it links to the real ``docs/``, so examples may name files under ``docs/`` as
+    a reader in the repository root would, while everything they write stays in the scratch dir.
+    """
+    (tmp_path / "docs").symlink_to(ROOT / "docs", target_is_directory=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("HPO_DATA", os.environ.get("HPO_DATA", str(tmp_path / "data")))

@@ -36,9 +36,8 @@ def has_doc(obj: object) -> bool:
     doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
     if not doc or not doc.strip():
         return False
-    if isinstance(obj, type) and dataclasses.is_dataclass(obj) and doc.startswith(f"{obj.__name__}("):
-        return False
-    return True
+    generated = isinstance(obj, type) and dataclasses.is_dataclass(obj) and doc.startswith(f"{obj.__name__}(")
+    return not generated
 
 
 def class_members(cls: type) -> list[tuple[str, object]]:

@@ -42,7 +42,7 @@ def rst_to_markdown(text: str) -> str:
         m = DIRECTIVE.match(lines[i])
         if not m:
             line = lines[i]
-            if line.rstrip().endswith("::") and not line.strip() == "::":
+            if line.rstrip().endswith("::") and line.strip() != "::":
                 line = line.rstrip()[:-1]
             elif line.strip() == "::":
                 line = ""
