@@ -36,7 +36,9 @@ class HyperSpec:
 
     The valid range is ``low <= x <= high``; an open bound (``low_open``/``high_open``) is kept
     ``margin`` inside.  ``count`` is the default number of shared values over the horizon,
-    ``init`` their starting value and ``step`` the initial outer step size.
+    ``init`` their starting value and ``step`` the initial outer step size.  ``on_divergence`` is
+    the safe direction when an inner run diverges: -1 lower the value (learning rates), +1 raise
+    it, 0 hold it (see :func:`hpo.outer.safe_direction`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class HyperSpec:
     count: int = 1
     margin: float = 1e-3
     description: str = ""
+    on_divergence: int = -1
 
     @property
     def lower(self) -> float:
