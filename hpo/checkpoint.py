@@ -20,6 +20,7 @@ import contextlib
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Mapping
@@ -186,10 +187,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, foreign pickles needing code, ...: all one line
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read checkpoint {path}: not a valid hpo checkpoint ({reason})") from None
+        raise ValueError(f"cannot read checkpoint {path}: it is corrupt, truncated or not plain data "
+                         f"(torch.load with weights_only=True: {type(e).__name__})") from None
     try:
         return Checkpoint.from_dict(data)
     except ValueError as e:
