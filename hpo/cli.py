@@ -17,6 +17,7 @@ from hpo.checkpoint import atomic_write, checkpoint_path
 from hpo.cli_retrain import retrain_command
 from hpo.cli_types import IntList, KeyValues, ensure_writable_dir, resolve_device
 from hpo.console import ConsoleReporter, format_values
+from hpo.determinism import use_deterministic_kernels
 from hpo.fds import FDSConfig, run_fds
 from hpo.outer import OuterState
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
@@ -92,6 +93,8 @@ def fail(message: str, hint: str | None = None) -> None:
               help="Start from the schedule in this JSON file (e.g. an earlier schedule.json); sets --counts.")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this LOGDIR from its last completed outer step, with its options.")
+@click.option("--deterministic/--no-deterministic", default=False, show_default=True,
+              help="Deterministic CUDA kernels (slower); CPU runs are deterministic anyway. See docs/determinism.md.")
 def run(**o: Any) -> None:
     """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy.
 
@@ -101,6 +104,8 @@ def run(**o: Any) -> None:
     if o["resume"] is not None:
         ckpt, o = resume_options(click.get_current_context(), o)
     check_numbers(o)
+    if o.get("deterministic"):
+        use_deterministic_kernels()
     device = resolve_device(o["device"])
     dtype = DTYPES[o["dtype"]]
     try:

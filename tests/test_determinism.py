@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import torch
 from torch import nn
@@ -60,3 +61,21 @@ def test_retrain_is_deterministic() -> None:
     a = retrain(task, rule, sched, 12, seed=7)
     b = retrain(task, rule, sched, 12, seed=7)
     assert a == b
+
+
+def test_hpo_retrain_reproduces_the_runs_learned_result(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    env = {"HPO_DATA": str(tmp_path / "data")}
+    logdir = tmp_path / "run"
+    run = CliRunner().invoke(cli, ["run", "--samples", "100", "--batch-size", "16", "--outer-steps", "1",
+                                   "--inner-steps", "6", "--counts", "lr=2", "--retrain-steps", "5", "--seed", "2",
+                                   "--device", "cpu", "--no-progress", "--logdir", str(logdir)], env=env)
+    assert run.exit_code == 0, run.output
+    learned = json.loads((logdir / "schedule.json").read_text())["results"]["learned"]
+    again = CliRunner().invoke(cli, ["retrain", "--schedule", str(logdir / "schedule.json"), "--samples", "100",
+                                     "--seed", "2", "--device", "cpu"], env=env)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip().startswith(f"test_acc={learned['test_acc']:.4f}  test_loss={learned['test_loss']:.4f}")
