@@ -132,8 +132,8 @@ def _state_from_dict(d: Any) -> OuterState:
         raise ValueError("its outer state has mismatched names or shapes")
     if not all(bool(torch.isfinite(v).all()) for part in parts for v in part.values()):
         raise ValueError("its outer state holds non-finite numbers")
-    as64 = {k: {n: v.to(torch.float64) for n, v in part.items()} for k, part in zip(("values", "steps", "signs"), parts)}
-    return OuterState(as64["values"], as64["steps"], as64["signs"], int(d["k"]))
+    values, steps, signs = ({n: v.to(torch.float64) for n, v in part.items()} for part in parts)
+    return OuterState(values, steps, signs, int(d["k"]))
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:

@@ -21,8 +21,8 @@ from hpo.determinism import use_deterministic_kernels
 from hpo.fds import FDSConfig, run_fds
 from hpo.outer import OuterState
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
-from hpo.retrain import retrain
 from hpo.resume import CheckpointWriter, resume_options
+from hpo.retrain import retrain
 from hpo.schedule import Schedule
 from hpo.validation import check_numbers, check_split, load_schedule_file
 

@@ -20,7 +20,8 @@ RETRAIN_SEED_OFFSET = 7919
 @click.command("retrain")
 @click.option("--schedule", "schedule_file", type=click.Path(path_type=Path), required=True,
               help="Schedule JSON: an 'hpo run' schedule.json or the output of Schedule.save.")
-@click.option("--task", default="mnist1d-mlp", show_default=True, help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
+@click.option("--task", default="mnist1d-mlp", show_default=True,
+              help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
 @click.option("--optimizer", default="sgd", show_default=True,
               help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr.")
 @click.option("--steps", type=int, default=None,

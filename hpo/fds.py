@@ -156,7 +156,8 @@ def outer_step(
     callbacks.on_outer_start(k, problem.horizon)
     start = time.perf_counter()
     with seeded_rng(config.seed * 1000 + k + 500_009, config.device):  # e.g. dropout: same draws on resume
-        result = run_inner(backend, problem, schedule, on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
+        result = run_inner(backend, problem, schedule,
+                           on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
     hg = result.hypergrad
     specs = {s.name: s for s in rule.hyperparameters}
     extra: dict[str, object] = {}

@@ -16,7 +16,14 @@ import click
 from click.core import ParameterSource
 
 from hpo.callbacks import OuterRecord
-from hpo.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, remove_stale_temporaries, save_checkpoint, to_plain
+from hpo.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+    to_plain,
+)
 from hpo.outer import OuterState
 
 #: Options that may differ from the checkpoint's on ``--resume`` (the new value is used).

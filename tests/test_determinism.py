@@ -21,10 +21,11 @@ def tiny_task() -> Task:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(80, 6, generator=g)
     y = torch.randint(0, 3, (80,), generator=g)
-    return Task("tiny", x, y, x[:20], y[:20], lambda: nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)), 3, 16)
+    return Task("tiny", x, y, x[:20], y[:20],
+                lambda: nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)), 3, 16)
 
 
-CONFIG = FDSConfig(outer_steps=3, inner_steps=(10,), counts={"lr": 2}, batch_size=16, val_frac=0.25, seed=4)
+CONFIG = FDSConfig(outer_steps=2, inner_steps=(8,), counts={"lr": 2}, batch_size=16, val_frac=0.25, seed=4)
 
 
 def same_history(a, b) -> bool:  # noqa: ANN001

@@ -45,7 +45,8 @@ def test_safe_direction_lowers_started_lr_and_momentum_and_holds_the_rest() -> N
     assert out["lr"].tolist() == [1.0, 1.0, 0.0, 0.0]
     assert out["momentum"].tolist() == [1.0]
     assert out["wd"].tolist() == [0.0]
-    state = OuterState.start({k: torch.full_like(v, 0.5) for k, v in hg.items()}, {"lr": 0.1, "momentum": 0.1, "wd": 0.1})
+    steps = {"lr": 0.1, "momentum": 0.1, "wd": 0.1}
+    state = OuterState.start({k: torch.full_like(v, 0.5) for k, v in hg.items()}, steps)
     new = sign_update(state, out, SPECS)
     assert new.values["lr"].tolist() == [0.4, 0.4, 0.5, 0.5]
     assert new.values["momentum"].tolist() == [0.4]
@@ -109,7 +110,8 @@ def test_tangent_blow_up_counts_as_divergence() -> None:
 
 
 def test_finite_runs_are_not_flagged() -> None:
-    config = FDSConfig(outer_steps=1, inner_steps=(8,), counts={"lr": 2}, init={"lr": 0.1}, batch_size=16, val_frac=0.25)
+    config = FDSConfig(outer_steps=1, inner_steps=(8,), counts={"lr": 2}, init={"lr": 0.1}, batch_size=16,
+                       val_frac=0.25)
     res = run_fds(tiny_task(), SGDMomentum(), ForwardManualBackend(), config, Callbacks())
     (r,) = res.history
     assert not r.diverged and r.extra == {} and r.steps_run == 8
