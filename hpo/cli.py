@@ -168,7 +168,8 @@ def run(**o: Any) -> None:
     history = ckpt.history if ckpt is not None else ()
     if ckpt is not None:
         click.echo(f"resuming {logdir} after outer step {ckpt.state.k}/{config.outer_steps}")
-    tb = TensorBoardLogger(logdir, purge_step=None if ckpt is None else ckpt.state.k,
+    # A fresh run purges from step 0: leftovers of a run killed before its first checkpoint vanish.
+    tb = TensorBoardLogger(logdir, purge_step=0 if ckpt is None else ckpt.state.k,
                            global_step=sum(r.steps_run for r in history))
     console = ConsoleReporter(config.outer_steps, show_progress=o["progress"])
     callbacks = CallbackList(console, tb)

@@ -62,6 +62,9 @@ def resume_options(ctx: click.Context, given: dict[str, Any]) -> tuple[Checkpoin
     logdir = Path(given["resume"])
     if not logdir.is_dir():
         raise click.BadParameter(f"{logdir} is not a directory of an earlier run", param_hint="--resume")
+    if not checkpoint_path(logdir).exists():
+        raise click.BadParameter(f"no checkpoint in {logdir} (a run stopped before its first outer step finished "
+                                 f"has none: start it again)", param_hint="--resume")
     try:
         ckpt = load_checkpoint(checkpoint_path(logdir))
     except ValueError as e:

@@ -104,7 +104,7 @@ CASES = [
     (["run", "--schedule-init", "{good_schedule}", "--inner-steps", "1"], "need at least 2 inner steps"),
     (["run", "--samples", "20", "--val-frac", "0.99", "--logdir", "{a_directory}/x"], "leaves none"),
     (["run", "--resume", "{a_directory}/missing"], "not a directory"),
-    (["run", "--resume", "{no_ckpt}"], "no checkpoint"),
+    (["run", "--resume", "{no_ckpt}"], "no checkpoint in"),
     (["run", "--resume", "{corrupt_ckpt}"], "cannot read checkpoint"),
     (["run", "--resume", "{foreign_ckpt}"], "cannot read checkpoint"),
     (["run", "--resume", "{alien_ckpt}"], "warp_drive"),
