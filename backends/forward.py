@@ -98,6 +98,12 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         """The primal inner state."""
         return state.inner
 
+    def finite(self, state: ForwardState) -> Tensor:
+        """Whether the last loss and every weight tangent :math:`Z_t` are finite (one 0-d bool tensor)."""
+        checks = [torch.isfinite(state.inner.loss).all()]
+        checks += [torch.isfinite(v).all() for v in state.d_params.values()]
+        return torch.stack(checks).all()
+
     def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
         rule = problem.rule

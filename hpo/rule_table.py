@@ -21,7 +21,7 @@ def describe_rule(rule: UpdateRule) -> str:
     for s in rule.hyperparameters:
         hand = "" if rule.hand_picked is None else f"{rule.hand_picked.get(s.name, float('nan')):g}"
         rows.append((s.name, s.range_text(), f"{s.init:g}", f"{s.step:g}", str(s.count), hand,
-                     moves.get(s.on_diverge, str(s.on_diverge)), s.description))
+                     moves.get(s.on_divergence, str(s.on_divergence)), s.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -43,11 +43,11 @@ from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_l
 #: it reach 0.9999; its step (1e-3) is small because only 1 - beta2 matters.  The learning rate
 #: starts at 0 (so, as with FDS's SGD, the first outer step moves only the learning rates: every
 #: other tangent is zero while lr = 0) with step 1e-3, Adam's usual scale.
-_LR = HyperSpec("lr", low=0.0, init=0.0, step=1e-3, count=7, description="learning rate", on_diverge=-1)
+_LR = HyperSpec("lr", low=0.0, init=0.0, step=1e-3, count=7, description="learning rate", on_divergence=-1)
 _BETA1 = HyperSpec("beta1", low=0.0, high=1.0, high_open=True, init=0.9, step=0.05, count=1,
-                   description="decay of the first moment (momentum)", on_diverge=0)
+                   description="decay of the first moment (momentum)", on_divergence=0)
 _BETA2 = HyperSpec("beta2", low=0.0, high=1.0, high_open=True, init=0.999, step=1e-3, count=1, margin=1e-4,
-                   description="decay of the second moment", on_diverge=0)
+                   description="decay of the second moment", on_divergence=0)
 
 
 class AdamFamily(UpdateRule):
@@ -175,7 +175,7 @@ class Adam(AdamFamily):
     decoupled = False
     hyperparameters = (
         _LR, _BETA1, _BETA2,
-        HyperSpec("wd", low=0.0, init=0.0, step=1e-4, count=1, description="L2 weight decay", on_diverge=-1),
+        HyperSpec("wd", low=0.0, init=0.0, step=1e-4, count=1, description="L2 weight decay", on_divergence=0),
     )
     hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 0.0}
 
@@ -195,7 +195,7 @@ class AdamW(AdamFamily):
     decoupled = True
     hyperparameters = (
         _LR, _BETA1, _BETA2,
-        HyperSpec("wd", low=0.0, init=0.0, step=3e-3, count=1, description="decoupled weight decay", on_diverge=-1),
+        HyperSpec("wd", low=0.0, init=0.0, step=3e-3, count=1, description="decoupled weight decay", on_divergence=0),
     )
     hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 1e-2}
 

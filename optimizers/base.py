@@ -36,9 +36,9 @@ class HyperSpec:
 
     The valid range is ``low <= x <= high``; an open bound (``low_open``/``high_open``) is kept
     ``margin`` inside.  ``count`` is the default number of shared values over the horizon,
-    ``init`` their starting value and ``step`` the initial outer step size.  ``on_diverge`` is the
-    direction the outer loop moves the value after a diverged inner run (non-finite hypergradient):
-    -1 lowers it (the safe side of a learning rate), +1 raises it, 0 leaves it.
+    ``init`` their starting value and ``step`` the initial outer step size.  ``on_divergence`` is
+    the safe direction when an inner run diverges: -1 lower the value (learning rates), +1 raise
+    it, 0 hold it (see :func:`hpo.outer.safe_direction`).
     """
 
     name: str
@@ -51,7 +51,7 @@ class HyperSpec:
     count: int = 1
     margin: float = 1e-3
     description: str = ""
-    on_diverge: int = -1
+    on_divergence: int = -1
 
     @property
     def lower(self) -> float:

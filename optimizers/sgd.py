@@ -43,11 +43,13 @@ class SGDMomentum(UpdateRule):
     """
 
     name = "sgd"
+    # On divergence (docs/divergence.md): lower lr (lr = 0 never diverges) and momentum (the
+    # effective step lr / (1 - momentum) shrinks); hold wd (lr * wd is far too small to matter).
     hyperparameters = (
         HyperSpec("lr", low=0.0, init=0.0, step=0.1, count=7, description="learning rate"),
         HyperSpec("momentum", low=0.0, high=1.0, high_open=True, init=0.0, step=0.1, count=1,
                   description="heavy-ball momentum"),
-        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay"),
+        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0),
     )
     hand_picked = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
 

@@ -57,11 +57,17 @@ def test_tensorboard_has_the_promised_tags(tmp_path, data_cache):
     logdir = tmp_path / "run"
     res = CliRunner().invoke(cli, ["run", *TINY, "--logdir", str(logdir), "--counts", "lr=2"])
     assert res.exit_code == 0, res.output
-    acc = EventAccumulator(str(logdir), size_guidance={"images": 0}).Reload()
-    tags = set(acc.Tags()["scalars"])
-    for tag in ("inner/train_loss", "outer/val_loss", "outer/val_acc", "hypergrad/lr/0", "hypergrad/lr/1",
-                "hyper/lr/1", "hyper/momentum/0", "hyper/wd/0", "retrain/learned/train_loss"):
-        assert tag in tags, tag
+    def tags(sub):
+        acc = EventAccumulator(str(logdir / sub), size_guidance={"images": 0}).Reload()
+        return acc, set(acc.Tags()["scalars"])
+
+    acc, outer = tags(".")
+    for tag in ("outer/val_loss", "outer/val_acc", "hypergrad/lr/0", "hypergrad/lr/1", "hyper/lr/1",
+                "hyper/momentum/0", "hyper/wd/0", "step/lr/0"):
+        assert tag in outer, tag
+    assert "inner/train_loss" in tags("inner")[1]
+    assert "inner/train_loss_by_step" in tags("inner/outer1")[1]
+    assert "retrain/learned/train_loss" in tags("retrain")[1]
     assert "schedule" in acc.Tags()["images"]
     assert [e.step for e in acc.Scalars("outer/val_acc")] == [0, 1]
 

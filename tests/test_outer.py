@@ -59,9 +59,13 @@ def test_convergence_when_every_step_is_small_relative_to_its_value():
     assert converged(mk([1.0], [0.09]), 0.1)
 
 
-def test_safe_direction_replaces_non_finite_entries_by_plus_one():
-    h = safe_direction({"lr": torch.tensor([-2.0, math.nan, math.inf])}, SPECS)
-    assert h["lr"].tolist() == [-2.0, 1.0, 1.0]
+def test_safe_direction_moves_started_values_to_their_safe_side():
+    h = {"lr": torch.tensor([-2.0, math.nan, 3.0]), "momentum": torch.tensor([math.inf]), "wd": torch.tensor([math.nan])}
+    out = safe_direction(h, SPECS)
+    # lr and momentum are lowered (pseudo-hypergradient +1), weight decay is held (0)
+    assert out["lr"].tolist() == [1.0, 1.0, 1.0] and out["momentum"].tolist() == [1.0] and out["wd"].tolist() == [0.0]
+    started = {"lr": torch.tensor([True, True, False]), "momentum": torch.tensor([True]), "wd": torch.tensor([True])}
+    assert safe_direction(h, SPECS, started)["lr"].tolist() == [1.0, 1.0, 0.0]
 
 
 def test_state_round_trips_through_a_dict():

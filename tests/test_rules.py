@@ -104,7 +104,7 @@ def test_specs_are_consistent(case: RuleCase) -> None:
     Schedule.constant(case.const).check(rule)
     Schedule.from_dict(case.schedule).check(rule)
     for s in rule.hyperparameters:
-        assert s.lower <= s.init <= s.upper and s.step > 0 and s.count >= 1 and s.on_diverge in (-1, 0, 1)
+        assert s.lower <= s.init <= s.upper and s.step > 0 and s.count >= 1 and s.on_divergence in (-1, 0, 1)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -128,14 +128,14 @@ def test_hpo_optimizers_unknown_name_is_one_line_error() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_divergence_moves_each_value_the_way_its_rule_says(case: RuleCase) -> None:
-    """After a non-finite hypergradient each value moves by one step in its ``on_diverge`` direction."""
+    """After a non-finite hypergradient each value moves by one step in its ``on_divergence`` direction."""
     rule = case.make()
     specs = {s.name: s for s in rule.hyperparameters}
     start = OuterState.start(case.values(), {s.name: s.step for s in rule.hyperparameters})
     nan = {k: torch.full_like(v, float("nan")) for k, v in start.values.items()}
     moved = sign_update(start, safe_direction(nan, specs), specs)
     for name, s in specs.items():
-        expected = s.clamp(start.values[name] + s.on_diverge * s.step)
+        expected = s.clamp(start.values[name] + s.on_divergence * s.step)
         torch.testing.assert_close(moved.values[name], expected, rtol=0, atol=0)
 
 
