@@ -35,7 +35,11 @@ from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
 from hpo.schedule import Schedule
 from optimizers.base import Hyper, Params, State, UpdateRule
 
-TangentFn = Callable[[UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper], tuple[Params, State]]
+#: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
+TangentFn = Callable[
+    [UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper],
+    tuple[tuple[Params, State] | None, tuple[Params, State]],
+]
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,21 @@ class ForwardState:
 
 
 def _manual_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                    dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[Params, State]:
-    return rule.tangent(p, s, g, h, t, dp, ds, dg, dh)
+                    dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[None, tuple[Params, State]]:
+    """The rule's hand-derived tangent; the primal step is left to the caller."""
+    return None, rule.tangent(p, s, g, h, t, dp, ds, dg, dh)
 
 
 def _jvp_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                 dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[Params, State]:
+                 dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[tuple[Params, State], tuple[Params, State]]:
+    """``torch.func.jvp`` of ``rule.step``: the primal step (unbatched under vmap) and its tangent.
+
+    The primal output is returned so the caller need not run ``rule.step`` a second time.
+    """
     def step(p_: Params, s_: State, g_: Params, h_: Hyper) -> tuple[Params, State]:
         return rule.step(p_, s_, g_, h_, t)
 
-    return jvp(step, (p, s, g, h), (dp, ds, dg, dh))[1]
+    return jvp(step, (p, s, g, h), (dp, ds, dg, dh))
 
 
 def _cat_rows(head: Tensor, full: Tensor, k: int) -> Tensor:
@@ -107,17 +116,19 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
 
     grad_fn = grad(loss_only, has_aux=True)
 
-    def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, Buffers]]:
+    def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, Buffers],
+                                                          tuple[Params, State] | None]:
         g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
         g = tree_clamp(g, grad_clip)
         dg = tree_clamp(dg, hz_clip)
         if grad_clip is not None:
             dg = {n: dg[n] * (g[n].abs() < grad_clip) for n in dg}
-        new_dp, new_ds = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
-        return g, new_dp, new_ds, aux
+        primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
+        return g, new_dp, new_ds, aux, primal
 
-    grads, new_dp_k, new_ds_k, (loss, new_buffers) = vmap(column, out_dims=(None, 0, 0, None))(dp_k, ds_k, direct)
-    new_params, new_opt = rule.step(params, opt_state, grads, hyper, t)
+    grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = vmap(column, out_dims=(None, 0, 0, None, None))(
+        dp_k, ds_k, direct)
+    new_params, new_opt = primal if primal is not None else rule.step(params, opt_state, grads, hyper, t)
     return new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers
 
 
@@ -155,6 +166,12 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
     def inner(self, state: ForwardState) -> InnerState:
         """The primal inner state."""
         return state.inner
+
+    def finite(self, state: ForwardState) -> Tensor:
+        """Whether the last loss and every weight tangent :math:`Z_t` are finite (one 0-d bool tensor)."""
+        checks = [torch.isfinite(state.inner.loss).all()]
+        checks += [torch.isfinite(v).all() for v in state.d_params.values()]
+        return torch.stack(checks).all()
 
     def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
@@ -203,10 +220,14 @@ class ForwardManualBackend(ForwardModeBackend):
     name = "forward-manual"
     tangent_fn = staticmethod(_manual_tangent)
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """The rule must carry a hand-derived tangent."""
+        if not rule.has_tangent:
+            raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """As :meth:`ForwardModeBackend.init`; the rule must carry a hand-derived tangent."""
-        if not problem.rule.has_tangent:
-            raise ValueError(f"optimizer {problem.rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+        self.check_rule(problem.rule)
         return super().init(problem, schedule)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import HypergradientBackend
+from optimizers.adam import Adam, AdamW
 from optimizers.base import UpdateRule
 from optimizers.sgd import SGDMomentum
 from tasks.base import Task
@@ -51,7 +52,11 @@ VISION_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "cifar10-wrn40": _vision("cifar10", "wrn40"),
 })
 
-BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({"sgd": SGDMomentum})
+BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
+    "sgd": SGDMomentum,
+    "adam": Adam,
+    "adamw": AdamW,
+})
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,
