@@ -96,10 +96,13 @@ def _cat_rows(head: Tensor, full: Tensor, k: int) -> Tensor:
 
 
 def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase, ...]:
-    """One :class:`Phase` per distinct segment start, with its tensors already on ``values``' device."""
+    """One :class:`Phase` per distinct segment start, with its tensors already on ``values``' device.
+
+    Starts at or after the horizon (more values than steps) begin no phase.
+    """
     ref = next(iter(values.values()))
     return tuple(Phase(s, layout.started(s), hyper_at(values, layout.segments(s)), layout.direct(s, ref.dtype, ref.device))
-                 for s in layout.phase_starts())
+                 for s in layout.phase_starts() if s < layout.horizon)
 
 
 def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, hz_clip: float | None,
