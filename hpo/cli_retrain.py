@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from hpo.cli_types import resolve_device
+from hpo.device import DTYPES
 from hpo.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS, resolve_rule, resolve_task
 from hpo.retrain import retrain
 from hpo.validation import check_numbers, load_schedule_file
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: ``hpo run --seed S`` retrains with seed ``S + RETRAIN_SEED_OFFSET``; ``hpo retrain`` does the same.
 RETRAIN_SEED_OFFSET = 7919
 

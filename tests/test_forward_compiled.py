@@ -6,10 +6,11 @@ the test fast on a CPU; ``inductor`` is exercised by ``benchmarks/step_cost.py -
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from backends.forward import ForwardManualBackend
+from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import run_inner
 from hpo.device import device_for_tests
 from hpo.problem import InnerProblem
@@ -21,7 +22,8 @@ from tasks.base import model_functions, split_state
 DEV = device_for_tests()
 
 
-def test_compiled_step_equals_eager_and_reverse_with_batchnorm() -> None:
+@pytest.mark.parametrize("backend_cls", [ForwardManualBackend, ForwardJvpBackend], ids=lambda c: c.name)
+def test_compiled_step_equals_eager_and_reverse_with_batchnorm(backend_cls: type) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).to(DEV, torch.float64)
@@ -35,8 +37,8 @@ def test_compiled_step_equals_eager_and_reverse_with_batchnorm() -> None:
     # one value per type: a single phase, hence a single compiled graph
     sched = Schedule({k: torch.tensor([v], dtype=torch.float64, device=DEV)
                       for k, v in {"lr": 0.2, "momentum": 0.7, "wd": 0.01}.items()})
-    compiled = run_inner(ForwardManualBackend(compile="aot_eager"), problem, sched)
-    eager = run_inner(ForwardManualBackend(), problem, sched)
+    compiled = run_inner(backend_cls(compile="aot_eager"), problem, sched)
+    eager = run_inner(backend_cls(), problem, sched)
     ref = reverse_hypergradient(problem, sched.values)
     for k in ref:
         assert ref[k].abs().max() > 1e-6
