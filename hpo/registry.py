@@ -15,6 +15,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
+from backends.greedy import GreedyBackend
+from backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import HypergradientBackend
 from optimizers.base import UpdateRule
 from optimizers.sgd import SGDMomentum
@@ -34,6 +36,8 @@ BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({"sgd":
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,
+    "reverse-truncated": ReverseTruncatedBackend,
+    "greedy": GreedyBackend,
 })
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),
