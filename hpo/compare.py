@@ -216,6 +216,10 @@ def run_compare(task: Task, rule: UpdateRule, cfg: CompareConfig, backends: Mapp
     return rows
 
 
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def _mean_std(xs: list[float]) -> str:
     if not xs:
         return "-"
@@ -281,7 +285,7 @@ def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, see
 
 
 def accuracy_figure(rows: list[Row], methods: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """Test accuracy (mean ± std over seeds) against the budget in inner steps, one line per method."""
+    """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,7 +300,7 @@ def accuracy_figure(rows: list[Row], methods: tuple[str, ...]):  # type: ignore[
             ax.axhline(statistics.mean(accs), ls="--", color="gray", label=m)
             continue
         means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
-        stds = [statistics.pstdev([r.test_acc for r in rs if r.budget == b]) for b in budgets]
+        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
         ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=m)
     ax.set_xlabel("search budget (inner training steps)")
     ax.set_ylabel("test accuracy after retraining")
