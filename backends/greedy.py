@@ -40,7 +40,9 @@ def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
     return torch.stack(rows).to(problem.val_x.device)
 
 
-def train_step(problem: InnerProblem, inner: InnerState, hyper: Hyper, t: int, x: Tensor, y: Tensor) -> tuple[Params, State, Params, Tensor, dict[str, Tensor]]:
+def train_step(
+    problem: InnerProblem, inner: InnerState, hyper: Hyper, t: int, x: Tensor, y: Tensor
+) -> tuple[Params, State, Params, Tensor, dict[str, Tensor]]:
     """One plain step: ``(new_params, new_state, grads, loss, new_buffers)`` (no graph kept)."""
 
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
@@ -52,8 +54,16 @@ def train_step(problem: InnerProblem, inner: InnerState, hyper: Hyper, t: int, x
     return *problem.rule.step(inner.params, inner.opt_state, g, hyper, t), g, loss, buffers
 
 
-def one_step_hypergrad(problem: InnerProblem, inner: InnerState, grads: Params, hyper: Hyper, t: int,
-                       xv: Tensor, yv: Tensor, buffers: dict[str, Tensor]) -> dict[str, Tensor]:
+def one_step_hypergrad(
+    problem: InnerProblem,
+    inner: InnerState,
+    grads: Params,
+    hyper: Hyper,
+    t: int,
+    xv: Tensor,
+    yv: Tensor,
+    buffers: dict[str, Tensor],
+) -> dict[str, Tensor]:
     """:math:`h_t = \\partial L^{B_t}_{val}(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)) / \\partial \\lambda_t`."""
 
     def after_step(h: Hyper) -> Tensor:
@@ -92,7 +102,9 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
         """The primal inner state."""
         return state.inner
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: GreedyState, t: int, x: Tensor, y: Tensor) -> GreedyState:
+    def step(
+        self, problem: InnerProblem, schedule: Schedule, state: GreedyState, t: int, x: Tensor, y: Tensor
+    ) -> GreedyState:
         """Inner step ``t`` and its one-step hypergradient, added to the active segments' sums."""
         inner = state.inner
         seg = {k: segment_index(t, problem.horizon, v.numel()) for k, v in state.values.items()}
@@ -100,11 +112,15 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
         params, opt, g, loss, buffers = train_step(problem, inner, hyper, t, x, y)
         idx = state.val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
-        sums = {k: v.index_add(0, torch.tensor([seg[k]], device=v.device), h[k].reshape(1)) for k, v in state.sums.items()}
+        sums = {
+            k: v.index_add(0, torch.tensor([seg[k]], device=v.device), h[k].reshape(1)) for k, v in state.sums.items()
+        }
         return GreedyState(InnerState(params, buffers, opt, t + 1, loss), state.values, sums, state.val_batches)
 
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: GreedyState) -> HypergradResult:
         """The per-segment sums of :math:`h_t`, and the validation metrics at the final weights."""
         inner = state.inner
-        loss, acc = evaluate(problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+        loss, acc = evaluate(
+            problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
+        )
         return HypergradResult(hypergrad=dict(state.sums), val_loss=float(loss), val_acc=float(acc), steps=inner.t)

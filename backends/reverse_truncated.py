@@ -100,7 +100,9 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
     def init(self, problem: InnerProblem, schedule: Schedule) -> TruncatedState:
         """Primal state of step 0; the schedule's values become leaves requiring grad."""
         ref = next(iter(problem.params.values()))
-        values = {n: v.detach().to(dtype=ref.dtype, device=ref.device).requires_grad_() for n, v in schedule.values.items()}
+        values = {
+            n: v.detach().to(dtype=ref.dtype, device=ref.device).requires_grad_() for n, v in schedule.values.items()
+        }
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
         return TruncatedState(inner, values, self.window_start(problem.horizon))
@@ -109,7 +111,9 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         """The primal inner state (weights may carry a graph inside the window)."""
         return state.inner
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: TruncatedState, t: int, x: Tensor, y: Tensor) -> TruncatedState:
+    def step(
+        self, problem: InnerProblem, schedule: Schedule, state: TruncatedState, t: int, x: Tensor, y: Tensor
+    ) -> TruncatedState:
         """A graph-free step before the window; a ``higher`` differentiable step inside it."""
         inner = state.inner
         counts = {k: v.numel() for k, v in state.values.items()}
@@ -123,7 +127,9 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
 
             g, (loss, buffers) = grad(loss_only, has_aux=True)(inner.params)
             with torch.no_grad():
-                params, opt = problem.rule.step(inner.params, inner.opt_state, tree_clamp(g, problem.grad_clip), hyper, t)
+                params, opt = problem.rule.step(
+                    inner.params, inner.opt_state, tree_clamp(g, problem.grad_clip), hyper, t
+                )
             return TruncatedState(InnerState(params, buffers, opt, t + 1, loss), state.values, state.window_start)
 
         names = list(inner.params)
@@ -140,9 +146,12 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         def clamp_grads(gs: list[Tensor]) -> list[Tensor]:
             return list(tree_clamp(dict(zip(names, gs)), clip).values())
 
-        new_list = diffopt.step(loss, params=[params[n] for n in names],
-                                override={"hyper": [hyper], "t": [t], "opt_state": [opt_state]},
-                                grad_callback=clamp_grads)
+        new_list = diffopt.step(
+            loss,
+            params=[params[n] for n in names],
+            override={"hyper": [hyper], "t": [t], "opt_state": [opt_state]},
+            grad_callback=clamp_grads,
+        )
         new_state: State = diffopt.param_groups[0]["opt_state"]
         new_params = dict(zip(names, new_list))
         inner_new = InnerState(new_params, _detach(buffers), new_state, t + 1, loss.detach())
@@ -156,7 +165,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         chunk = problem.eval_batch_size
         total = next(iter(params.values())).new_zeros(())
         for i in range(0, n, chunk):
-            loss, _ = problem.eval_fn(params, buffers, problem.val_x[i:i + chunk], problem.val_y[i:i + chunk])
+            loss, _ = problem.eval_fn(params, buffers, problem.val_x[i : i + chunk], problem.val_y[i : i + chunk])
             total = total + loss * (min(n, i + chunk) - i)
         val = total / n
         names = list(state.values)
@@ -168,6 +177,9 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         detached = {k: v.detach() for k, v in params.items()}
         loss, acc = evaluate(problem.eval_fn, detached, buffers, problem.val_x, problem.val_y, chunk)
         return HypergradResult(
-            hypergrad=hg, val_loss=float(loss), val_acc=float(acc), steps=inner.t,
+            hypergrad=hg,
+            val_loss=float(loss),
+            val_acc=float(acc),
+            steps=inner.t,
             info={"window": problem.horizon - state.window_start},
         )

@@ -68,7 +68,10 @@ def measure(task_name: str, horizon: int, window: int | None, backend_name: str,
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     out = {
-        "backend": backend_name, "window": window, "horizon": horizon, "seconds": seconds,
+        "backend": backend_name,
+        "window": window,
+        "horizon": horizon,
+        "seconds": seconds,
         "graph_mib": sum(saved.values()) / 2**20 if backend_name == "reverse-truncated" else None,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "hypergrad_lr0": float(result.hypergrad["lr"][-1]),
@@ -97,8 +100,20 @@ def main() -> None:
     jobs = [f"reverse-truncated:{w}" for w in a.windows.split(",")] + (["forward-manual:"] if a.forward else [])
     rows = []
     for job in jobs:
-        cmd = [sys.executable, __file__, "--task", a.task, "--horizon", str(a.horizon), "--samples", str(a.samples),
-               "--device", a.device, "--single", job]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--task",
+            a.task,
+            "--horizon",
+            str(a.horizon),
+            "--samples",
+            str(a.samples),
+            "--device",
+            a.device,
+            "--single",
+            job,
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
     cuda = a.device == "cuda"

@@ -58,7 +58,12 @@ def parse_space(text: str) -> SearchSpace:
             continue
         name, eq, rng = piece.partition("=")
         parts = rng.split(":")
-        if not eq or not name.strip() or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("log", "lin")):
+        if (
+            not eq
+            or not name.strip()
+            or len(parts) not in (2, 3)
+            or (len(parts) == 3 and parts[2] not in ("log", "lin"))
+        ):
             raise ValueError(f"search space entry {piece!r} is not NAME=LOW:HIGH or NAME=LOW:HIGH:log")
         try:
             low, high = float(parts[0]), float(parts[1])
@@ -81,8 +86,10 @@ def resolve_space(rule: UpdateRule, text: str | None) -> SearchSpace:
     space = {**default, **(parse_space(text) if text else {})}
     for name in space:
         if name not in rule.hyper_names:
-            raise ValueError(f"--space: optimizer {rule.name!r} has no hyperparameter {name!r} "
-                             f"(it has {', '.join(rule.hyper_names)})")
+            raise ValueError(
+                f"--space: optimizer {rule.name!r} has no hyperparameter {name!r} "
+                f"(it has {', '.join(rule.hyper_names)})"
+            )
     for s in rule.hyperparameters:
         if s.name not in space:
             raise ValueError(f"--space: give a range for {s.name} (no default for optimizer {rule.name!r})")
@@ -112,7 +119,9 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     for t, x, y in problem.batches():
         hyper = {k: v[segment_index(t, problem.horizon, v.numel())] for k, v in values.items()}
 
-        def loss_only(p: Params, b: dict[str, Tensor] = buffers, x: Tensor = x, y: Tensor = y) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
+        def loss_only(
+            p: Params, b: dict[str, Tensor] = buffers, x: Tensor = x, y: Tensor = y
+        ) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
             loss, nb = problem.loss_fn(p, b, x, y)
             return loss, (loss.detach(), nb)
 
@@ -151,8 +160,15 @@ def _evaluate(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule:
     return Trial(k, schedule, vloss, vacc, problem.horizon, div)
 
 
-def random_search(task: Task, rule: UpdateRule, config: FDSConfig, space: SearchSpace, trials: int,
-                  counts: Mapping[str, int] | None = None, on_trial: TrialCallback | None = None) -> list[Trial]:
+def random_search(
+    task: Task,
+    rule: UpdateRule,
+    config: FDSConfig,
+    space: SearchSpace,
+    trials: int,
+    counts: Mapping[str, int] | None = None,
+    on_trial: TrialCallback | None = None,
+) -> list[Trial]:
     """``trials`` random candidates; ``counts=None`` samples constants, else shared-segment schedules."""
     gen = torch.Generator().manual_seed(int(config.seed) * 7_919 + 17)
     out = []
@@ -164,8 +180,15 @@ def random_search(task: Task, rule: UpdateRule, config: FDSConfig, space: Search
     return out
 
 
-def tpe_search(task: Task, rule: UpdateRule, config: FDSConfig, space: SearchSpace, trials: int,
-               counts: Mapping[str, int] | None = None, on_trial: TrialCallback | None = None) -> list[Trial]:
+def tpe_search(
+    task: Task,
+    rule: UpdateRule,
+    config: FDSConfig,
+    space: SearchSpace,
+    trials: int,
+    counts: Mapping[str, int] | None = None,
+    on_trial: TrialCallback | None = None,
+) -> list[Trial]:
     """``trials`` candidates proposed by optuna's TPE sampler (seeded), maximising validation accuracy."""
     import optuna
 
@@ -179,8 +202,10 @@ def tpe_search(task: Task, rule: UpdateRule, config: FDSConfig, space: SearchSpa
         vals = {}
         for name, r in space.items():
             n = int(counts.get(name, 1))
-            vals[name] = torch.tensor([ot.suggest_float(f"{name}_{j}" if n > 1 else name, r.low, r.high, log=r.log)
-                                       for j in range(n)], dtype=torch.float64)
+            vals[name] = torch.tensor(
+                [ot.suggest_float(f"{name}_{j}" if n > 1 else name, r.low, r.high, log=r.log) for j in range(n)],
+                dtype=torch.float64,
+            )
         trial = _evaluate(task, rule, config, len(out), Schedule(vals))
         out.append(trial)
         if on_trial is not None:

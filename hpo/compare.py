@@ -115,16 +115,29 @@ def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
     n_hold = max(1, math.ceil(frac * n))
     hold, rest = perm[:n_hold], perm[n_hold:]
     search = replace(task, train_x=task.train_x[rest], train_y=task.train_y[rest])
-    holdout = replace(task, train_x=task.train_x[rest], train_y=task.train_y[rest],
-                      test_x=task.train_x[hold], test_y=task.train_y[hold])
+    holdout = replace(
+        task,
+        train_x=task.train_x[rest],
+        train_y=task.train_y[rest],
+        test_x=task.train_x[hold],
+        test_y=task.train_y[hold],
+    )
     return search, holdout
 
 
 def fds_config(cfg: CompareConfig, rule: UpdateRule, seed: int, outer_steps: int) -> FDSConfig:
     """The FDS settings a method uses for ``seed``."""
-    return FDSConfig(outer_steps=max(1, outer_steps), inner_steps=(cfg.horizon,), counts=dict(cfg.counts),
-                     val_frac=cfg.val_frac, batch_size=cfg.batch_size, seed=seed, grad_clip=cfg.grad_clip,
-                     dtype=cfg.dtype, device=cfg.device)
+    return FDSConfig(
+        outer_steps=max(1, outer_steps),
+        inner_steps=(cfg.horizon,),
+        counts=dict(cfg.counts),
+        val_frac=cfg.val_frac,
+        batch_size=cfg.batch_size,
+        seed=seed,
+        grad_clip=cfg.grad_clip,
+        dtype=cfg.dtype,
+        device=cfg.device,
+    )
 
 
 class _Recorder(Callbacks):
@@ -136,13 +149,20 @@ class _Recorder(Callbacks):
 
     def on_outer_step(self, record: OuterRecord) -> None:
         self.steps += record.steps_run
-        self.points.append(Checkpoint(self.steps, time.perf_counter() - self.start,
-                                      Schedule.from_dict(record.values), record.val_acc,
-                                      time.process_time() - self.cpu0))
+        self.points.append(
+            Checkpoint(
+                self.steps,
+                time.perf_counter() - self.start,
+                Schedule.from_dict(record.values),
+                record.val_acc,
+                time.process_time() - self.cpu0,
+            )
+        )
 
 
-def search(method: str, task: Task, rule: UpdateRule, cfg: CompareConfig, seed: int,
-           backends: Mapping[str, object]) -> list[Checkpoint]:
+def search(
+    method: str, task: Task, rule: UpdateRule, cfg: CompareConfig, seed: int, backends: Mapping[str, object]
+) -> list[Checkpoint]:
     """Run ``method`` with the whole budget; the incumbent after each unit of work."""
     units = cfg.budget // cfg.horizon
     config = fds_config(cfg, rule, seed, units)
@@ -165,8 +185,7 @@ def search(method: str, task: Task, rule: UpdateRule, cfg: CompareConfig, seed: 
             if not out.diverged:
                 sched = Schedule.constant({n: float(v[-1]) for n, v in out.trajectory.items()})
             best = points[-1].schedule if out.diverged and points else out.schedule
-            points.append(Checkpoint(steps, time.perf_counter() - start, best, out.val_acc,
-                                     time.process_time() - cpu0))
+            points.append(Checkpoint(steps, time.perf_counter() - start, best, out.val_acc, time.process_time() - cpu0))
         return points
     if method in SEARCH_METHODS:
         counts = config.resolved_counts(rule) if method.endswith("schedule") else None
@@ -178,8 +197,10 @@ def search(method: str, task: Task, rule: UpdateRule, cfg: CompareConfig, seed: 
             points.append(Checkpoint(steps, time.perf_counter() - start, best.schedule, best.val_acc))  # times below
         # seconds were not taken per trial; spread the totals evenly over the trials
         total, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        return [replace(p, seconds=total * (i + 1) / len(points), cpu_seconds=cpu * (i + 1) / len(points))
-                for i, p in enumerate(points)]
+        return [
+            replace(p, seconds=total * (i + 1) / len(points), cpu_seconds=cpu * (i + 1) / len(points))
+            for i, p in enumerate(points)
+        ]
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -189,7 +210,9 @@ def incumbent(points: list[Checkpoint], budget: int) -> Checkpoint | None:
     return fit[-1] if fit else None
 
 
-def run_compare(task: Task, rule: UpdateRule, cfg: CompareConfig, backends: Mapping[str, object], log: Log = print) -> list[Row]:
+def run_compare(
+    task: Task, rule: UpdateRule, cfg: CompareConfig, backends: Mapping[str, object], log: Log = print
+) -> list[Row]:
     """Search with every method and seed, retrain every incumbent; one :class:`Row` each."""
     cfg.validate()
     search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
@@ -208,9 +231,24 @@ def run_compare(task: Task, rule: UpdateRule, cfg: CompareConfig, backends: Mapp
                 r = retrain(task, rule, point.schedule, cfg.retrain_steps, seed + 7919, cfg.dtype, cfg.device)
                 val = None
                 if budget == cfg.budget:
-                    val = retrain(holdout_task, rule, point.schedule, cfg.retrain_steps, seed + 7919, cfg.dtype, cfg.device).test_acc
-                rows.append(Row(method, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
-                                cfg.retrain_steps, r.diverged, point.schedule.to_dict()))
+                    val = retrain(
+                        holdout_task, rule, point.schedule, cfg.retrain_steps, seed + 7919, cfg.dtype, cfg.device
+                    ).test_acc
+                rows.append(
+                    Row(
+                        method,
+                        seed,
+                        budget,
+                        point.steps,
+                        point.seconds,
+                        point.cpu_seconds,
+                        r.test_acc,
+                        val,
+                        cfg.retrain_steps,
+                        r.diverged,
+                        point.schedule.to_dict(),
+                    )
+                )
             final = rows[-1]
             log(f"seed {seed}  {method:<18} test_acc={final.test_acc:.4f}  val_acc={final.val_acc:.4f}")
     return rows
@@ -230,8 +268,10 @@ def _mean_std(xs: list[float]) -> str:
 
 def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str:
     """Markdown table at the final budget: mean ± standard deviation over seeds."""
-    lines = ["| method | val acc | test acc | search wall (s) | search CPU (s) | inner steps | retrain steps | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | val acc | test acc | search wall (s) | search CPU (s) | inner steps | retrain steps | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in methods:
         rs = [r for r in rows if r.method == m and r.budget == budget]
         if not rs:
@@ -242,8 +282,10 @@ def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str
         steps = statistics.mean(r.steps for r in rs)
         div = sum(r.diverged for r in rs)
         flag = f" ({div} diverged)" if div else ""
-        lines.append(f"| {m} | {_mean_std(vals)} | {_mean_std([r.test_acc for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
-                     f"{steps:.0f} | {rs[0].retrain_steps} | {len(rs)} |")
+        lines.append(
+            f"| {m} | {_mean_std(vals)} | {_mean_std([r.test_acc for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
+            f"{steps:.0f} | {rs[0].retrain_steps} | {len(rs)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -251,12 +293,37 @@ def write_csv(rows: list[Row], path: Path) -> None:
     """Every row (method, seed, budget point) as CSV; the schedule as JSON text."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "seed", "budget", "steps", "search_seconds", "cpu_seconds", "val_acc", "test_acc",
-                    "retrain_steps", "diverged", "schedule"])
+        w.writerow(
+            [
+                "method",
+                "seed",
+                "budget",
+                "steps",
+                "search_seconds",
+                "cpu_seconds",
+                "val_acc",
+                "test_acc",
+                "retrain_steps",
+                "diverged",
+                "schedule",
+            ]
+        )
         for r in rows:
-            w.writerow([r.method, r.seed, r.budget, r.steps, f"{r.search_seconds:.3f}", f"{r.cpu_seconds:.3f}",
-                        "" if r.val_acc is None else f"{r.val_acc:.4f}", f"{r.test_acc:.4f}",
-                        r.retrain_steps, int(r.diverged), json.dumps(r.schedule)])
+            w.writerow(
+                [
+                    r.method,
+                    r.seed,
+                    r.budget,
+                    r.steps,
+                    f"{r.search_seconds:.3f}",
+                    f"{r.cpu_seconds:.3f}",
+                    "" if r.val_acc is None else f"{r.val_acc:.4f}",
+                    f"{r.test_acc:.4f}",
+                    r.retrain_steps,
+                    int(r.diverged),
+                    json.dumps(r.schedule),
+                ]
+            )
 
 
 def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, seed: int):  # type: ignore[no-untyped-def]
@@ -314,12 +381,18 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
     from torch.utils.tensorboard import SummaryWriter
 
     table = summary_table(rows, cfg.methods, cfg.budget)
-    paths = {"md": logdir / "results.md", "csv": logdir / "results.csv",
-             "schedules": logdir / "schedules.png", "accuracy": logdir / "accuracy_vs_budget.png"}
+    paths = {
+        "md": logdir / "results.md",
+        "csv": logdir / "results.csv",
+        "schedules": logdir / "schedules.png",
+        "accuracy": logdir / "accuracy_vs_budget.png",
+    }
     paths["md"].write_text(f"{header}\n\n{table}")
     write_csv(rows, paths["csv"])
-    figs = {"schedules": schedules_figure(rows, cfg.methods, cfg.budget, cfg.seeds[0]),
-            "accuracy": accuracy_figure(rows, cfg.methods)}
+    figs = {
+        "schedules": schedules_figure(rows, cfg.methods, cfg.budget, cfg.seeds[0]),
+        "accuracy": accuracy_figure(rows, cfg.methods),
+    }
     writer = SummaryWriter(str(logdir))
     for key, fig in figs.items():
         fig.savefig(paths[key], dpi=120)

@@ -92,5 +92,7 @@ def online_greedy(
             diverged = True
             break
     trajectory = {k: torch.stack(v).detach().double().cpu() for k, v in used.items()}
-    vloss, vacc = evaluate(problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+    vloss, vacc = evaluate(
+        problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
+    )
     return OnlineResult(trajectory, summarise(trajectory, counts), float(vloss), float(vacc), inner.t, diverged)

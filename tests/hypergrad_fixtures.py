@@ -30,16 +30,30 @@ def tiny_task(batchnorm: bool = False, n: int = 48, d: int = 5, classes: int = 3
     return Task("tiny", x, y, xt, yt, make, classes, batch_size=8)
 
 
-def tiny_problem(horizon: int = 12, batchnorm: bool = False, seed: int = 0, grad_clip: float | None = None) -> InnerProblem:
+def tiny_problem(
+    horizon: int = 12, batchnorm: bool = False, seed: int = 0, grad_clip: float | None = None
+) -> InnerProblem:
     """A float64 inner problem: 32 train / 16 val samples, batch 8, SGD-momentum."""
     task = tiny_task(batchnorm=batchnorm, seed=seed)
     model = init_model(task, seed, torch.float64, "cpu")
     loss_fn, eval_fn = model_functions(model)
     params, buffers = split_state(model)
     x = task.train_x.double()
-    return InnerProblem(loss_fn=loss_fn, eval_fn=eval_fn, params=params, buffers=buffers, rule=SGDMomentum(),
-                        train_x=x[:32], train_y=task.train_y[:32], val_x=x[32:], val_y=task.train_y[32:],
-                        horizon=horizon, batch_size=8, seed=seed, grad_clip=grad_clip)
+    return InnerProblem(
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        params=params,
+        buffers=buffers,
+        rule=SGDMomentum(),
+        train_x=x[:32],
+        train_y=task.train_y[:32],
+        val_x=x[32:],
+        val_y=task.train_y[32:],
+        horizon=horizon,
+        batch_size=8,
+        seed=seed,
+        grad_clip=grad_clip,
+    )
 
 
 def tiny_schedule(counts: dict[str, int] | None = None) -> Schedule:

@@ -6,13 +6,20 @@ import math
 
 import pytest
 import torch
+from hypergrad_fixtures import tiny_task
 
 from hpo.baselines import (
-    Range, Trial, best_so_far, parse_space, random_search, resolve_space, sample_schedule, tpe_search,
+    Range,
+    Trial,
+    best_so_far,
+    parse_space,
+    random_search,
+    resolve_space,
+    sample_schedule,
+    tpe_search,
 )
 from hpo.fds import FDSConfig
 from hpo.schedule import Schedule
-from hypergrad_fixtures import tiny_task
 from optimizers.sgd import SGDMomentum
 
 

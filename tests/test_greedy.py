@@ -106,7 +106,9 @@ def test_online_clamps_to_valid_range():
 
 def test_online_rejects_unknown_hyperparameter():
     with pytest.raises(ValueError, match="no hyperparameter 'beta'"):
-        online_greedy(tiny_problem(2), Schedule.constant({"lr": 0.1, "momentum": 0.0, "wd": 0.0}), hyper_lr={"beta": 1.0})
+        online_greedy(
+            tiny_problem(2), Schedule.constant({"lr": 0.1, "momentum": 0.0, "wd": 0.0}), hyper_lr={"beta": 1.0}
+        )
 
 
 def test_summarise_means_per_segment():

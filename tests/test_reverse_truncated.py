@@ -22,6 +22,7 @@ def rel_err(a: dict, b: dict) -> float:
 
 def truncated_reference(problem, values, window):
     """Validation loss unrolled with torch.func, weights and momentum cut (detached) at T - W."""
+
     def loss(vals):
         params, buffers = problem.params, problem.buffers
         state = problem.rule.init(params)
@@ -33,6 +34,7 @@ def truncated_reference(problem, values, window):
             g, buffers = grad(lambda p, b=buffers, x=x, y=y: problem.loss_fn(p, b, x, y), has_aux=True)(params)
             params, state = problem.rule.step(params, state, tree_clamp(g, problem.grad_clip), hyper, t)
         return problem.eval_fn(params, buffers, problem.val_x, problem.val_y)[0]
+
     return grad(loss)(values)
 
 
