@@ -34,7 +34,11 @@ from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule
 from optimizers.base import Hyper, Params, State, UpdateRule
 
-TangentFn = Callable[[UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper], tuple[Params, State]]
+#: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
+TangentFn = Callable[
+    [UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper],
+    tuple[tuple[Params, State] | None, tuple[Params, State]],
+]
 
 
 @dataclass(frozen=True)
@@ -49,16 +53,21 @@ class ForwardState:
 
 
 def _manual_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                    dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[Params, State]:
-    return rule.tangent(p, s, g, h, t, dp, ds, dg, dh)
+                    dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[None, tuple[Params, State]]:
+    """The rule's hand-derived tangent; the primal step is left to the caller."""
+    return None, rule.tangent(p, s, g, h, t, dp, ds, dg, dh)
 
 
 def _jvp_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                 dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[Params, State]:
+                 dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[tuple[Params, State], tuple[Params, State]]:
+    """``torch.func.jvp`` of ``rule.step``: the primal step (unbatched under vmap) and its tangent.
+
+    The primal output is returned so the caller need not run ``rule.step`` a second time.
+    """
     def step(p_: Params, s_: State, g_: Params, h_: Hyper) -> tuple[Params, State]:
         return rule.step(p_, s_, g_, h_, t)
 
-    return jvp(step, (p, s, g, h), (dp, ds, dg, dh))[1]
+    return jvp(step, (p, s, g, h), (dp, ds, dg, dh))
 
 
 def _cat_rows(head: Tensor, full: Tensor, k: int) -> Tensor:
@@ -89,6 +98,12 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         """The primal inner state."""
         return state.inner
 
+    def finite(self, state: ForwardState) -> Tensor:
+        """Whether the last loss and every weight tangent :math:`Z_t` are finite (one 0-d bool tensor)."""
+        checks = [torch.isfinite(state.inner.loss).all()]
+        checks += [torch.isfinite(v).all() for v in state.d_params.values()]
+        return torch.stack(checks).all()
+
     def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
         rule = problem.rule
@@ -107,19 +122,20 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
 
         grad_fn = grad(loss_only, has_aux=True)
 
-        def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, dict[str, Tensor]]]:
+        def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, dict[str, Tensor]], tuple[Params, State] | None]:
             g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
             g = tree_clamp(g, problem.grad_clip)
             dg = tree_clamp(dg, problem.hz_clip)
             if problem.grad_clip is not None:
                 dg = {n: dg[n] * (g[n].abs() < problem.grad_clip) for n in dg}
-            new_dp, new_ds = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
-            return g, new_dp, new_ds, aux
+            primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
+            return g, new_dp, new_ds, aux, primal
 
         dp_k = {n: v[:k] for n, v in state.d_params.items()}
         ds_k = {sk: {n: v[:k] for n, v in sv.items()} for sk, sv in state.d_state.items()}
-        grads, new_dp_k, new_ds_k, (loss, new_buffers) = vmap(column, out_dims=(None, 0, 0, None))(dp_k, ds_k, direct)
-        new_params, new_opt = rule.step(params, opt_state, grads, hyper, t)
+        grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = vmap(column, out_dims=(None, 0, 0, None, None))(
+            dp_k, ds_k, direct)
+        new_params, new_opt = primal if primal is not None else rule.step(params, opt_state, grads, hyper, t)
         d_params = {n: _cat_rows(new_dp_k[n], state.d_params[n], k) for n in params}
         d_state = {sk: {n: _cat_rows(new_ds_k[sk][n], sv[n], k) for n in sv} for sk, sv in state.d_state.items()}
         return ForwardState(InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params, d_state, layout, state.values)
@@ -155,10 +171,14 @@ class ForwardManualBackend(ForwardModeBackend):
     name = "forward-manual"
     tangent_fn = staticmethod(_manual_tangent)
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """The rule must carry a hand-derived tangent."""
+        if not rule.has_tangent:
+            raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """As :meth:`ForwardModeBackend.init`; the rule must carry a hand-derived tangent."""
-        if not problem.rule.has_tangent:
-            raise ValueError(f"optimizer {problem.rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+        self.check_rule(problem.rule)
         return super().init(problem, schedule)
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from hpo.problem import Buffers, InnerProblem
 from hpo.schedule import Schedule
-from optimizers.base import Params, State
+from optimizers.base import Params, State, UpdateRule
 
 S = TypeVar("S")
 
@@ -56,6 +56,9 @@ class HypergradientBackend(ABC, Generic[S]):
 
     name: ClassVar[str]
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """Raise ``ValueError`` (one line) if this backend cannot run ``rule``; by default any rule."""
+
     @abstractmethod
     def init(self, problem: InnerProblem, schedule: Schedule) -> S:
         """State before inner step 0."""
@@ -72,6 +75,14 @@ class HypergradientBackend(ABC, Generic[S]):
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: S) -> HypergradResult:
         """Hypergradient of the validation loss at the final weights."""
 
+    def finite(self, state: S) -> Tensor:
+        """0-d bool tensor: whether the run is still finite (by default: the last minibatch loss).
+
+        Backends that carry tangents also check them, so that a blow-up of the tangents stops the
+        run even while the loss is still finite.
+        """
+        return torch.isfinite(self.inner(state).loss).all()
+
 
 StepCallback = Callable[[int, InnerState], None]
 
@@ -86,22 +97,26 @@ def run_inner(
     """Run ``problem.horizon`` inner steps with ``backend`` and return its hypergradient.
 
     ``on_step(t, inner_state)`` is called after each step (for progress bars and logging).  Every
-    ``check_every`` steps the training loss is checked (one host sync); when it is non-finite the
-    run stops early and the result has ``diverged=True``.
+    ``check_every`` steps :meth:`HypergradientBackend.finite` checks the loss (and the tangents,
+    for backends that carry them) in one host sync; when anything is non-finite the run stops
+    early and the result has ``diverged=True`` and ``info["diverged_at"]`` (steps run) and
+    ``info["divergence"]`` (``"loss"`` or ``"tangents"``).
     """
     state = backend.init(problem, schedule)
     diverged = False
+    cause: dict[str, Any] = {}
     for t, x, y in problem.batches():
         state = backend.step(problem, schedule, state, t, x, y)
         inner = backend.inner(state)
         if on_step is not None:
             on_step(t, inner)
         if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
-            if not is_finite(inner.loss):
+            if not bool(backend.finite(state)):
                 diverged = True
+                cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
                 break
     result = backend.hypergradient(problem, schedule, state)
-    return replace(result, diverged=diverged or result.diverged)
+    return replace(result, diverged=diverged or result.diverged, info={**(result.info or {}), **cause})
 
 
 def hyper_at(schedule_values: dict[str, Tensor], seg: dict[str, int]) -> dict[str, Tensor]:

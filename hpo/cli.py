@@ -13,12 +13,18 @@ import click
 import torch
 
 from hpo.callbacks import CallbackList
+from hpo.checkpoint import atomic_write, checkpoint_path
+from hpo.cli_retrain import retrain_command
 from hpo.cli_types import IntList, KeyValues, ensure_writable_dir, resolve_device
 from hpo.console import ConsoleReporter, format_values
+from hpo.determinism import use_deterministic_kernels
 from hpo.fds import FDSConfig, run_fds
+from hpo.outer import OuterState
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
+from hpo.resume import CheckpointWriter, resume_options
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
+from hpo.validation import check_numbers, check_split, load_schedule_file
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -74,7 +80,8 @@ def with_window(backend: Any, window: int | None) -> Any:
 @click.option("--backend", default="forward-manual", show_default=True,
               help=f"Hypergradient backend: {', '.join(BUILTIN_BACKENDS)} or module:attr.")
 @click.option("--optimizer", default="sgd", show_default=True,
-              help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr.")
+              help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr "
+                   "('hpo optimizers' lists each rule's hyperparameters, ranges and defaults).")
 @click.option("--outer-steps", type=int, default=10, show_default=True, help="Number of outer (hyperparameter) steps.")
 @click.option("--inner-steps", type=IntList(), default="30,300", show_default=True,
               help="Inner steps per outer step; the last entry repeats (e.g. 1 epoch, then 10).")
@@ -96,12 +103,24 @@ def with_window(backend: Any, window: int | None) -> Any:
 @click.option("--logdir", type=click.Path(path_type=Path), default=None,
               help="TensorBoard logs and schedule.json (default runs/<time>).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
+@click.option("--schedule-init", type=click.Path(path_type=Path), default=None,
+              help="Start from the schedule in this JSON file (e.g. an earlier schedule.json); sets --counts.")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue the run in this LOGDIR from its last completed outer step, with its options.")
+@click.option("--deterministic/--no-deterministic", default=False, show_default=True,
+              help="Deterministic CUDA kernels (slower); CPU runs are deterministic anyway. See docs/determinism.md.")
 @click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
 def run(**o: Any) -> None:
-    """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy."""
-    for name in ("outer_steps", "batch_size", "samples", "retrain_steps"):
-        if o[name] is not None and o[name] < 1:
-            fail(f"must be at least 1, got {o[name]}", "--" + name.replace("_", "-"))
+    """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy.
+
+    A checkpoint is written to LOGDIR/checkpoint.pt after every outer step (docs/checkpoint-resume.md).
+    """
+    ckpt = None
+    if o["resume"] is not None:
+        ckpt, o = resume_options(click.get_current_context(), o)
+    check_numbers(o)
+    if o.get("deterministic"):
+        use_deterministic_kernels()
     device = resolve_device(o["device"])
     dtype = DTYPES[o["dtype"]]
     try:
@@ -112,9 +131,23 @@ def run(**o: Any) -> None:
         backend = resolve_backend(o["backend"])
     except ValueError as e:
         fail(str(e), "--backend")
-    backend = with_window(backend, o["window"])
+    start_state: OuterState | None = None
+    counts = o["counts"]
+    if ckpt is not None:
+        start_state = ckpt.state
+        try:
+            Schedule(dict(ckpt.state.values)).check(rule)
+        except ValueError as e:
+            fail(f"the checkpoint does not fit optimizer {rule.name!r}: {e}", "--resume")
+        counts = {n: v.numel() for n, v in ckpt.state.values.items()}
+    elif o["schedule_init"] is not None:
+        if o["counts"] or o["init_values"]:
+            fail("give either --schedule-init or --counts/--init, not both", "--schedule-init")
+        init_schedule, _ = load_schedule_file(o["schedule_init"], rule, "--schedule-init")
+        counts = init_schedule.counts
+    backend = with_window(backend, o.get("window"))
     config = FDSConfig(
-        outer_steps=o["outer_steps"], inner_steps=o["inner_steps"], counts=o["counts"], init=o["init_values"],
+        outer_steps=o["outer_steps"], inner_steps=o["inner_steps"], counts=counts, init=o["init_values"],
         steps=o["step_sizes"], decay=o["decay"], converged_frac=o["converged_frac"], val_frac=o["val_frac"],
         batch_size=o["batch_size"], seed=o["seed"], grad_clip=o["grad_clip"], hz_clip=o["hz_clip"],
         dtype=dtype, device=device,
@@ -123,31 +156,46 @@ def run(**o: Any) -> None:
         config.validate(rule)
     except ValueError as e:
         fail(str(e))
+    try:
+        backend.check_rule(rule)
+    except ValueError as e:
+        fail(str(e), "--backend")
     baseline = o["baseline"] if o["baseline"] is not None else rule.hand_picked
     if baseline is not None:
         try:
             Schedule.constant(baseline).check(rule)
         except ValueError as e:
             fail(str(e), "--baseline")
+    if start_state is None and o["schedule_init"] is not None:
+        start_state = OuterState.start(init_schedule.values, config.resolved_steps(rule))
     logdir = o["logdir"] or Path("runs") / time.strftime("hpo-%Y%m%d-%H%M%S")
+    o["logdir"] = logdir
     ensure_writable_dir(logdir)
+    if ckpt is None and checkpoint_path(logdir).exists():
+        fail(f"{logdir} already holds a run; continue it with --resume {logdir} or choose another --logdir", "--logdir")
     try:
         task_kwargs = {"samples": o["samples"]} if o["samples"] is not None else {}
         task = resolve_task(o["task"], **task_kwargs)
     except ValueError as e:
         fail(str(e), "--task")
+    check_split(task.train_x.shape[0], config.val_frac)
     retrain_steps = o["retrain_steps"] or config.horizon(config.outer_steps - 1)
 
     from hpo.tensorboard_log import TensorBoardLogger
 
     click.echo(f"task={task.name} backend={backend.name} optimizer={rule.name} device={device} dtype={o['dtype']} "
                f"train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
-    tb = TensorBoardLogger(logdir)
+    history = ckpt.history if ckpt is not None else ()
+    if ckpt is not None:
+        click.echo(f"resuming {logdir} after outer step {ckpt.state.k}/{config.outer_steps}")
+    # A fresh run purges from step 0: leftovers of a run killed before its first checkpoint vanish.
+    tb = TensorBoardLogger(logdir, purge_step=0 if ckpt is None else ckpt.state.k,
+                           global_step=sum(r.steps_run for r in history))
     console = ConsoleReporter(config.outer_steps, show_progress=o["progress"])
     callbacks = CallbackList(console, tb)
-    start = time.perf_counter()
-    result = run_fds(task, rule, backend, config, callbacks)
-    search_seconds = time.perf_counter() - start
+    writer = CheckpointWriter(logdir, o, ckpt.search_seconds if ckpt is not None else 0.0)
+    result = run_fds(task, rule, backend, config, callbacks, state=start_state, history=history, after_step=writer)
+    search_seconds = writer.seconds()
 
     final = retrain(task, rule, result.schedule, retrain_steps, o["seed"] + 7919, dtype, device,
                     on_step=lambda t, loss: callbacks.on_retrain_step("learned", t, retrain_steps, loss))
@@ -167,14 +215,37 @@ def run(**o: Any) -> None:
         "search_seconds": search_seconds, "results": summary,
         "history": [r.__dict__ for r in result.history],
     }
-    (logdir / "schedule.json").write_text(json.dumps(out, indent=2) + "\n")
-    tb.add_text("summary", "\n\n".join(lines))
+    text = json.dumps(out, indent=2) + "\n"
+    atomic_write(logdir / "schedule.json", lambda f: f.write(text.encode()))
+    tb.add_text("summary", "\n\n".join(lines), result.state.k)
     tb.close()
     click.echo(f"learned schedule: {format_values(result.schedule.to_dict())}")
     for line in lines:
         click.echo(line)
     click.echo(f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'} and TensorBoard logs "
                f"(tensorboard --logdir {logdir})")
+
+
+@cli.command("optimizers")
+@click.argument("names", nargs=-1)
+def optimizers_cmd(names: tuple[str, ...]) -> None:
+    """Show update rules (built-in or module:attr / file.py:attr) with their hyperparameters.
+
+    Each row gives the valid range, the FDS defaults (initial value, outer step, number of shared
+    values), the hand-picked baseline and what the outer loop does to the value after a diverged
+    run.  With no NAMES, every built-in rule is shown.
+    """
+    from hpo.rule_table import describe_rule
+
+    for i, spec in enumerate(names or tuple(BUILTIN_RULES)):
+        try:
+            rule = resolve_rule(spec)
+        except ValueError as e:
+            fail(str(e), "NAMES")
+        click.echo(("\n" if i else "") + describe_rule(rule))
+
+
+cli.add_command(retrain_command)
 
 
 DEFAULT_METHODS = "forward-manual,greedy,reverse-truncated,online-greedy,random-constant,random-schedule,tpe,hand-picked"

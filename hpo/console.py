@@ -17,6 +17,20 @@ def format_values(values: dict[str, list[float]], fmt: str = "{:.4g}") -> str:
     return " ".join(f"{k}=[{' '.join(fmt.format(x) for x in v)}]" for k, v in values.items())
 
 
+def divergence_text(r: OuterRecord) -> str:
+    """One line saying where an inner run diverged and which values the outer step moved."""
+    e = r.extra or {}
+
+    def which(d: dict[str, list[int]]) -> str:
+        return ", ".join(f"{n}[{','.join(str(j) for j in js)}]" for n, js in d.items()) or "nothing"
+
+    moved = f"lowered {which(e.get('lowered', {}))}"
+    if e.get("raised"):
+        moved += f", raised {which(e['raised'])}"
+    return (f"DIVERGED: non-finite {e.get('divergence', 'values')} at inner step {e.get('diverged_at', r.steps_run)}"
+            f"/{r.horizon}; stopped early, {moved} (safe direction); other values held")
+
+
 class ConsoleReporter(Callbacks):
     """tqdm bars on stderr while training; one block per outer step on stdout."""
 
@@ -44,9 +58,10 @@ class ConsoleReporter(Callbacks):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        flag = "  DIVERGED: moved the non-finite values down" if r.diverged else ""
         click.echo(f"outer {r.k + 1}/{self.outer_steps}  T={r.horizon}  val_loss={r.val_loss:.4f}  "
-                   f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s){flag}", file=self.out)
+                   f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s)", file=self.out)
+        if r.diverged:
+            click.echo(f"  {divergence_text(r)}", file=self.out)
         click.echo(f"  hypergrad  {format_values(r.hypergrad, '{:+.3g}')}", file=self.out)
         click.echo(f"  schedule   {format_values(r.values)}", file=self.out)
         if r.converged:

@@ -6,10 +6,11 @@ set, runs ``inner_steps[k]`` inner steps with the backend, and applies :func:`hp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -17,7 +18,7 @@ from hpo.backend import HypergradientBackend, run_inner
 from hpo.callbacks import Callbacks, OuterRecord
 from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
-from hpo.schedule import Schedule, check_counts
+from hpo.schedule import Schedule, check_counts, segment_starts
 from optimizers.base import UpdateRule
 from tasks.base import Task, init_model, model_functions, split_state
 
@@ -124,6 +125,16 @@ def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> Inn
     )
 
 
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: str | torch.device) -> Iterator[None]:
+    """Run the block with torch's global RNGs (CPU and ``device``) seeded, restoring them afterwards."""
+    dev = torch.device(device)
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def initial_state(rule: UpdateRule, config: FDSConfig) -> OuterState:
     """Outer state before the first step: the rule's (or overridden) counts, initial values and steps."""
     sched = Schedule.initial(rule, config.resolved_counts(rule), dict(config.init))
@@ -144,11 +155,24 @@ def outer_step(
     schedule = Schedule({n: v.clone() for n, v in state.values.items()})
     callbacks.on_outer_start(k, problem.horizon)
     start = time.perf_counter()
-    result = run_inner(backend, problem, schedule, on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
+    with seeded_rng(config.seed * 1000 + k + 500_009, config.device):  # e.g. dropout: same draws on resume
+        result = run_inner(backend, problem, schedule,
+                           on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
     hg = result.hypergrad
-    if result.diverged or not all(bool(torch.isfinite(h).all()) for h in hg.values()):
-        hg = safe_direction(hg, {s.name: s for s in rule.hyperparameters})
     specs = {s.name: s for s in rule.hyperparameters}
+    extra: dict[str, object] = {}
+    diverged = result.diverged or not all(bool(torch.isfinite(h).all()) for h in hg.values())
+    if diverged:
+        info = result.info or {}
+        steps_run = int(info.get("diverged_at", result.steps))
+        started = {n: torch.tensor(segment_starts(problem.horizon, v.numel())) < steps_run for n, v in hg.items()}
+        hg = safe_direction(hg, specs, started)
+        extra = {
+            "diverged_at": steps_run,
+            "divergence": str(info.get("divergence", "hypergradient")),
+            "lowered": {n: [j for j, x in enumerate(h.tolist()) if x > 0] for n, h in hg.items() if (h > 0).any()},
+            "raised": {n: [j for j, x in enumerate(h.tolist()) if x < 0] for n, h in hg.items() if (h < 0).any()},
+        }
     new = sign_update(state, hg, specs, config.decay)
     record = OuterRecord(
         k=k,
@@ -159,9 +183,10 @@ def outer_step(
         hypergrad={n: [float(x) for x in h] for n, h in result.hypergrad.items()},
         values={n: [float(x) for x in v] for n, v in new.values.items()},
         step_sizes={n: [float(x) for x in v] for n, v in new.steps.items()},
-        diverged=result.diverged,
+        diverged=diverged,
         seconds=time.perf_counter() - start,
         converged=converged(new, config.converged_frac),
+        extra=extra,
     )
     callbacks.on_outer_step(record)
     return new, record
@@ -175,18 +200,23 @@ def run_fds(
     callbacks: Callbacks | None = None,
     state: OuterState | None = None,
     history: tuple[OuterRecord, ...] = (),
+    after_step: Callable[[OuterState, tuple[OuterRecord, ...]], None] | None = None,
 ) -> FDSResult:
     """Run outer steps until ``config.outer_steps`` are done or every value has converged.
 
-    Pass ``state`` and ``history`` to continue an earlier run (e.g. from a checkpoint).
+    Pass ``state`` and ``history`` to continue an earlier run (e.g. from a checkpoint); a run whose
+    last record has converged does not continue.  ``after_step(state, history)`` is called after
+    every outer step (e.g. to write a checkpoint).  Outer step ``k`` depends only on ``state``,
+    ``config.seed`` and ``k`` (network init, validation split, batch order and any other random
+    draws are seeded from them), so a resumed run repeats an uninterrupted one exactly.
     """
     config.validate(rule)
     callbacks = callbacks or Callbacks()
     state = state or initial_state(rule, config)
     records = list(history)
-    while state.k < config.outer_steps:
+    while state.k < config.outer_steps and not (records and records[-1].converged):
         state, record = outer_step(task, rule, backend, config, state, callbacks)
         records.append(record)
-        if record.converged:
-            break
+        if after_step is not None:
+            after_step(state, tuple(records))
     return FDSResult(Schedule(dict(state.values)), state, tuple(records))

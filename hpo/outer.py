@@ -12,8 +12,8 @@ with decay :math:`\\gamma` (default 0.5) and the clamp to the rule's valid range
 converged when every :math:`s_j / |\\lambda_j|` is below a fraction (default 0.05).
 
 A non-finite hypergradient (a diverged inner run) has no usable sign; the authors' code takes
-sign 0 there and stalls.  Here the caller passes the *safe* direction instead (see
-:func:`safe_direction`).
+sign 0 there and stalls.  Here the caller passes the *safe* direction instead, for the values in
+force before the blow-up (see :func:`safe_direction`).
 """
 
 from __future__ import annotations
@@ -88,13 +88,29 @@ def converged(state: OuterState, frac: float = 0.05) -> bool:
     return True
 
 
-def safe_direction(hypergrad: Mapping[str, Tensor], specs: Mapping[str, HyperSpec]) -> dict[str, Tensor]:
-    """A hypergradient whose non-finite entries are replaced by +1 (move the value *down*).
+def safe_direction(
+    hypergrad: Mapping[str, Tensor],
+    specs: Mapping[str, HyperSpec],
+    started: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """The pseudo-hypergradient used after a divergence: push offending values the safe way.
 
-    After a divergence every non-finite entry is treated as if the loss grew with that value, so
-    the outer step lowers it: smaller learning rates, momentum and weight decay are the safe side.
+    A diverged inner run has no usable hypergradient (the authors' code takes sign 0 for NaN and
+    stalls).  Instead every *offending* value, one whose segment had started when the run blew up
+    (``started[name]``, a bool mask; ``None`` means all), gets the sign that moves it in its
+    type's safe direction ``spec.on_divergence`` (-1 lower, +1 raise, 0 hold):
+
+    .. math::  \\tilde h_j = -\\mathrm{on\\_divergence} \\text{ if segment } j
+               \\text{ started, else } 0
+
+    so :func:`sign_update` (``value -= sign(h) * step``) lowers e.g. every learning rate in force
+    before the blow-up and leaves later segments, which cannot have caused it, untouched (a zero
+    entry keeps its value, step and last sign).  Lowering the learning rate always ends a
+    divergence eventually: with lr = 0 the weights do not move.
     """
     out = {}
     for name, h in hypergrad.items():
-        out[name] = torch.where(torch.isfinite(h), h, torch.ones_like(h))
+        direction = float(getattr(specs[name], "on_divergence", -1))
+        mask = torch.ones_like(h, dtype=torch.bool) if started is None else started[name].to(h.device)
+        out[name] = torch.where(mask, torch.full_like(h, -direction), torch.zeros_like(h))
     return out

@@ -18,6 +18,7 @@ from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from backends.greedy import GreedyBackend
 from backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import HypergradientBackend
+from optimizers.adam import Adam, AdamW
 from optimizers.base import UpdateRule
 from optimizers.sgd import SGDMomentum
 from tasks.base import Task
@@ -32,7 +33,11 @@ def _mnist1d(model: str) -> Callable[..., Task]:
     return make
 
 
-BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({"sgd": SGDMomentum})
+BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
+    "sgd": SGDMomentum,
+    "adam": Adam,
+    "adamw": AdamW,
+})
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,

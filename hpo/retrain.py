@@ -84,4 +84,5 @@ def retrain(
     _, eval_fn = model_functions(model)
     with torch.no_grad():
         test_loss, test_acc = evaluate(eval_fn, params, buffers, task.test_x.to(device, dtype), task.test_y.to(device))
+    diverged = diverged or not bool(torch.isfinite(test_loss))  # the last update can still blow up
     return RetrainResult(float(test_acc), float(test_loss), float(loss.detach()), steps, diverged)

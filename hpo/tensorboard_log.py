@@ -1,8 +1,15 @@
 """TensorBoard logging of an FDS run: a :class:`~hpo.callbacks.Callbacks` implementation.
 
-Scalars: ``inner/train_loss`` (global inner step), ``outer/val_loss``, ``outer/val_acc``,
-``hypergrad/<name>/<j>``, ``hyper/<name>/<j>`` and ``step/<name>/<j>`` per outer step, and
-``retrain/<name>/train_loss``.  Figures: ``schedule`` (the learned schedule over the horizon).
+Each step axis has its own TensorBoard run (subdirectory), so that a resumed run can purge exactly
+what the interrupted process wrote after its last checkpoint (``purge_step`` hides every event of
+a run at or after that step, whatever its tag):
+
+- ``LOGDIR`` (axis: outer step k): ``outer/val_loss``, ``outer/val_acc``, ``outer/diverged``,
+  ``outer/diverged_at``, ``hypergrad/<name>/<j>``, ``hyper/<name>/<j>``, ``step/<name>/<j>``,
+  the ``schedule`` figure, ``divergence`` and ``summary`` texts;
+- ``LOGDIR/inner`` (axis: global inner step): ``inner/train_loss``;
+- ``LOGDIR/inner/outer<k>`` (axis: inner step t of outer step k): ``inner/train_loss_by_step``;
+- ``LOGDIR/retrain`` (axis: retrain step): ``retrain/<name>/train_loss``.
 """
 
 from __future__ import annotations
@@ -37,21 +44,36 @@ def schedule_figure(schedule: Schedule, horizon: int = 1000, title: str = "learn
 class TensorBoardLogger(Callbacks):
     """Writes an FDS run to TensorBoard event files under ``logdir``.
 
-    ``log_every`` inner steps the minibatch loss is written (one host sync each time).
+    ``log_every`` inner steps the minibatch loss is written (one host sync each time).  To resume
+    a run after outer step ``k`` was completed, pass ``purge_step=k`` and ``global_step`` = the
+    inner steps run so far: whatever the killed process logged after its checkpoint is hidden.
     """
 
-    def __init__(self, logdir: str | Path, log_every: int = 10, purge_step: int | None = None) -> None:
+    def __init__(self, logdir: str | Path, log_every: int = 10, purge_step: int | None = None,
+                 global_step: int = 0) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
+        self._writer_cls = SummaryWriter
+        self.logdir = Path(logdir)
+        resuming = purge_step is not None
+        self.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
+        self.inner_writer = SummaryWriter(str(self.logdir / "inner"), purge_step=global_step if resuming else None)
+        self.outer_writer = None  # per outer step, opened in on_outer_start
+        self.retrain_writer = None
         self.log_every = log_every
-        self.global_step = 0
+        self.global_step = global_step
+
+    def on_outer_start(self, k: int, horizon: int) -> None:
+        """Open the run of outer step ``k``'s inner curve (purging a partial one from a killed run)."""
+        self.outer_writer = self._writer_cls(str(self.logdir / "inner" / f"outer{k}"), purge_step=0)
 
     def on_inner_step(self, k: int, t: int, loss: Tensor) -> None:
         """Inner training loss every ``log_every`` steps."""
         if t % self.log_every == 0:
-            self.writer.add_scalar("inner/train_loss", float(loss), self.global_step)
-            self.writer.add_scalar(f"inner/train_loss_outer{k}", float(loss), t)
+            x = float(loss)
+            self.inner_writer.add_scalar("inner/train_loss", x, self.global_step)
+            if self.outer_writer is not None:
+                self.outer_writer.add_scalar("inner/train_loss_by_step", x, t)
         self.global_step += 1
 
     def on_outer_step(self, record: OuterRecord) -> None:
@@ -61,23 +83,37 @@ class TensorBoardLogger(Callbacks):
         w.add_scalar("outer/val_loss", record.val_loss, k)
         w.add_scalar("outer/val_acc", record.val_acc, k)
         w.add_scalar("outer/diverged", float(record.diverged), k)
+        if record.diverged:
+            from hpo.console import divergence_text
+
+            w.add_scalar("outer/diverged_at", float((record.extra or {}).get("diverged_at", record.steps_run)), k)
+            w.add_text("divergence", f"outer step {k}: {divergence_text(record)}", k)
         for group, data in (("hypergrad", record.hypergrad), ("hyper", record.values), ("step", record.step_sizes)):
             for name, vals in data.items():
                 for j, x in enumerate(vals):
                     w.add_scalar(f"{group}/{name}/{j}", x, k)
         w.add_figure("schedule", schedule_figure(Schedule.from_dict(record.values), title=f"after outer step {k}"), k)
-        w.flush()
+        for writer in (w, self.inner_writer, self.outer_writer):
+            if writer is not None:
+                writer.flush()
+        if self.outer_writer is not None:
+            self.outer_writer.close()
+            self.outer_writer = None
 
     def on_retrain_step(self, name: str, t: int, steps: int, loss: Tensor) -> None:
         """Retrain loss every ``log_every`` steps."""
+        if self.retrain_writer is None:
+            self.retrain_writer = self._writer_cls(str(self.logdir / "retrain"), purge_step=0)
         if t % self.log_every == 0:
-            self.writer.add_scalar(f"retrain/{name}/train_loss", float(loss), t)
+            self.retrain_writer.add_scalar(f"retrain/{name}/train_loss", float(loss), t)
 
-    def add_text(self, tag: str, text: str) -> None:
-        """A markdown text entry."""
-        self.writer.add_text(tag, text)
+    def add_text(self, tag: str, text: str, step: int | None = None) -> None:
+        """A markdown text entry (at outer step ``step``)."""
+        self.writer.add_text(tag, text, step)
         self.writer.flush()
 
     def close(self) -> None:
-        """Flush and close the event file."""
-        self.writer.close()
+        """Flush and close every event file."""
+        for writer in (self.writer, self.inner_writer, self.outer_writer, self.retrain_writer):
+            if writer is not None:
+                writer.close()

@@ -9,9 +9,11 @@ Example:
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.0)
     >>> driver = ScheduleDriver(opt, SGDMomentum(), sched, horizon=100)
     >>> for t in range(100):
-    ...     driver.apply()          # sets lr, momentum and weight decay for step t
+    ...     _ = driver.apply()      # sets lr, momentum and weight decay for step t
     ...     opt.zero_grad(); model(torch.ones(1, 2)).sum().backward(); opt.step()
     ...     driver.advance()
+    >>> driver.t, opt.param_groups[0]["lr"]
+    (100, 0.1)
 """
 
 from __future__ import annotations

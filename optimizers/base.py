@@ -36,7 +36,9 @@ class HyperSpec:
 
     The valid range is ``low <= x <= high``; an open bound (``low_open``/``high_open``) is kept
     ``margin`` inside.  ``count`` is the default number of shared values over the horizon,
-    ``init`` their starting value and ``step`` the initial outer step size.
+    ``init`` their starting value and ``step`` the initial outer step size.  ``on_divergence`` is
+    the safe direction when an inner run diverges: -1 lower the value (learning rates), +1 raise
+    it, 0 hold it (see :func:`hpo.outer.safe_direction`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class HyperSpec:
     count: int = 1
     margin: float = 1e-3
     description: str = ""
+    on_divergence: int = -1
 
     @property
     def lower(self) -> float:
@@ -136,8 +139,14 @@ class UpdateRule(ABC):
         return None
 
     def torch_group(self, hyper: dict[str, float]) -> dict[str, Any]:
-        """The ``param_group`` entries that set ``hyper`` on :meth:`torch_optimizer`'s optimizer."""
-        raise NotImplementedError(f"optimizer {self.name!r} has no torch.optim counterpart")
+        """The ``param_group`` entries that set ``hyper`` on :meth:`torch_optimizer`'s optimizer.
+
+        By default each hyperparameter is the ``param_group`` key of the same name (as for
+        ``torch.optim.RMSprop``'s ``lr`` and ``alpha``); override where torch names them otherwise.
+        """
+        if type(self).torch_optimizer is UpdateRule.torch_optimizer:
+            raise NotImplementedError(f"optimizer {self.name!r} has no torch.optim counterpart")
+        return {k: float(v) for k, v in hyper.items()}
 
 
 def zeros_like_params(params: Params) -> Params:

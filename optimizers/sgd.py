@@ -24,6 +24,10 @@ from torch import Tensor
 from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
 
 
+#: Stand-in for a momentum of exactly 0 in ``torch.optim.SGD`` (see :meth:`SGDMomentum.torch_group`).
+TINY_MOMENTUM = 1e-300
+
+
 class SGDMomentum(UpdateRule):
     """SGD with heavy-ball momentum and L2 weight decay; hyperparameters lr, momentum, wd.
 
@@ -39,11 +43,13 @@ class SGDMomentum(UpdateRule):
     """
 
     name = "sgd"
+    # On divergence (docs/divergence.md): lower lr (lr = 0 never diverges) and momentum (the
+    # effective step lr / (1 - momentum) shrinks); hold wd (lr * wd is far too small to matter).
     hyperparameters = (
         HyperSpec("lr", low=0.0, init=0.0, step=0.1, count=7, description="learning rate"),
         HyperSpec("momentum", low=0.0, high=1.0, high_open=True, init=0.0, step=0.1, count=1,
                   description="heavy-ball momentum"),
-        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay"),
+        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0),
     )
     hand_picked = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
 
@@ -87,5 +93,13 @@ class SGDMomentum(UpdateRule):
         return torch.optim.SGD(params, **self.torch_group(hyper))
 
     def torch_group(self, hyper: dict[str, float]) -> dict[str, Any]:
-        """``lr``, ``momentum`` and ``weight_decay`` of a ``torch.optim.SGD`` param group."""
-        return {"lr": float(hyper["lr"]), "momentum": float(hyper["momentum"]), "weight_decay": float(hyper["wd"])}
+        """``lr``, ``momentum`` and ``weight_decay`` of a ``torch.optim.SGD`` param group.
+
+        ``torch.optim.SGD`` keeps no momentum buffer while ``momentum == 0`` and restarts it from
+        the current gradient when momentum becomes positive, whereas the heavy-ball recursion
+        (and its hypergradient) keeps ``v = g + wd theta`` through a zero-momentum segment.  A
+        momentum of 0 is therefore passed as ``1e-300``: the buffer is kept, and
+        ``1e-300 * v`` vanishes in float32 and is below round-off in float64.
+        """
+        mu = float(hyper["momentum"])
+        return {"lr": float(hyper["lr"]), "momentum": mu if mu > 0 else TINY_MOMENTUM, "weight_decay": float(hyper["wd"])}

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from hypergrad_fixtures import tiny_task
 
 from hpo.baselines import (
     Range,
@@ -21,6 +20,7 @@ from hpo.baselines import (
 from hpo.fds import FDSConfig
 from hpo.schedule import Schedule
 from optimizers.sgd import SGDMomentum
+from tests.hypergrad_fixtures import tiny_task
 
 
 def test_parse_space():

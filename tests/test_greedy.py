@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from hypergrad_fixtures import tiny_problem, tiny_schedule
 
 from backends.greedy import GreedyBackend, validation_batches
 from hpo.backend import run_inner
 from hpo.online_greedy import online_greedy, summarise
 from hpo.schedule import Schedule, segment_index
 from hpo.unroll import reverse_hypergradient
+from tests.hypergrad_fixtures import tiny_problem, tiny_schedule
 
 
 def direct_greedy(problem, sched):

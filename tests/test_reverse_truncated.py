@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypergrad_fixtures import tiny_problem, tiny_schedule
 from torch.func import grad
 
 from backends.forward import ForwardManualBackend
@@ -12,6 +11,7 @@ from backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import run_inner, tree_clamp
 from hpo.schedule import segment_index
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
+from tests.hypergrad_fixtures import tiny_problem, tiny_schedule
 
 
 def rel_err(a: dict, b: dict) -> float:

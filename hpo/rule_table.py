@@ -1,0 +1,28 @@
+"""Plain-text description of an update rule's hyperparameters, read from its :class:`HyperSpec` s.
+
+The CLI (``hpo optimizers``) prints it, so users see ranges and FDS defaults without the CLI
+knowing anything about particular optimizers.
+"""
+
+from __future__ import annotations
+
+from optimizers.base import UpdateRule
+
+
+def describe_rule(rule: UpdateRule) -> str:
+    """A header line and one row per hyperparameter: range, init, outer step, count, hand-picked value."""
+    backends = "forward-manual, forward-jvp" if rule.has_tangent else "forward-jvp"
+    counterpart = type(rule).torch_optimizer is not UpdateRule.torch_optimizer
+    header = (f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
+              f"torch.optim counterpart: {'yes' if counterpart else 'no'})")
+    lines = [header]
+    rows = [("name", "valid range", "init", "step", "count", "hand-picked", "on divergence", "description")]
+    moves = {-1: "lower", 0: "keep", 1: "raise"}
+    for s in rule.hyperparameters:
+        hand = "" if rule.hand_picked is None else f"{rule.hand_picked.get(s.name, float('nan')):g}"
+        rows.append((s.name, s.range_text(), f"{s.init:g}", f"{s.step:g}", str(s.count), hand,
+                     moves.get(s.on_divergence, str(s.on_divergence)), s.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
