@@ -60,6 +60,19 @@ def fail(message: str, hint: str | None = None) -> None:
     raise click.BadParameter(message, param_hint=hint)
 
 
+def with_window(backend: Any, window: int | None) -> Any:
+    """``backend`` with ``--window`` applied (reverse-truncated only); one-line error otherwise."""
+    if window is None:
+        return backend
+    from backends.reverse_truncated import ReverseTruncatedBackend
+
+    if not isinstance(backend, ReverseTruncatedBackend):
+        fail(f"applies only to the reverse-truncated backend, not {backend.name!r}", "--window")
+    if window < 1:
+        fail(f"must be at least 1, got {window}", "--window")
+    return type(backend)(window)
+
+
 @cli.command()
 @click.option("--task", default="mnist1d-mlp", show_default=True,
               help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
@@ -103,6 +116,7 @@ def fail(message: str, hint: str | None = None) -> None:
               help="Continue the run in this LOGDIR from its last completed outer step, with its options.")
 @click.option("--deterministic/--no-deterministic", default=False, show_default=True,
               help="Deterministic CUDA kernels (slower); CPU runs are deterministic anyway. See docs/determinism.md.")
+@click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
 def run(**o: Any) -> None:
     """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy.
 
@@ -144,6 +158,7 @@ def run(**o: Any) -> None:
             fail("give either --schedule-init or --counts/--init, not both", "--schedule-init")
         init_schedule, _ = load_schedule_file(o["schedule_init"], rule, "--schedule-init")
         counts = init_schedule.counts
+    backend = with_window(backend, o.get("window"))
     config = FDSConfig(
         outer_steps=o["outer_steps"], inner_steps=o["inner_steps"], counts=counts, init=o["init_values"],
         steps=o["step_sizes"], decay=o["decay"], converged_frac=o["converged_frac"], val_frac=o["val_frac"],
@@ -248,6 +263,111 @@ def optimizers_cmd(names: tuple[str, ...]) -> None:
 
 
 cli.add_command(retrain_command)
+
+
+DEFAULT_METHODS = "forward-manual,greedy,reverse-truncated,online-greedy,random-constant,random-schedule,tpe,hand-picked"
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0,1,2`` into a tuple of non-negative integers (one-line error otherwise)."""
+    try:
+        seeds = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        fail(f"expected integers separated by commas, got {text!r}", "--seeds")
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        fail(f"expected distinct non-negative integers, got {text!r}", "--seeds")
+    return seeds
+
+
+@cli.command()
+@click.option("--task", default="mnist1d-mlp", show_default=True, help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
+@click.option("--optimizer", default="sgd", show_default=True, help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr.")
+@click.option("--methods", default=DEFAULT_METHODS, show_default=True,
+              help="Comma-separated: hypergradient backends (FDS outer loop) and online-greedy, random-constant, "
+                   "random-schedule, tpe, tpe-schedule, hand-picked.")
+@click.option("--budget", type=IntList(), default="1000", show_default=True,
+              help="Search budget in inner training steps; several values give accuracy-vs-budget points.")
+@click.option("--inner-steps", type=int, default=100, show_default=True, help="Horizon T of every inner run (one outer step or trial).")
+@click.option("--retrain-steps", type=int, default=None, help="Steps of each retrain from scratch (default: --inner-steps).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Seeds to repeat the whole comparison with.")
+@click.option("--space", default=None, help="Search space of the baselines, e.g. lr=1e-3:1:log,momentum=0:0.99,wd=1e-6:1e-2:log.")
+@click.option("--counts", type=KeyValues(int), default="", help="Shared values per type (rule defaults), for FDS and schedule searches.")
+@click.option("--hyper-lr", type=KeyValues(float), default="", help="online-greedy hyper-learning rates, e.g. lr=0.01,momentum=0.01,wd=1e-4.")
+@click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
+@click.option("--holdout-frac", type=float, default=0.1, show_default=True, help="Train fraction held out of every search for val acc.")
+@click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction per outer step / trial.")
+@click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
+@click.option("--samples", type=int, default=None, help="MNIST-1D: number of generated samples (default 5000).")
+@click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C. Off by default.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--logdir", type=click.Path(path_type=Path), default=None, help="Outputs (default runs/compare-<time>).")
+def compare(**o: Any) -> None:
+    """Compare backends and baselines at an equal budget of inner steps; retrain, tabulate, plot."""
+    from hpo.baselines import resolve_space
+    from hpo.compare import OTHER_METHODS, SEARCH_METHODS, CompareConfig, run_compare, write_outputs
+
+    for name in ("inner_steps", "retrain_steps", "batch_size", "samples"):
+        if o[name] is not None and o[name] < 1:
+            fail(f"must be at least 1, got {o[name]}", "--" + name.replace("_", "-"))
+    seeds = parse_seeds(o["seeds"])
+    methods = tuple(m.strip() for m in o["methods"].split(",") if m.strip())
+    if not methods or len(set(methods)) != len(methods):
+        fail(f"expected distinct comma-separated methods, got {o['methods']!r}", "--methods")
+    try:
+        rule = resolve_rule(o["optimizer"])
+    except ValueError as e:
+        fail(str(e), "--optimizer")
+    backends = {}
+    for m in methods:
+        if m in SEARCH_METHODS or m in OTHER_METHODS:
+            continue
+        try:
+            backends[m] = resolve_backend(m)
+        except ValueError as e:
+            fail(f"{e} (or a baseline: {', '.join(SEARCH_METHODS + OTHER_METHODS)})", "--methods")
+    if o["window"] is not None:
+        if "reverse-truncated" not in backends:
+            fail("applies only to the reverse-truncated backend, which is not among --methods", "--window")
+        backends["reverse-truncated"] = with_window(backends["reverse-truncated"], o["window"])
+    if "hand-picked" in methods and rule.hand_picked is None:
+        fail(f"optimizer {rule.name!r} has no hand-picked setting", "--methods")
+    try:
+        space = resolve_space(rule, o["space"])
+    except ValueError as e:
+        fail(str(e), "--space")
+    for k in o["hyper_lr"]:
+        if k not in rule.hyper_names:
+            fail(f"optimizer {rule.name!r} has no hyperparameter {k!r}", "--hyper-lr")
+    device = resolve_device(o["device"])
+    cfg = CompareConfig(
+        methods=methods, budgets=o["budget"], horizon=o["inner_steps"], seeds=seeds,
+        retrain_steps=o["retrain_steps"] or o["inner_steps"], space=space, counts=o["counts"],
+        hyper_lr=o["hyper_lr"], holdout_frac=o["holdout_frac"], val_frac=o["val_frac"],
+        batch_size=o["batch_size"], grad_clip=o["grad_clip"], dtype=DTYPES[o["dtype"]], device=device,
+    )
+    try:
+        cfg.validate()
+        FDSConfig(outer_steps=1, inner_steps=(cfg.horizon,), counts=cfg.counts, val_frac=cfg.val_frac,
+                  batch_size=cfg.batch_size, grad_clip=cfg.grad_clip).validate(rule)
+    except ValueError as e:
+        fail(str(e))
+    logdir = o["logdir"] or Path("runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    ensure_writable_dir(logdir)
+    try:
+        task = resolve_task(o["task"], **({"samples": o["samples"]} if o["samples"] is not None else {}))
+    except ValueError as e:
+        fail(str(e), "--task")
+    header = (f"task={task.name} optimizer={rule.name} budget={','.join(map(str, cfg.budgets))} inner steps "
+              f"(T={cfg.horizon}) retrain={cfg.retrain_steps} seeds={','.join(map(str, seeds))} device={device} "
+              f"dtype={o['dtype']}")
+    click.echo(header)
+    start = time.perf_counter()
+    rows = run_compare(task, rule, cfg, backends, log=click.echo)
+    paths = write_outputs(rows, cfg, logdir, header)
+    click.echo(paths["md"].read_text().split("\n\n", 1)[1])
+    click.echo(f"total {time.perf_counter() - start:.1f}s; wrote {', '.join(str(p) for p in paths.values())} "
+               f"and TensorBoard logs (tensorboard --logdir {logdir})")
 
 
 def main() -> None:

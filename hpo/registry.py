@@ -15,6 +15,8 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
+from backends.greedy import GreedyBackend
+from backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import HypergradientBackend
 from optimizers.adam import Adam, AdamW
 from optimizers.base import UpdateRule
@@ -60,6 +62,8 @@ BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,
+    "reverse-truncated": ReverseTruncatedBackend,
+    "greedy": GreedyBackend,
 })
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),

@@ -1,0 +1,126 @@
+"""Greedy one-step hypergradients, in the style of Hypergradient Descent (Baydin et al. 2018).
+
+At every inner step ``t`` the weights ``theta_t`` and optimizer state ``s_t`` are held fixed and
+only the step's own hyperparameters are differentiated, through one update, on a validation
+minibatch ``B_t``:
+
+.. math::
+
+    h_t = \\frac{\\partial}{\\partial \\lambda_t}
+          L_{val}^{B_t}\\big(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)\\big),
+    \\qquad
+    h_{name, j} = \\sum_{t:\\ \\mathrm{seg}(t) = j} h_{t, name}
+
+For SGD-momentum this is :math:`h_{t,lr} = -\\nabla L^{B_t}_{val}(\\theta_{t+1})^\\top v_{t+1}`.
+The sums per shared segment have the shape of the full hypergradient, so the same sign-based
+outer loop runs on them; they ignore every effect of :math:`\\lambda_t` beyond one step (hence
+"greedy", biased towards short-horizon gains).  Cost per step: one extra forward/backward pass on
+a validation minibatch; memory is constant in the horizon.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
+from hpo.problem import InnerProblem, batch_index_stream, evaluate
+from hpo.schedule import Schedule, segment_index
+from optimizers.base import Hyper, Params, State
+
+
+def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
+    """``(horizon, b)`` indices into the validation set: the minibatch ``B_t`` of every step."""
+    n = problem.val_x.shape[0]
+    rows = list(batch_index_stream(n, problem.batch_size, problem.horizon, problem.seed + seed_offset))
+    return torch.stack(rows).to(problem.val_x.device)
+
+
+def train_step(
+    problem: InnerProblem, inner: InnerState, hyper: Hyper, t: int, x: Tensor, y: Tensor
+) -> tuple[Params, State, Params, Tensor, dict[str, Tensor]]:
+    """One plain step: ``(new_params, new_state, grads, loss, new_buffers)`` (no graph kept)."""
+
+    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
+        loss, nb = problem.loss_fn(p, inner.buffers, x, y)
+        return loss, (loss.detach(), nb)
+
+    g, (loss, buffers) = grad(loss_only, has_aux=True)(inner.params)
+    g = tree_clamp(g, problem.grad_clip)
+    return *problem.rule.step(inner.params, inner.opt_state, g, hyper, t), g, loss, buffers
+
+
+def one_step_hypergrad(
+    problem: InnerProblem,
+    inner: InnerState,
+    grads: Params,
+    hyper: Hyper,
+    t: int,
+    xv: Tensor,
+    yv: Tensor,
+    buffers: dict[str, Tensor],
+) -> dict[str, Tensor]:
+    """:math:`h_t = \\partial L^{B_t}_{val}(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)) / \\partial \\lambda_t`."""
+
+    def after_step(h: Hyper) -> Tensor:
+        new_params, _ = problem.rule.step(inner.params, inner.opt_state, grads, h, t)
+        loss, _ = problem.eval_fn(new_params, buffers, xv, yv)
+        return loss
+
+    return grad(after_step)(hyper)
+
+
+@dataclass(frozen=True)
+class GreedyState:
+    """Inner state, the hypergradient sums per segment so far and the validation minibatches."""
+
+    inner: InnerState
+    values: dict[str, Tensor]
+    sums: dict[str, Tensor]
+    val_batches: Tensor
+
+
+class GreedyBackend(HypergradientBackend[GreedyState]):
+    """``greedy``: one-step hypergradients on validation minibatches, summed per shared segment."""
+
+    name: ClassVar[str] = "greedy"
+
+    def init(self, problem: InnerProblem, schedule: Schedule) -> GreedyState:
+        """Zero sums; the validation minibatch of every step drawn from ``problem.seed``."""
+        ref = next(iter(problem.params.values()))
+        values = {n: v.to(dtype=ref.dtype, device=ref.device) for n, v in schedule.values.items()}
+        opt0 = problem.rule.init(problem.params)
+        inner = InnerState(problem.params, problem.buffers, opt0, 0, ref.new_zeros(()))
+        sums = {n: torch.zeros_like(v) for n, v in values.items()}
+        return GreedyState(inner, values, sums, validation_batches(problem))
+
+    def inner(self, state: GreedyState) -> InnerState:
+        """The primal inner state."""
+        return state.inner
+
+    def step(
+        self, problem: InnerProblem, schedule: Schedule, state: GreedyState, t: int, x: Tensor, y: Tensor
+    ) -> GreedyState:
+        """Inner step ``t`` and its one-step hypergradient, added to the active segments' sums."""
+        inner = state.inner
+        seg = {k: segment_index(t, problem.horizon, v.numel()) for k, v in state.values.items()}
+        hyper = hyper_at(state.values, seg)
+        params, opt, g, loss, buffers = train_step(problem, inner, hyper, t, x, y)
+        idx = state.val_batches[t]
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
+        sums = {
+            k: v.index_add(0, torch.tensor([seg[k]], device=v.device), h[k].reshape(1)) for k, v in state.sums.items()
+        }
+        return GreedyState(InnerState(params, buffers, opt, t + 1, loss), state.values, sums, state.val_batches)
+
+    def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: GreedyState) -> HypergradResult:
+        """The per-segment sums of :math:`h_t`, and the validation metrics at the final weights."""
+        inner = state.inner
+        loss, acc = evaluate(
+            problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
+        )
+        return HypergradResult(hypergrad=dict(state.sums), val_loss=float(loss), val_acc=float(acc), steps=inner.t)

@@ -1,0 +1,98 @@
+"""Online hypergradient descent: adapt the hyperparameters during a single training run.
+
+At every inner step the greedy one-step hypergradient :math:`h_t` (see :mod:`backends.greedy`)
+moves the values used from the next step on (Baydin et al. 2018, additive form):
+
+.. math::  \\lambda_{t+1} = \\operatorname{clamp}(\\lambda_t - \\beta\\, h_t)
+
+with one hyper-learning rate :math:`\\beta` per type.  The trajectory is summarised as a shared
+schedule (the mean value over each segment), so it can be retrained from scratch or compared
+with other methods like any schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from backends.greedy import one_step_hypergrad, train_step, validation_batches
+from hpo.backend import InnerState, is_finite
+from hpo.problem import InnerProblem, evaluate
+from hpo.schedule import Schedule, segment_indices
+
+#: Default hyper-learning rates per type.  Not tuned for any result: the middle of a 0.01 / 0.1 / 1
+#: probe on MNIST-1D (see docs/backends-reverse-greedy.md); set your own with ``--hyper-lr``.
+DEFAULT_HYPER_LR: Mapping[str, float] = {"lr": 0.1, "momentum": 0.1, "wd": 1e-3}
+
+
+@dataclass(frozen=True)
+class OnlineResult:
+    """The values used at every step, their per-segment means, and the final validation metrics."""
+
+    trajectory: dict[str, Tensor]
+    schedule: Schedule
+    val_loss: float
+    val_acc: float
+    steps: int
+    diverged: bool
+
+
+def summarise(trajectory: Mapping[str, Tensor], counts: Mapping[str, int]) -> Schedule:
+    """The mean of each type's per-step values over each of its ``counts[name]`` segments."""
+    out = {}
+    for name, traj in trajectory.items():
+        n = int(counts.get(name, 1))
+        seg = segment_indices(traj.numel(), n)
+        sums = torch.zeros(n, dtype=torch.float64).index_add(0, seg, traj.double().cpu())
+        out[name] = sums / torch.bincount(seg, minlength=n).double()
+    return Schedule(out)
+
+
+def online_greedy(
+    problem: InnerProblem,
+    start: Schedule,
+    hyper_lr: Mapping[str, float] | None = None,
+    counts: Mapping[str, int] | None = None,
+    on_step: Callable[[int, InnerState], None] | None = None,
+) -> OnlineResult:
+    """Train once for ``problem.horizon`` steps, adapting every hyperparameter online.
+
+    ``start`` gives the values at step 0 (a shared schedule is followed until the first update
+    overrides it, i.e. only its first value per type is used); ``hyper_lr[name]`` is β of that
+    type (0 freezes it); ``counts`` the segments of the returned summary schedule (default: the
+    rule's defaults).
+    """
+    rule = problem.rule
+    specs = {s.name: s for s in rule.hyperparameters}
+    betas = {**DEFAULT_HYPER_LR, **(hyper_lr or {})}
+    counts = dict(counts or {s.name: s.count for s in rule.hyperparameters})
+    for k in hyper_lr or {}:
+        if k not in specs:
+            raise ValueError(f"optimizer {rule.name!r} has no hyperparameter {k!r}")
+    ref = next(iter(problem.params.values()))
+    hyper = {k: v[0].to(dtype=ref.dtype, device=ref.device) for k, v in start.values.items()}
+    val_batches = validation_batches(problem)
+    inner = InnerState(problem.params, problem.buffers, rule.init(problem.params), 0, ref.new_zeros(()))
+    used: dict[str, list[Tensor]] = {k: [] for k in hyper}
+    diverged = False
+    for t, x, y in problem.batches():
+        for k, v in hyper.items():
+            used[k].append(v)
+        params, opt, g, loss, buffers = train_step(problem, inner, hyper, t, x, y)
+        idx = val_batches[t]
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
+        hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}
+        inner = InnerState(params, buffers, opt, t + 1, loss)
+        if on_step is not None:
+            on_step(t, inner)
+        if not is_finite(loss):
+            diverged = True
+            break
+    trajectory = {k: torch.stack(v).detach().double().cpu() for k, v in used.items()}
+    vloss, vacc = evaluate(
+        problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
+    )
+    return OnlineResult(trajectory, summarise(trajectory, counts), float(vloss), float(vacc), inner.t, diverged)

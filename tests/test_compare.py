@@ -1,0 +1,121 @@
+"""`hpo compare` on a tiny task and budget; one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hpo.cli import cli
+
+FIXTURES = Path(__file__).parent / "hypergrad_fixtures.py"
+TASK = f"{FIXTURES}:tiny_task"
+METHODS = (
+    "forward-manual,reverse-truncated,greedy,online-greedy,random-constant,random-schedule,tpe,tpe-schedule,hand-picked"
+)
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_compare_tiny_budget(tmp_path):
+    out = tmp_path / "cmp"
+    r = invoke(
+        "compare",
+        "--task",
+        TASK,
+        "--methods",
+        METHODS,
+        "--budget",
+        "8,16",
+        "--inner-steps",
+        "4",
+        "--seeds",
+        "0,1",
+        "--counts",
+        "lr=2",
+        "--retrain-steps",
+        "6",
+        "--val-frac",
+        "0.25",
+        "--device",
+        "cpu",
+        "--logdir",
+        str(out),
+    )
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    methods = METHODS.split(",")
+    assert len(rows) == len(methods) * 2 * 2
+    for row in rows:
+        if row["method"] == "hand-picked":
+            assert int(row["steps"]) == 0
+        else:
+            assert int(row["steps"]) == int(row["budget"])  # every search spends exactly its budget
+        assert 0.0 <= float(row["test_acc"]) <= 1.0
+        assert (row["val_acc"] != "") == (row["budget"] == "16")
+    # forward mode and full-window reverse mode give the same hypergradient signs, hence the same schedule
+    for seed in ("0", "1"):
+        sched = {r["method"]: json.loads(r["schedule"]) for r in rows if r["seed"] == seed and r["budget"] == "16"}
+        assert sched["forward-manual"] == pytest.approx(sched["reverse-truncated"])
+        assert len(sched["random-schedule"]["lr"]) == 2 and len(sched["random-constant"]["lr"]) == 1
+        assert len(sched["forward-manual"]["lr"]) == 2
+    table = (out / "results.md").read_text()
+    for m in methods:
+        assert f"| {m} |" in table
+    assert (out / "schedules.png").stat().st_size > 1000
+    assert (out / "accuracy_vs_budget.png").stat().st_size > 1000
+    assert list(out.glob("events.out.tfevents.*"))
+    assert "test acc" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "forward-manual,bogus"], "unknown backend 'bogus'"),
+        (["--budget", "3"], "below one inner run"),
+        (["--space", "lr=1:0"], "LOW <= HIGH"),
+        (["--space", "lr=0:1:log"], "LOW > 0"),
+        (["--space", "beta=0:1"], "no hyperparameter 'beta'"),
+        (["--space", "momentum=0:2"], "out of range"),
+        (["--window", "3", "--methods", "greedy"], "--window"),
+        (["--window", "0", "--methods", "reverse-truncated"], "at least 1"),
+        (["--seeds", "a"], "--seeds"),
+        (["--seeds", "1,1"], "distinct"),
+        (["--hyper-lr", "beta=1"], "no hyperparameter 'beta'"),
+        (["--counts", "lr=9"], "9 shared lr values need at least 9 inner steps"),
+        (["--inner-steps", "0"], "at least 1"),
+        (["--task", "nope"], "unknown task"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    base = [
+        "compare",
+        "--task",
+        TASK,
+        "--inner-steps",
+        "4",
+        "--budget",
+        "8",
+        "--counts",
+        "lr=2",
+        "--logdir",
+        str(tmp_path / "x"),
+    ]
+    r = invoke(*base, *args)
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), r.output
+    assert message in lines[0]
+    assert "Traceback" not in r.output
+
+
+def test_run_window_needs_reverse_truncated(tmp_path):
+    r = invoke("run", "--task", TASK, "--backend", "greedy", "--window", "3", "--logdir", str(tmp_path / "r"))
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--window" in lines[0] and "reverse-truncated" in lines[0]
