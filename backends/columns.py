@@ -26,7 +26,7 @@ class ColumnLayout:
     counts: tuple[int, ...]
 
     @classmethod
-    def build(cls, counts: dict[str, int], horizon: int) -> "ColumnLayout":
+    def build(cls, counts: dict[str, int], horizon: int) -> ColumnLayout:
         """Columns of every type and segment, stably sorted by the step their segment starts."""
         cols = []
         for i, (name, n) in enumerate(counts.items()):

@@ -22,8 +22,9 @@ takes the tangent update from the rule's hand-derived ``tangent``; ``forward-jvp
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor

@@ -29,23 +29,24 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpo.backend import HypergradientBackend, run_inner  # noqa: E402
-from hpo.device import pick_device, pick_dtype, synchronize  # noqa: E402
-from hpo.problem import InnerProblem  # noqa: E402
-from hpo.schedule import Schedule, segment_starts  # noqa: E402
-from hpo.unroll import reverse_hypergradient  # noqa: E402
-from optimizers.sgd import SGDMomentum  # noqa: E402
-from tasks.base import cross_entropy, model_functions, split_state  # noqa: E402
-from tasks.mnist1d import MLP  # noqa: E402
-from tasks.models import LeNet, wrn16_1, wrn40_2  # noqa: E402
+from hpo.backend import HypergradientBackend, run_inner
+from hpo.device import pick_device, pick_dtype, synchronize
+from hpo.problem import InnerProblem
+from hpo.schedule import Schedule, segment_starts
+from hpo.unroll import reverse_hypergradient
+from optimizers.sgd import SGDMomentum
+from tasks.base import cross_entropy, model_functions, split_state
+from tasks.mnist1d import MLP
+from tasks.models import LeNet, wrn16_1, wrn40_2
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
@@ -79,7 +80,7 @@ class PeakMemory:
         text = Path("/proc/self/status").read_text()
         return int(re.search(rf"{key}:\s+(\d+)", text).group(1)) / 1024  # type: ignore[union-attr]
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         synchronize(self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -93,7 +94,7 @@ class PeakMemory:
                 self.base = float("nan")
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         synchronize(self.device)
         if self.device.type == "cuda":
             self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.base

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from hpo.fds import FDSConfig, make_problem  # noqa: E402
-from hpo.registry import resolve_backend, resolve_rule, resolve_task  # noqa: E402
-from hpo.schedule import Schedule  # noqa: E402
+from hpo.fds import FDSConfig, make_problem
+from hpo.registry import resolve_backend, resolve_rule, resolve_task
+from hpo.schedule import Schedule
 
 
 def time_inner_run(backend_name: str, task_name: str, optimizer: str, steps: int, device: str, dtype: torch.dtype,

@@ -19,7 +19,11 @@ _EXPORTS = {
     "ScheduleDriver": "hpo.torch_scheduler",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FDSConfig", "FDSResult", "HypergradResult", "HypergradientBackend", "InnerProblem", "InnerState",
+    "OuterState", "Schedule", "ScheduleDriver", "converged", "run_fds", "run_inner", "segment_index",
+    "segment_indices", "sign_update",
+]
 
 
 def __getattr__(name: str) -> Any:

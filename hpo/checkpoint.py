@@ -21,9 +21,10 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -84,7 +85,7 @@ class Checkpoint:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Checkpoint":
+    def from_dict(cls, d: Any) -> Checkpoint:
         """Inverse of :meth:`to_dict`; raises a one-line ``ValueError`` on anything unexpected."""
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ValueError("it is not an hpo checkpoint")

@@ -6,8 +6,9 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import click
 
@@ -20,8 +21,15 @@ from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES
 from hpo.fds import FDSConfig, run_fds
 from hpo.outer import OuterState
-from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, resolve_backend, resolve_rule, resolve_task
-from hpo.registry import VISION_TASKS
+from hpo.registry import (
+    BUILTIN_BACKENDS,
+    BUILTIN_RULES,
+    BUILTIN_TASKS,
+    VISION_TASKS,
+    resolve_backend,
+    resolve_rule,
+    resolve_task,
+)
 from hpo.resume import CheckpointWriter, resume_options
 from hpo.retrain import retrain
 from hpo.schedule import Schedule

@@ -18,8 +18,8 @@ force before the blow-up (see :func:`safe_direction`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -37,7 +37,7 @@ class OuterState:
     k: int = 0
 
     @classmethod
-    def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float]) -> "OuterState":
+    def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float]) -> OuterState:
         """Initial state: the given values, step ``steps[name]`` for every value of a type, no signs."""
         vals = {k: v.detach().clone().to(torch.float64) for k, v in values.items()}
         return cls(
@@ -52,7 +52,7 @@ class OuterState:
         return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, object]) -> "OuterState":
+    def from_dict(cls, d: Mapping[str, object]) -> OuterState:
         """Inverse of :meth:`to_dict`."""
         return cls(dict(d["values"]), dict(d["steps"]), dict(d["signs"]), int(d["k"]))  # type: ignore[arg-type]
 

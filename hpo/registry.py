@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from backends.forward import ForwardJvpBackend, ForwardManualBackend
 from backends.greedy import GreedyBackend
@@ -105,9 +106,7 @@ def _resolve(kind: str, spec: str, builtins: Mapping[str, Callable[..., Any]], b
     if ":" not in spec:
         raise ValueError(f"unknown {kind} {spec!r}; choose from {', '.join(sorted(builtins))} or give module:attr")
     obj = load_object(spec)
-    if isinstance(obj, type) and issubclass(obj, base):
-        obj = obj(**kwargs)
-    elif callable(obj) and not isinstance(obj, base):
+    if isinstance(obj, type) and issubclass(obj, base) or callable(obj) and not isinstance(obj, base):
         obj = obj(**kwargs)
     if not isinstance(obj, base):
         raise ValueError(f"{spec!r} is not a {base.__name__}")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor
@@ -53,7 +53,7 @@ class Schedule:
     values: dict[str, Tensor]
 
     @classmethod
-    def constant(cls, hyper: Mapping[str, float], counts: Mapping[str, int] | None = None) -> "Schedule":
+    def constant(cls, hyper: Mapping[str, float], counts: Mapping[str, int] | None = None) -> Schedule:
         """A schedule holding each value constant (``counts`` copies of it, default 1)."""
         counts = counts or {}
         return cls({k: torch.full((counts.get(k, 1),), float(v), dtype=torch.float64) for k, v in hyper.items()})
@@ -64,7 +64,7 @@ class Schedule:
         rule: UpdateRule,
         counts: Mapping[str, int] | None = None,
         init: Mapping[str, float] | None = None,
-    ) -> "Schedule":
+    ) -> Schedule:
         """The FDS starting point of ``rule``: each type's default count and init, overridable."""
         counts = counts or {}
         init = init or {}
@@ -91,7 +91,7 @@ class Schedule:
         """Every type's value at each of the ``horizon`` steps (``values[seg(t)]``)."""
         return {k: v[segment_indices(horizon, v.numel())] for k, v in self.values.items()}
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Schedule":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Schedule:
         """A copy on ``device`` with ``dtype``."""
         return Schedule({k: v.to(dtype=dtype, device=device) for k, v in self.values.items()})
 
@@ -100,7 +100,7 @@ class Schedule:
         return {k: [float(x) for x in v.detach().cpu()] for k, v in self.values.items()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, list[float]]) -> "Schedule":
+    def from_dict(cls, data: Mapping[str, list[float]]) -> Schedule:
         """Inverse of :meth:`to_dict`; raises ``ValueError`` on malformed data."""
         if not isinstance(data, Mapping) or not data:
             raise ValueError("a schedule is a JSON object mapping hyperparameter names to lists of numbers")
@@ -118,7 +118,7 @@ class Schedule:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schedule":
+    def load(cls, path: str | Path) -> Schedule:
         """Read a schedule written by :meth:`save`; ``ValueError`` if unreadable or malformed."""
         try:
             data = json.loads(Path(path).read_text())

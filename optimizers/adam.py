@@ -30,7 +30,8 @@ finite in float32 and is multiplied by an exactly-zero tangent there).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor

@@ -16,13 +16,13 @@ Its tangent (one column, with :math:`\\dot g = H \\dot\\theta`):
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
-
 
 #: Stand-in for a momentum of exactly 0 in ``torch.optim.SGD`` (see :meth:`SGDMomentum.torch_group`).
 TINY_MOMENTUM = 1e-300

@@ -8,8 +8,9 @@ ones it was given.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ class Task:
     batch_size: int = 128
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Task":
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Task:
         """The task with inputs in ``dtype`` and all data on ``device``."""
         def cast(x: Tensor) -> Tensor:
             return x.to(device=device, dtype=dtype if x.is_floating_point() else None)

@@ -19,9 +19,9 @@ most 50000 x 3 x 32 x 32 floats), so it can live on the GPU for the whole run.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -60,7 +60,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
     save_checkpoint(path, make_checkpoint(1))
     before = path.read_bytes()
 
-    def crash(f) -> None:  # noqa: ANN001
+    def crash(f) -> None:
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
@@ -85,7 +85,7 @@ class Foreign:
         self.x = 1
 
 
-def _bad_files(tmp_path):  # noqa: ANN202
+def _bad_files(tmp_path):
     good = checkpoint_path(tmp_path / "good")
     good.parent.mkdir()
     save_checkpoint(good, make_checkpoint())

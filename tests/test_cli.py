@@ -111,9 +111,8 @@ def test_unwritable_logdir(tmp_path):
 def test_console_script_error_has_no_traceback(tmp_path):
     """The real entry point (a subprocess) prints one line on stderr and exits 2."""
     proc = subprocess.run([sys.executable, "-m", "hpo", "run", "--task", "nope", "--logdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "Error: Invalid value for '--task': unknown task 'nope'; choose from mnist1d-cnn, mnist1d-mlp or give "
-        "module:attr (see 'hpo run --help')"] or ("unknown task 'nope'" in proc.stderr and proc.stderr.count("\n") == 1)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for --task: unknown task 'nope'; choose from ")
     assert "Traceback" not in proc.stderr

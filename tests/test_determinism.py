@@ -28,7 +28,7 @@ def tiny_task() -> Task:
 CONFIG = FDSConfig(outer_steps=2, inner_steps=(8,), counts={"lr": 2}, batch_size=16, val_frac=0.25, seed=4)
 
 
-def same_history(a, b) -> bool:  # noqa: ANN001
+def same_history(a, b) -> bool:
     strip = [{k: v for k, v in r.__dict__.items() if k != "seconds"} for r in a]
     return strip == [{k: v for k, v in r.__dict__.items() if k != "seconds"} for r in b]
 
