@@ -57,6 +57,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["alien_ckpt"] = d / "alien_run"
     f["alien_ckpt"].mkdir()
     save_checkpoint(checkpoint_path(f["alien_ckpt"]), Checkpoint(state, (record,), {**options, "warp_drive": 9}))
+    f["corrupt_data"] = d / "corrupt_data"
+    raw = f["corrupt_data"] / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"garbage")
+    f["unreadable_data"] = d / "unreadable_data"
+    (f["unreadable_data"] / "MNIST" / "raw" / "train-images-idx3-ubyte").mkdir(parents=True)  # a folder, not a file
     return f
 
 
@@ -115,6 +122,10 @@ CASES = [
     (["retrain", "--schedule", "{good_schedule}", "--steps", "0"], "--steps"),
     (["retrain", "--schedule", "{good_schedule}"], "no retrain_steps"),
     (["retrain"], "--schedule"),
+    (["run", "--task", "mnist-lenet", "--data-root", "{a_directory}"], "MNIST not found"),
+    (["run", "--task", "cifar10-lenet", "--data-root", "{regular_file}"], "CIFAR-10 not found"),
+    (["run", "--task", "mnist-lenet", "--data-root", "{corrupt_data}"], "is not an unsigned-byte IDX file"),
+    (["run", "--task", "mnist-lenet", "--data-root", "{unreadable_data}"], "train-images-idx3-ubyte"),
 ]
 
 
