@@ -57,6 +57,10 @@ class Phase:
 class ForwardState:
     """Inner state plus the tangents of the weights and of the optimizer state (leading dim = column).
 
+    Only the started columns are stored (rows ``0..started-1`` in layout order): a column is zero
+    until its segment starts, so rows are appended, as zeros, once per phase, and no step copies
+    the unstarted ones.
+
     ``phases`` (built once in ``init``, on the device) hold per-phase constants so that a step does
     no host-to-device copies and no per-step Python bookkeeping over columns.
     """
@@ -92,8 +96,9 @@ def _jvp_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: 
     return jvp(step, (p, s, g, h), (dp, ds, dg, dh))
 
 
-def _cat_rows(head: Tensor, full: Tensor, k: int) -> Tensor:
-    return head if k == full.shape[0] else torch.cat([head, full[k:]], dim=0)
+def _grow_rows(x: Tensor, k: int) -> Tensor:
+    """``x`` with zero rows appended up to ``k`` rows (a newly started column's tangent is zero)."""
+    return x if x.shape[0] == k else torch.cat([x, x.new_zeros((k - x.shape[0], *x.shape[1:]))], dim=0)
 
 
 def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase, ...]:
@@ -156,7 +161,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         p0 = problem.params
         rule = problem.rule
         layout = ColumnLayout.build(schedule.counts, problem.horizon)
-        k = layout.size
+        k = layout.started(0)
         opt0 = rule.init(p0)
         dp = {n: p0[n].new_zeros((k, *p0[n].shape)) for n in p0}
         ds = {sk: {n: v.new_zeros((k, *v.shape)) for n, v in sv.items()} for sk, sv in opt0.items()}
@@ -183,13 +188,11 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         phase = state.phase(t)
         k = phase.started
         core = state.core or step_core
-        dp_k = {n: v[:k] for n, v in state.d_params.items()}
-        ds_k = {sk: {n: v[:k] for n, v in sv.items()} for sk, sv in state.d_state.items()}
-        new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers = core(
+        dp_k = {n: _grow_rows(v, k) for n, v in state.d_params.items()}
+        ds_k = {sk: {n: _grow_rows(v, k) for n, v in sv.items()} for sk, sv in state.d_state.items()}
+        new_params, new_opt, d_params, d_state, loss, new_buffers = core(
             type(self).tangent_fn, problem.rule, problem.loss_fn, problem.grad_clip, problem.hz_clip,
             inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, x, y)
-        d_params = {n: _cat_rows(new_dp_k[n], state.d_params[n], k) for n in state.d_params}
-        d_state = {sk: {n: _cat_rows(new_ds_k[sk][n], sv[n], k) for n in sv} for sk, sv in state.d_state.items()}
         return replace(state, inner=InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params=d_params,
                        d_state=d_state)
 
@@ -208,7 +211,8 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
             return total / n
 
         g_val = grad(val_loss)(params)
-        per_col = sum((state.d_params[k].flatten(1) @ g_val[k].flatten()) for k in params)
+        started = sum((state.d_params[k].flatten(1) @ g_val[k].flatten()) for k in params)
+        per_col = _grow_rows(started, state.layout.size)  # columns that never started have zero tangents
         loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)
         return HypergradResult(
             hypergrad=state.layout.to_types(per_col),

@@ -92,3 +92,22 @@ def test_column_layout_orders_columns_by_start_step():
     per_col = torch.arange(6, dtype=DT)
     assert {k: v.tolist() for k, v in layout.to_types(per_col).items()} == {
         "lr": [0.0, 3.0, 5.0], "momentum": [1.0, 4.0], "wd": [2.0]}
+
+
+def test_only_started_columns_are_stored():
+    """Tangent rows are appended as their segments start; a segment that never starts has zero hypergradient."""
+    problem = tiny_problem(horizon=12)
+    sched = sgd_schedule()
+    backend = ForwardManualBackend()
+    state = backend.init(problem, sched)
+    rows = []
+    for t, x, y in problem.batches():
+        state = backend.step(problem, sched, state, t, x, y)
+        rows.append(state.d_params["0.weight"].shape[0])
+    assert rows == [3, 3, 3, 3, 4, 4, 6, 6, 7, 7, 7, 7]  # column starts 0, 0, 0, 4, 6, 6, 8 (3/2/2 over 12)
+
+    short = tiny_problem(horizon=2)  # lr segment 2 would start at step ceil(2 * 2 / 3) = 2: never
+    res = run_inner(ForwardManualBackend(), short, sched)
+    rev = reverse_hypergradient(short, sched.values)
+    assert float(res.hypergrad["lr"][2]) == 0.0 and float(rev["lr"][2]) == 0.0
+    assert torch.allclose(res.hypergrad["lr"][:2], rev["lr"][:2], rtol=1e-10, atol=0)
