@@ -48,7 +48,7 @@ def test_compare_tiny_budget(tmp_path):
         str(out),
     )
     assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     methods = METHODS.split(",")
     assert len(rows) == len(methods) * 2 * 2
     for row in rows:

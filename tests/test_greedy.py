@@ -87,8 +87,8 @@ def test_online_first_update_is_hypergradient_descent():
     beta = {"lr": 0.05, "momentum": 0.01, "wd": 1e-3}
     out = online_greedy(problem, start, hyper_lr=beta)
     h0 = run_inner(GreedyBackend(), replace(problem, horizon=1), start).hypergrad
-    for k in beta:
-        expected = start.values[k][0] - beta[k] * h0[k][0]
+    for k, b in beta.items():
+        expected = start.values[k][0] - b * h0[k][0]
         assert float(out.trajectory[k][1]) == pytest.approx(float(expected), rel=1e-10)
     # momentum cannot move at step 0 (v_0 = 0); lr and wd do
     for k in ("lr", "wd"):
