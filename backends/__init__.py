@@ -1,5 +1,5 @@
 """Hypergradient backends: implementations of :class:`hpo.backend.HypergradientBackend`."""
 
-from backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 
 __all__ = ["ForwardJvpBackend", "ForwardManualBackend"]

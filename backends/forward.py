@@ -30,11 +30,11 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from backends.columns import ColumnLayout
+from hpo.backends.columns import ColumnLayout
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
 from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
 from hpo.schedule import Schedule
-from optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 
 #: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
 TangentFn = Callable[

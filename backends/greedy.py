@@ -30,7 +30,7 @@ from torch.func import grad
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
 from hpo.problem import InnerProblem, batch_index_stream, evaluate
 from hpo.schedule import Schedule, segment_index
-from optimizers.base import Hyper, Params, State
+from hpo.optimizers.base import Hyper, Params, State
 
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:

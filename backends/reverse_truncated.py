@@ -2,7 +2,7 @@
 
 The first ``T - W`` inner steps run without a graph.  At step ``T - W`` the weights and the
 optimizer state are cut from the past (treated as constants) and the last ``W`` steps run through
-a ``higher`` differentiable optimizer that applies our :class:`~optimizers.base.UpdateRule`, so
+a ``higher`` differentiable optimizer that applies our :class:`~hpo.optimizers.base.UpdateRule`, so
 every step stays on the autograd tape (``create_graph=True`` for the inner gradient).  Then
 
 .. math::  h_W = \\frac{\\partial L_{val}(\\theta_T)}{\\partial \\lambda}\\Big|_{\\theta_{T-W},\\, s_{T-W}\\ \\text{fixed}}
@@ -35,7 +35,7 @@ from torch.func import grad
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_index
-from optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 
 
 class RuleDifferentiableOptimizer(higher.optim.DifferentiableOptimizer):

@@ -43,10 +43,10 @@ from hpo.device import pick_device, pick_dtype, synchronize
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, segment_starts
 from hpo.unroll import reverse_hypergradient
-from optimizers.sgd import SGDMomentum
-from tasks.base import cross_entropy, model_functions, split_state
-from tasks.mnist1d import MLP
-from tasks.models import LeNet, wrn16_1, wrn40_2
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import cross_entropy, model_functions, split_state
+from hpo.tasks.mnist1d import MLP
+from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     shape = INPUTS[a.input]
     truncated = find_truncated(a.reverse_truncated) if ("reverse-truncated" in methods or a.horizons) else None
-    from backends.forward import ForwardJvpBackend, ForwardManualBackend
+    from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 
     forward = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from hpo.problem import Buffers, InnerProblem
 from hpo.schedule import Schedule
-from optimizers.base import Params, State, UpdateRule
+from hpo.optimizers.base import Params, State, UpdateRule
 
 S = TypeVar("S")
 

@@ -25,8 +25,8 @@ from hpo.backend import tree_clamp
 from hpo.fds import FDSConfig, make_problem
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_index
-from optimizers.base import Params, UpdateRule
-from tasks.base import Task
+from hpo.optimizers.base import Params, UpdateRule
+from hpo.tasks.base import Task
 
 #: Default ranges for SGD-momentum (other rules need an explicit ``--space``).
 DEFAULT_SPACES: Mapping[str, str] = {"sgd": "lr=1e-3:1:log,momentum=0:0.99,wd=1e-6:1e-2:log"}

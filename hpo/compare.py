@@ -35,8 +35,8 @@ from hpo.fds import FDSConfig, initial_state, make_problem, run_fds
 from hpo.online_greedy import online_greedy
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from optimizers.base import UpdateRule
-from tasks.base import Task
+from hpo.optimizers.base import UpdateRule
+from hpo.tasks.base import Task
 
 SEARCH_METHODS = ("random-constant", "random-schedule", "tpe", "tpe-schedule")
 OTHER_METHODS = ("online-greedy", "hand-picked")

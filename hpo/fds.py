@@ -19,8 +19,8 @@ from hpo.callbacks import Callbacks, OuterRecord
 from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, check_counts, segment_starts
-from optimizers.base import UpdateRule
-from tasks.base import Task, init_model, model_functions, split_state
+from hpo.optimizers.base import UpdateRule
+from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Online hypergradient descent: adapt the hyperparameters during a single training run.
 
-At every inner step the greedy one-step hypergradient :math:`h_t` (see :mod:`backends.greedy`)
+At every inner step the greedy one-step hypergradient :math:`h_t` (see :mod:`hpo.backends.greedy`)
 moves the values used from the next step on (Baydin et al. 2018, additive form):
 
 .. math::  \\lambda_{t+1} = \\operatorname{clamp}(\\lambda_t - \\beta\\, h_t)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from backends.greedy import one_step_hypergrad, train_step, validation_batches
+from hpo.backends.greedy import one_step_hypergrad, train_step, validation_batches
 from hpo.backend import InnerState, is_finite
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_indices

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from optimizers.base import HyperSpec
+from hpo.optimizers.base import HyperSpec
 
 
 @dataclass(frozen=True)

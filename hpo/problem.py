@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from optimizers.base import Params, UpdateRule
+from hpo.optimizers.base import Params, UpdateRule
 
 Buffers = dict[str, Tensor]
 #: ``loss_fn(params, buffers, x, y) -> (loss, new_buffers)``: the train-mode minibatch loss.

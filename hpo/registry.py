@@ -15,19 +15,19 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from backends.forward import ForwardJvpBackend, ForwardManualBackend
-from backends.greedy import GreedyBackend
-from backends.reverse_truncated import ReverseTruncatedBackend
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.greedy import GreedyBackend
+from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import HypergradientBackend
-from optimizers.adam import Adam, AdamW
-from optimizers.base import UpdateRule
-from optimizers.sgd import SGDMomentum
-from tasks.base import Task
+from hpo.optimizers.adam import Adam, AdamW
+from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import Task
 
 
 def _mnist1d(model: str) -> Callable[..., Task]:
     def make(samples: int | None = None, **_: Any) -> Task:
-        from tasks.mnist1d import DEFAULT_SAMPLES, mnist1d_task
+        from hpo.tasks.mnist1d import DEFAULT_SAMPLES, mnist1d_task
 
         return mnist1d_task(model, num_samples=samples or DEFAULT_SAMPLES)
 
@@ -37,7 +37,7 @@ def _mnist1d(model: str) -> Callable[..., Task]:
 def _vision(dataset: str, model: str) -> Callable[..., Task]:
     def make(data_root: str | None = None, download: bool = False, augment: str | None = None,
              samples: int | None = None, **_: Any) -> Task:
-        from tasks.vision import vision_task
+        from hpo.tasks.vision import vision_task
 
         return vision_task(dataset, model, data_root=data_root, download=download, augment=augment, samples=samples)
 

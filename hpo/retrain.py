@@ -10,8 +10,8 @@ import torch
 from hpo.problem import augment_generator, batch_index_stream, evaluate
 from hpo.schedule import Schedule
 from hpo.torch_scheduler import ScheduleDriver
-from optimizers.base import UpdateRule
-from tasks.base import Task, cross_entropy, init_model, model_functions, split_state
+from hpo.optimizers.base import UpdateRule
+from hpo.tasks.base import Task, cross_entropy, init_model, model_functions, split_state
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ knowing anything about particular optimizers.
 
 from __future__ import annotations
 
-from optimizers.base import UpdateRule
+from hpo.optimizers.base import UpdateRule
 
 
 def describe_rule(rule: UpdateRule) -> str:

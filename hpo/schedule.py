@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from optimizers.base import UpdateRule
+from hpo.optimizers.base import UpdateRule
 
 
 def segment_index(t: int, horizon: int, count: int) -> int:

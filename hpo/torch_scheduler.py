@@ -3,7 +3,7 @@
 Example:
     >>> import torch
     >>> from hpo.schedule import Schedule
-    >>> from optimizers import SGDMomentum
+    >>> from hpo.optimizers import SGDMomentum
     >>> model = torch.nn.Linear(2, 1)
     >>> sched = Schedule.constant({"lr": 0.1, "momentum": 0.9, "wd": 5e-4}, {"lr": 2})
     >>> opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from hpo.schedule import Schedule
-from optimizers.base import UpdateRule
+from hpo.optimizers.base import UpdateRule
 
 
 class ScheduleDriver:

@@ -15,7 +15,7 @@ from torch.func import grad
 from hpo.backend import tree_clamp
 from hpo.problem import InnerProblem
 from hpo.schedule import segment_index
-from optimizers.base import Params
+from hpo.optimizers.base import Params
 
 
 def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -> Tensor:

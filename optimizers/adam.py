@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
+from hpo.optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
 
 #: FDS defaults shared by both forms.  Betas start at Kingma & Ba's 0.9 / 0.999 rather than 0: a
 #: sign-based search moves by fixed steps, and from 0 it would need ~10 outer steps of one sign to

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
+from hpo.optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zeros_like_params
 
 #: Stand-in for a momentum of exactly 0 in ``torch.optim.SGD`` (see :meth:`SGDMomentum.torch_group`).
 TINY_MOMENTUM = 1e-300

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-if TYPE_CHECKING:  # importing hpo here would be circular (hpo.fds imports tasks.base)
+if TYPE_CHECKING:  # importing hpo here would be circular (hpo.fds imports hpo.tasks.base)
     from hpo.problem import Buffers, EvalFn, LossFn
-    from optimizers.base import Params
+    from hpo.optimizers.base import Params
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Task:
     ``make_model(num_classes)`` builds a fresh, randomly initialised model (seed it with
     :func:`init_model`).  ``batch_size`` is the task's default inner minibatch size.  ``augment``,
     if set, maps a training minibatch and a ``torch.Generator`` (on the data's device) to an
-    augmented minibatch (see :mod:`tasks.augment`).
+    augmented minibatch (see :mod:`hpo.tasks.augment`).
     """
 
     name: str

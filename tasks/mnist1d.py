@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tasks.base import Task
+from hpo.tasks.base import Task
 
 DEFAULT_SAMPLES = 5000
 

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tasks.augment import Augment
-from tasks.base import Task
-from tasks.models import LeNet, wrn16_1, wrn40_2
+from hpo.tasks.augment import Augment
+from hpo.tasks.base import Task
+from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
 DEFAULT_DATA_ROOT = Path("data")
 

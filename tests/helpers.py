@@ -7,9 +7,9 @@ from torch import nn
 
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
-from optimizers.base import UpdateRule
-from optimizers.sgd import SGDMomentum
-from tasks.base import model_functions, split_state
+from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import model_functions, split_state
 
 DT = torch.float64
 

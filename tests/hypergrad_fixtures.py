@@ -7,8 +7,8 @@ from torch import nn
 
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
-from optimizers.sgd import SGDMomentum
-from tasks.base import Task, init_model, model_functions, split_state
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 
 def tiny_task(batchnorm: bool = False, n: int = 48, d: int = 5, classes: int = 3, seed: int = 0) -> Task:

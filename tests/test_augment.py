@@ -7,7 +7,7 @@ import torch
 
 from hpo.device import device_for_tests
 from hpo.problem import InnerProblem
-from tasks.augment import Augment, cutout, random_crop, random_flip
+from hpo.tasks.augment import Augment, cutout, random_crop, random_flip
 
 DEV = device_for_tests()
 

@@ -19,7 +19,7 @@ from hpo.baselines import (
 )
 from hpo.fds import FDSConfig
 from hpo.schedule import Schedule
-from optimizers.sgd import SGDMomentum
+from hpo.optimizers.sgd import SGDMomentum
 from tests.hypergrad_fixtures import tiny_task
 
 

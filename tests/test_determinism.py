@@ -8,13 +8,13 @@ import json
 import torch
 from torch import nn
 
-from backends.forward import ForwardManualBackend
+from hpo.backends.forward import ForwardManualBackend
 from hpo.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from hpo.fds import FDSConfig, run_fds
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from optimizers.sgd import SGDMomentum
-from tasks.base import Task
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import Task
 
 
 def tiny_task() -> Task:

@@ -13,13 +13,13 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from backends.forward import ForwardManualBackend
+from hpo.backends.forward import ForwardManualBackend
 from hpo.callbacks import Callbacks
 from hpo.console import ConsoleReporter
 from hpo.fds import FDSConfig, make_problem, run_fds
 from hpo.outer import OuterState, safe_direction, sign_update
-from optimizers.sgd import SGDMomentum
-from tasks.base import Task
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.tasks.base import Task
 
 
 def tiny_task(n: int = 96, d: int = 8, classes: int = 3) -> Task:

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from backends.greedy import GreedyBackend, validation_batches
+from hpo.backends.greedy import GreedyBackend, validation_batches
 from hpo.backend import run_inner
 from hpo.online_greedy import online_greedy, summarise
 from hpo.schedule import Schedule, segment_index

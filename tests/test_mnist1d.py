@@ -5,8 +5,8 @@ import random
 import numpy as np
 import torch
 
-from tasks.base import init_model
-from tasks.mnist1d import load_mnist1d, mnist1d_task
+from hpo.tasks.base import init_model
+from hpo.tasks.mnist1d import load_mnist1d, mnist1d_task
 
 
 def test_generation_is_cached_and_isolated(tmp_path):

@@ -5,7 +5,7 @@ import math
 import torch
 
 from hpo.outer import OuterState, converged, safe_direction, sign_update
-from optimizers.sgd import SGDMomentum
+from hpo.optimizers.sgd import SGDMomentum
 
 SPECS = {s.name: s for s in SGDMomentum().hyperparameters}
 

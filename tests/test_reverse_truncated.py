@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.func import grad
 
-from backends.forward import ForwardManualBackend
-from backends.reverse_truncated import ReverseTruncatedBackend
+from hpo.backends.forward import ForwardManualBackend
+from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.backend import run_inner, tree_clamp
 from hpo.schedule import segment_index
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient

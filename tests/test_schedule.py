@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hpo.schedule import Schedule, check_counts, segment_index, segment_indices, segment_starts
-from optimizers.sgd import SGDMomentum
+from hpo.optimizers.sgd import SGDMomentum
 
 
 def test_segment_indices_literal():

@@ -6,7 +6,7 @@ from torch import nn
 
 from hpo.schedule import Schedule, segment_index
 from hpo.torch_scheduler import ScheduleDriver
-from optimizers.sgd import SGDMomentum
+from hpo.optimizers.sgd import SGDMomentum
 
 DT = torch.float64
 
@@ -106,7 +106,7 @@ def test_driver_step_and_past_horizon():
 def test_retrain_torch_path_equals_functional_fallback():
     """The retrain through torch.optim + ScheduleDriver equals the rule's own step loop."""
     from hpo.retrain import retrain
-    from tasks.base import Task
+    from hpo.tasks.base import Task
     from tests.helpers import tiny_problem
 
     class NoTorch(SGDMomentum):

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from hpo.cli import cli
 from hpo.device import device_for_tests
-from tasks.vision import SPECS, DatasetMissing, load_raw, read_idx, vision_task
+from hpo.tasks.vision import SPECS, DatasetMissing, load_raw, read_idx, vision_task
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

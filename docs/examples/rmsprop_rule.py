@@ -1,7 +1,7 @@
 """RMSprop written outside the library: ``hpo run --optimizer docs/examples/rmsprop_rule.py:RMSprop``."""
 import torch
 
-from optimizers import HyperSpec, UpdateRule
+from hpo.optimizers import HyperSpec, UpdateRule
 
 
 class RMSprop(UpdateRule):

@@ -8,6 +8,7 @@ left out.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +16,29 @@ from mkdocs.structure.files import File, Files
 
 PACKAGES = {
     "hpo": "The schedule, the outer loop, the backend interface, retraining, the CLI and logging.",
-    "optimizers": "Update rules: pure functions of (params, state, grads, hyperparameters).",
-    "backends": "Hypergradient backends (implementations of `hpo.backend.HypergradientBackend`).",
-    "tasks": "Tasks: data, a model and a loss, called functionally by the inner loop.",
+    "hpo.optimizers": "Update rules: pure functions of (params, state, grads, hyperparameters).",
+    "hpo.backends": "Hypergradient backends (implementations of `hpo.backend.HypergradientBackend`).",
+    "hpo.tasks": "Tasks: data, a model and a loss, called functionally by the inner loop.",
 }
+#: Where each package's source lives: the design card's top-level folders, mapped into ``hpo``.
+FOLDERS = {"hpo": "hpo", "hpo.optimizers": "optimizers", "hpo.backends": "backends", "hpo.tasks": "tasks"}
+#: Sub-packages with their own page (left out of the page of the package above them).
+OWN_PAGE = ("cli",)
 ORDER = {
     "hpo": ["schedule", "torch_scheduler", "fds", "outer", "backend", "problem", "unroll", "retrain",
             "registry", "callbacks", "console", "tensorboard_log", "cli", "cli_types"],
-    "optimizers": ["base", "sgd"],
-    "backends": ["forward", "columns"],
-    "tasks": ["base", "mnist1d"],
+    "hpo.optimizers": ["base", "sgd"],
+    "hpo.backends": ["forward", "columns"],
+    "hpo.tasks": ["base", "mnist1d"],
 }
 
 
 def package_modules(root: Path, package: str) -> list[str]:
     """Dotted names of the public modules of ``package`` under ``root``, in reading order."""
     names = []
-    for path in sorted((root / package).rglob("*.py")):
-        rel = path.relative_to(root / package).with_suffix("")
+    folder = root / FOLDERS[package]
+    for path in sorted(folder.rglob("*.py")):
+        rel = path.relative_to(folder).with_suffix("")
         if any(part.startswith("_") for part in rel.parts):
             continue
         names.append(".".join(rel.parts))
@@ -50,9 +56,33 @@ def package_page(root: Path, package: str) -> str:
     return "\n".join(lines)
 
 
+def source_tree(root: Path) -> Path:
+    """``build/api-src/hpo``: a copy of the sources in the installed layout of the ``hpo`` namespace.
+
+    The sub-packages live in the top-level folders (``backends/`` is ``hpo.backends``), which
+    griffe cannot see from ``hpo/``; this copy puts each where the wheel puts it (a copy, since
+    griffe resolves symlinks back to the real folders).
+    """
+    out = root / "build" / "api-src"
+    shutil.rmtree(out, ignore_errors=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(root / "hpo", out / "hpo", ignore=ignore)
+    for name, folder in FOLDERS.items():
+        if name != "hpo":
+            shutil.copytree(root / folder, out / "hpo" / name.removeprefix("hpo."), ignore=ignore)
+    return out
+
+
+def on_config(config: Any) -> Any:
+    """Build the symlinked source tree that ``mkdocs.yml``'s mkdocstrings ``paths`` points to."""
+    source_tree(Path(config["config_file_path"]).parent)
+    return config
+
+
 def on_files(files: Files, config: Any) -> Files:
     """Add the generated ``api/<package>.md`` pages to the site."""
     root = Path(config["config_file_path"]).parent
     for package in PACKAGES:
-        files.append(File.generated(config, f"api/{package}.md", content=package_page(root, package)))
+        page = package.removeprefix("hpo.")
+        files.append(File.generated(config, f"api/{page}.md", content=package_page(root, package)))
     return files

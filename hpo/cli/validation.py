@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from hpo.schedule import Schedule
-from optimizers.base import UpdateRule
+from hpo.optimizers.base import UpdateRule
 
 #: Seeds are combined as ``seed * 100003 + k``; keeping them below 2**31 keeps that in 64 bits.
 MAX_SEED = 2**31 - 1

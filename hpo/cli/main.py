@@ -14,8 +14,8 @@ import click
 
 from hpo.callbacks import CallbackList
 from hpo.checkpoint import atomic_write, checkpoint_path
-from hpo.cli_retrain import retrain_command
-from hpo.cli_types import IntList, KeyValues, ensure_writable_dir, resolve_device
+from hpo.cli.retrain import retrain_command
+from hpo.cli.types import IntList, KeyValues, ensure_writable_dir, resolve_device
 from hpo.console import ConsoleReporter, format_values
 from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES
@@ -30,10 +30,10 @@ from hpo.registry import (
     resolve_rule,
     resolve_task,
 )
-from hpo.resume import CheckpointWriter, resume_options
+from hpo.cli.resume import CheckpointWriter, resume_options
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from hpo.validation import check_numbers, check_split, load_schedule_file
+from hpo.cli.validation import check_numbers, check_split, load_schedule_file
 
 
 class OneLineErrors(click.Group):
@@ -72,7 +72,7 @@ def with_window(backend: Any, window: int | None) -> Any:
     """``backend`` with ``--window`` applied (reverse-truncated only); one-line error otherwise."""
     if window is None:
         return backend
-    from backends.reverse_truncated import ReverseTruncatedBackend
+    from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 
     if not isinstance(backend, ReverseTruncatedBackend):
         fail(f"applies only to the reverse-truncated backend, not {backend.name!r}", "--window")
@@ -147,7 +147,7 @@ def run(**o: Any) -> None:
     except ValueError as e:
         fail(str(e), "--backend")
     if o["compile_step"]:
-        from backends.forward import ForwardModeBackend
+        from hpo.backends.forward import ForwardModeBackend
 
         if not isinstance(backend, ForwardModeBackend):
             fail(f"--compile applies to the forward-mode backends, not {backend.name!r}", "--compile")
