@@ -30,11 +30,12 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from hpo.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.backends.columns import ColumnLayout
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
+from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
 from hpo.schedule import Schedule
-from hpo.optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.step import hyper_at_step, tree_clamp, validation_loss
 
 #: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
 TangentFn = Callable[
@@ -107,7 +108,7 @@ def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase
     Starts at or after the horizon (more values than steps) begin no phase.
     """
     ref = next(iter(values.values()))
-    return tuple(Phase(s, layout.started(s), hyper_at(values, layout.segments(s)), layout.direct(s, ref.dtype, ref.device))
+    return tuple(Phase(s, layout.started(s), hyper_at_step(values, s, layout.horizon), layout.direct(s, ref.dtype, ref.device))
                  for s in layout.phase_starts() if s < layout.horizon)
 
 
@@ -166,7 +167,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         dp = {n: p0[n].new_zeros((k, *p0[n].shape)) for n in p0}
         ds = {sk: {n: v.new_zeros((k, *v.shape)) for n, v in sv.items()} for sk, sv in opt0.items()}
         ref = next(iter(p0.values()))
-        values = {n: v.to(dtype=ref.dtype, device=ref.device) for n, v in schedule.values.items()}
+        values = schedule.values_like(ref)
         loss0 = ref.new_zeros(())
         core = step_core if self.compile is None else torch.compile(step_core, backend=self.compile)
         return ForwardState(InnerState(p0, problem.buffers, opt0, 0, loss0), dp, ds, layout, values,
@@ -200,17 +201,8 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         """:math:`\\nabla_\\theta L_{val}(\\theta_T)^\\top Z_T`, scattered to per-type vectors."""
         inner = state.inner
         params, buffers = inner.params, inner.buffers
-        n = problem.val_x.shape[0]
         chunk = problem.eval_batch_size
-
-        def val_loss(p: Params) -> Tensor:
-            total = next(iter(p.values())).new_zeros(())
-            for i in range(0, n, chunk):
-                loss, _ = problem.eval_fn(p, buffers, problem.val_x[i:i + chunk], problem.val_y[i:i + chunk])
-                total = total + loss * (min(n, i + chunk) - i)
-            return total / n
-
-        g_val = grad(val_loss)(params)
+        g_val = grad(lambda p: validation_loss(problem.eval_fn, p, buffers, problem.val_x, problem.val_y, chunk))(params)
         started = sum((state.d_params[k].flatten(1) @ g_val[k].flatten()) for k in params)
         per_col = _grow_rows(started, state.layout.size)  # columns that never started have zero tangents
         loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)

@@ -27,10 +27,11 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
+from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.optimizers.base import Hyper, Params
 from hpo.problem import InnerProblem, batch_index_stream, evaluate
 from hpo.schedule import Schedule, segment_index
-from hpo.optimizers.base import Hyper, Params, State
+from hpo.step import hyper_at_step, train_step
 
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
@@ -38,20 +39,6 @@ def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
     n = problem.val_x.shape[0]
     rows = list(batch_index_stream(n, problem.batch_size, problem.horizon, problem.seed + seed_offset))
     return torch.stack(rows).to(problem.val_x.device)
-
-
-def train_step(
-    problem: InnerProblem, inner: InnerState, hyper: Hyper, t: int, x: Tensor, y: Tensor
-) -> tuple[Params, State, Params, Tensor, dict[str, Tensor]]:
-    """One plain step: ``(new_params, new_state, grads, loss, new_buffers)`` (no graph kept)."""
-
-    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
-        loss, nb = problem.loss_fn(p, inner.buffers, x, y)
-        return loss, (loss.detach(), nb)
-
-    g, (loss, buffers) = grad(loss_only, has_aux=True)(inner.params)
-    g = tree_clamp(g, problem.grad_clip)
-    return *problem.rule.step(inner.params, inner.opt_state, g, hyper, t), g, loss, buffers
 
 
 def one_step_hypergrad(
@@ -92,7 +79,7 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
     def init(self, problem: InnerProblem, schedule: Schedule) -> GreedyState:
         """Zero sums; the validation minibatch of every step drawn from ``problem.seed``."""
         ref = next(iter(problem.params.values()))
-        values = {n: v.to(dtype=ref.dtype, device=ref.device) for n, v in schedule.values.items()}
+        values = schedule.values_like(ref)
         opt0 = problem.rule.init(problem.params)
         inner = InnerState(problem.params, problem.buffers, opt0, 0, ref.new_zeros(()))
         sums = {n: torch.zeros_like(v) for n, v in values.items()}
@@ -108,8 +95,9 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
         """Inner step ``t`` and its one-step hypergradient, added to the active segments' sums."""
         inner = state.inner
         seg = {k: segment_index(t, problem.horizon, v.numel()) for k, v in state.values.items()}
-        hyper = hyper_at(state.values, seg)
-        params, opt, g, loss, buffers = train_step(problem, inner, hyper, t, x, y)
+        hyper = hyper_at_step(state.values, t, problem.horizon)
+        params, opt, buffers, loss, g = train_step(problem.rule, problem.loss_fn, inner.params, inner.buffers,
+                                                   inner.opt_state, hyper, t, x, y, problem.grad_clip)
         idx = state.val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
         sums = {

@@ -30,12 +30,12 @@ from typing import Any, ClassVar
 import higher
 import torch
 from torch import Tensor
-from torch.func import grad
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState, hyper_at, tree_clamp
+from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.optimizers.base import Hyper, State, UpdateRule
 from hpo.problem import InnerProblem, evaluate
-from hpo.schedule import Schedule, segment_index
-from hpo.optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.schedule import Schedule
+from hpo.step import hyper_at_step, train_step, tree_clamp, validation_loss
 
 
 class RuleDifferentiableOptimizer(higher.optim.DifferentiableOptimizer):
@@ -100,9 +100,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
     def init(self, problem: InnerProblem, schedule: Schedule) -> TruncatedState:
         """Primal state of step 0; the schedule's values become leaves requiring grad."""
         ref = next(iter(problem.params.values()))
-        values = {
-            n: v.detach().to(dtype=ref.dtype, device=ref.device).requires_grad_() for n, v in schedule.values.items()
-        }
+        values = {n: v.detach().requires_grad_() for n, v in schedule.values_like(ref).items()}
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
         return TruncatedState(inner, values, self.window_start(problem.horizon))
@@ -116,20 +114,12 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
     ) -> TruncatedState:
         """A graph-free step before the window; a ``higher`` differentiable step inside it."""
         inner = state.inner
-        counts = {k: v.numel() for k, v in state.values.items()}
-        seg = {k: segment_index(t, problem.horizon, n) for k, n in counts.items()}
         if t < state.window_start:
-            hyper = {k: v.detach() for k, v in hyper_at(state.values, seg).items()}
-
-            def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
-                loss, nb = problem.loss_fn(p, inner.buffers, x, y)
-                return loss, (loss.detach(), nb)
-
-            g, (loss, buffers) = grad(loss_only, has_aux=True)(inner.params)
+            hyper = {k: v.detach() for k, v in hyper_at_step(state.values, t, problem.horizon).items()}
             with torch.no_grad():
-                params, opt = problem.rule.step(
-                    inner.params, inner.opt_state, tree_clamp(g, problem.grad_clip), hyper, t
-                )
+                params, opt, buffers, loss, _ = train_step(problem.rule, problem.loss_fn, inner.params,
+                                                           inner.buffers, inner.opt_state, hyper, t, x, y,
+                                                           problem.grad_clip)
             return TruncatedState(InnerState(params, buffers, opt, t + 1, loss), state.values, state.window_start)
 
         names = list(inner.params)
@@ -139,7 +129,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             params = {k: v.detach().requires_grad_() for k, v in params.items()}
             opt_state = _detach(opt_state)
             diffopt = RuleDifferentiableOptimizer(problem.rule, names, [params[n] for n in names])
-        hyper: Hyper = hyper_at(state.values, seg)
+        hyper: Hyper = hyper_at_step(state.values, t, problem.horizon)
         loss, buffers = problem.loss_fn(params, inner.buffers, x, y)
         clip = problem.grad_clip
 
@@ -161,13 +151,8 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         """Reverse pass of the validation loss at the final weights through the window."""
         inner = state.inner
         params, buffers = inner.params, inner.buffers
-        n = problem.val_x.shape[0]
         chunk = problem.eval_batch_size
-        total = next(iter(params.values())).new_zeros(())
-        for i in range(0, n, chunk):
-            loss, _ = problem.eval_fn(params, buffers, problem.val_x[i : i + chunk], problem.val_y[i : i + chunk])
-            total = total + loss * (min(n, i + chunk) - i)
-        val = total / n
+        val = validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)
         names = list(state.values)
         if val.requires_grad:
             gs = torch.autograd.grad(val, [state.values[k] for k in names], allow_unused=True)

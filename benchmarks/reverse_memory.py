@@ -29,9 +29,9 @@ def measure(task_name: str, horizon: int, window: int | None, backend_name: str,
     """One inner run + hypergradient; returns the memory and time figures."""
     import torch
 
+    from hpo.backend import run_inner
     from hpo.backends.forward import ForwardManualBackend
     from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-    from hpo.backend import run_inner
     from hpo.fds import FDSConfig, initial_state, make_problem
     from hpo.registry import resolve_rule, resolve_task
     from hpo.schedule import Schedule

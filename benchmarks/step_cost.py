@@ -40,13 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpo.backend import HypergradientBackend, run_inner
 from hpo.device import pick_device, pick_dtype, synchronize
+from hpo.optimizers.sgd import SGDMomentum
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, segment_starts
-from hpo.unroll import reverse_hypergradient
-from hpo.optimizers.sgd import SGDMomentum
 from hpo.tasks.base import cross_entropy, model_functions, split_state
 from hpo.tasks.mnist1d import MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
+from hpo.unroll import reverse_hypergradient
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {

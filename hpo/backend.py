@@ -22,9 +22,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import Tensor
 
+from hpo.optimizers.base import Params, State, UpdateRule
 from hpo.problem import Buffers, InnerProblem
 from hpo.schedule import Schedule
-from hpo.optimizers.base import Params, State, UpdateRule
 
 S = TypeVar("S")
 
@@ -118,18 +118,6 @@ def run_inner(
                 break
     result = backend.hypergradient(problem, schedule, state)
     return replace(result, diverged=diverged or result.diverged, info={**(result.info or {}), **cause})
-
-
-def hyper_at(schedule_values: dict[str, Tensor], seg: dict[str, int]) -> dict[str, Tensor]:
-    """0-d tensors of every type's value in its segment ``seg[name]``."""
-    return {k: v[seg[k]] for k, v in schedule_values.items()}
-
-
-def tree_clamp(tree: Params, c: float | None) -> Params:
-    """Clamp every tensor of ``tree`` to ``[-c, c]`` (identity when ``c`` is None)."""
-    if c is None:
-        return tree
-    return {k: v.clamp(-c, c) for k, v in tree.items()}
 
 
 def is_finite(x: Tensor) -> bool:

@@ -18,14 +18,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-from torch.func import grad
 
-from hpo.backend import tree_clamp
 from hpo.fds import FDSConfig, make_problem
+from hpo.optimizers.base import UpdateRule
 from hpo.problem import InnerProblem, evaluate
-from hpo.schedule import Schedule, segment_index
-from hpo.optimizers.base import Params, UpdateRule
+from hpo.schedule import Schedule
+from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task
 
 #: Default ranges for SGD-momentum (other rules need an explicit ``--space``).
@@ -112,21 +110,13 @@ def sample_schedule(space: SearchSpace, counts: Mapping[str, int], gen: torch.Ge
 def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float, float, bool]:
     """Train ``problem.horizon`` steps with ``schedule`` (no hypergradient); ``(val_loss, val_acc, diverged)``."""
     rule = problem.rule
-    ref = next(iter(problem.params.values()))
-    values = {k: v.to(dtype=ref.dtype, device=ref.device) for k, v in schedule.values.items()}
+    values = schedule.values_like(next(iter(problem.params.values())))
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
     for t, x, y in problem.batches():
-        hyper = {k: v[segment_index(t, problem.horizon, v.numel())] for k, v in values.items()}
-
-        def loss_only(
-            p: Params, b: dict[str, Tensor] = buffers, x: Tensor = x, y: Tensor = y
-        ) -> tuple[Tensor, tuple[Tensor, dict[str, Tensor]]]:
-            loss, nb = problem.loss_fn(p, b, x, y)
-            return loss, (loss.detach(), nb)
-
-        g, (loss, buffers) = grad(loss_only, has_aux=True)(params)
-        params, state = rule.step(params, state, tree_clamp(g, problem.grad_clip), hyper, t)
+        params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
+                                                     hyper_at_step(values, t, problem.horizon), t, x, y,
+                                                     problem.grad_clip)
         if t % 25 == 0 and not bool(torch.isfinite(loss)):
             return math.inf, 0.0, True
     vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)

@@ -33,9 +33,9 @@ from hpo.baselines import SearchSpace, Trial, best_so_far, random_search, tpe_se
 from hpo.callbacks import Callbacks, OuterRecord
 from hpo.fds import FDSConfig, initial_state, make_problem, run_fds
 from hpo.online_greedy import online_greedy
+from hpo.optimizers.base import UpdateRule
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from hpo.optimizers.base import UpdateRule
 from hpo.tasks.base import Task
 
 SEARCH_METHODS = ("random-constant", "random-schedule", "tpe", "tpe-schedule")

@@ -16,10 +16,10 @@ import torch
 
 from hpo.backend import HypergradientBackend, run_inner
 from hpo.callbacks import Callbacks, OuterRecord
+from hpo.optimizers.base import UpdateRule
 from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, check_counts, segment_starts
-from hpo.optimizers.base import UpdateRule
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from hpo.backends.greedy import one_step_hypergrad, train_step, validation_batches
 from hpo.backend import InnerState, is_finite
+from hpo.backends.greedy import one_step_hypergrad, validation_batches
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_indices
+from hpo.step import train_step
 
 #: Default hyper-learning rates per type.  Not tuned for any result: the middle of a 0.01 / 0.1 / 1
 #: probe on MNIST-1D (see docs/backends-reverse-greedy.md); set your own with ``--hyper-lr``.
@@ -81,7 +82,8 @@ def online_greedy(
     for t, x, y in problem.batches():
         for k, v in hyper.items():
             used[k].append(v)
-        params, opt, g, loss, buffers = train_step(problem, inner, hyper, t, x, y)
+        params, opt, buffers, loss, g = train_step(rule, problem.loss_fn, inner.params, inner.buffers,
+                                                   inner.opt_state, hyper, t, x, y, problem.grad_clip)
         idx = val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
         hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}

@@ -44,25 +44,46 @@ class InnerProblem:
     extra: dict = field(default_factory=dict)
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
+    order: Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Draw the minibatch order of the whole run once: row ``t`` holds the indices of batch ``t``."""
+        order = batch_order(self.train_x.shape[0], self.batch_size, self.horizon, self.seed, self.train_x.device)
+        object.__setattr__(self, "order", order)
+
+    def batch(self, t: int) -> tuple[Tensor, Tensor]:
+        """Minibatch ``t`` exactly as :meth:`batches` yields it, augmentation included, in O(1).
+
+        The reverse sweep recomputes segments from checkpoints and needs any batch again without
+        replaying the steps before it.
+        """
+        idx = self.order[t]
+        x = self.train_x[idx]
+        if self.augment is not None:
+            x = self.augment(x, augment_generator(self.train_x.device, self.seed, t))
+        return x, self.train_y[idx]
+
     def batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield ``(t, x_t, y_t)`` for ``t = 0..horizon-1``: epochs of shuffled minibatches.
 
         Deterministic given ``seed``; an incomplete last batch of an epoch is dropped.  With
-        ``augment`` set, each minibatch is augmented on its device with a generator seeded by
-        ``seed``, so every backend and the reference unroll see the same batches.
+        ``augment`` set, minibatch ``t`` is augmented on its device with a generator seeded by
+        ``(seed, t)``, so every backend, the reference unroll and a replay see the same batches.
         """
-        gen = augment_generator(self.train_x.device, self.seed) if self.augment is not None else None
-        stream = batch_index_stream(self.train_x.shape[0], self.batch_size, self.horizon, self.seed, self.train_x.device)
-        for t, idx in enumerate(stream):
-            x = self.train_x[idx]
-            if self.augment is not None:
-                x = self.augment(x, gen)
-            yield t, x, self.train_y[idx]
+        for t in range(self.horizon):
+            yield (t, *self.batch(t))
 
 
-def augment_generator(device: torch.device | str, seed: int) -> torch.Generator:
-    """A generator on ``device`` for augmentation, seeded from ``seed`` (never the global RNG)."""
-    return torch.Generator(device=device).manual_seed(int(seed) * 7 + 12345)
+def augment_generator(device: torch.device | str, seed: int, t: int) -> torch.Generator:
+    """The generator that augments minibatch ``t`` of a run seeded ``seed`` (never the global RNG)."""
+    return torch.Generator(device=device).manual_seed((int(seed) * 7 + 12345) * 1_000_003 + int(t))
+
+
+def batch_order(n: int, batch_size: int, horizon: int, seed: int, device: torch.device | str | None = None) -> Tensor:
+    """``(horizon, b)`` indices: row ``t`` is minibatch ``t`` of :func:`batch_index_stream`."""
+    rows = list(batch_index_stream(n, batch_size, horizon, seed))
+    order = torch.stack(rows) if rows else torch.zeros((0, min(batch_size, n)), dtype=torch.long)
+    return order.to(device) if device is not None else order
 
 
 def batch_index_stream(n: int, batch_size: int, horizon: int, seed: int,

@@ -15,10 +15,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from hpo.backend import HypergradientBackend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.greedy import GreedyBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-from hpo.backend import HypergradientBackend
 from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from hpo.problem import augment_generator, batch_index_stream, evaluate
-from hpo.schedule import Schedule
-from hpo.torch_scheduler import ScheduleDriver
 from hpo.optimizers.base import UpdateRule
+from hpo.problem import augment_generator, batch_order, evaluate
+from hpo.schedule import Schedule
+from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task, cross_entropy, init_model, model_functions, split_state
+from hpo.torch_scheduler import ScheduleDriver
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,10 @@ def retrain(
     """
     model = init_model(task, seed, dtype, device)
     x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
-    stream = batch_index_stream(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
-    gen = augment_generator(x_all.device, seed + 1) if task.augment is not None else None
+    stream = batch_order(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
 
-    def batch_x(idx: torch.Tensor) -> torch.Tensor:
-        return x_all[idx] if task.augment is None else task.augment(x_all[idx], gen)
+    def batch_x(t: int, idx: torch.Tensor) -> torch.Tensor:
+        return x_all[idx] if task.augment is None else task.augment(x_all[idx], augment_generator(x_all.device, seed + 1, t))
 
     opt = rule.torch_optimizer(model.parameters(), schedule.at(0, steps))
     loss = torch.zeros((), device=device)
@@ -56,9 +56,8 @@ def retrain(
         driver = ScheduleDriver(opt, rule, schedule, steps)
         for t, idx in enumerate(stream):
             driver.apply()
-            idx = idx.to(device)
             opt.zero_grad(set_to_none=True)
-            loss = cross_entropy(model(batch_x(idx)), y_all[idx])
+            loss = cross_entropy(model(batch_x(t, idx)), y_all[idx])
             loss.backward()
             opt.step()
             driver.advance()
@@ -72,15 +71,10 @@ def retrain(
         loss_fn, _ = model_functions(model)
         params, buffers = split_state(model)
         state = rule.init(params)
-        values = {k: v.to(device, dtype) for k, v in schedule.values.items()}
+        values = schedule.values_like(next(iter(params.values())))
         for t, idx in enumerate(stream):
-            idx = idx.to(device)
-            hyper = {k: v[(v.numel() * t) // steps] for k, v in values.items()}
-            with torch.enable_grad():
-                p = {k: v.detach().requires_grad_() for k, v in params.items()}
-                loss, buffers = loss_fn(p, buffers, batch_x(idx), y_all[idx])
-                grads = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
-            params, state = rule.step({k: v.detach() for k, v in p.items()}, state, grads, hyper, t)
+            params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
+                                                         hyper_at_step(values, t, steps), t, batch_x(t, idx), y_all[idx])
             if on_step is not None:
                 on_step(t, loss.detach())
             if not torch.isfinite(loss):

@@ -95,6 +95,10 @@ class Schedule:
         """A copy on ``device`` with ``dtype``."""
         return Schedule({k: v.to(dtype=dtype, device=device) for k, v in self.values.items()})
 
+    def values_like(self, ref: Tensor) -> dict[str, Tensor]:
+        """Every type's values in ``ref``'s dtype and on its device: the one cast every method uses."""
+        return {k: v.to(dtype=ref.dtype, device=ref.device) for k, v in self.values.items()}
+
     def to_dict(self) -> dict[str, list[float]]:
         """Plain lists of floats, for JSON."""
         return {k: [float(x) for x in v.detach().cpu()] for k, v in self.values.items()}

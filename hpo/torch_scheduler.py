@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from hpo.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
+from hpo.schedule import Schedule
 
 
 class ScheduleDriver:

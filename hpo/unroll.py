@@ -12,10 +12,8 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from hpo.backend import tree_clamp
 from hpo.problem import InnerProblem
-from hpo.schedule import segment_index
-from hpo.optimizers.base import Params
+from hpo.step import hyper_at_step, train_step, validation_loss
 
 
 def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -> Tensor:
@@ -24,17 +22,10 @@ def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
     for t, x, y in problem.batches():
-        hyper = {k: v[segment_index(t, problem.horizon, v.numel())] for k, v in values.items()}
-
-        def loss_only(p: Params, b: dict[str, Tensor] = buffers, x: Tensor = x, y: Tensor = y) -> tuple[Tensor, dict[str, Tensor]]:
-            loss, nb = problem.loss_fn(p, b, x, y)
-            return loss, nb
-
-        g, buffers = grad(loss_only, has_aux=True)(params)
-        g = tree_clamp(g, problem.grad_clip)
-        params, state = rule.step(params, state, g, hyper, t)
-    loss, _ = problem.eval_fn(params, buffers, problem.val_x, problem.val_y)
-    return loss
+        hyper = hyper_at_step(values, t, problem.horizon)
+        params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, x, y,
+                                                  problem.grad_clip)
+    return validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
 
 
 def reverse_hypergradient(problem: InnerProblem, values: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 if TYPE_CHECKING:  # importing hpo here would be circular (hpo.fds imports hpo.tasks.base)
-    from hpo.problem import Buffers, EvalFn, LossFn
     from hpo.optimizers.base import Params
+    from hpo.problem import Buffers, EvalFn, LossFn
 
 
 @dataclass(frozen=True)

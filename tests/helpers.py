@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.problem import InnerProblem
+from hpo.schedule import Schedule
 from hpo.tasks.base import model_functions, split_state
 
 DT = torch.float64

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hpo.optimizers.sgd import SGDMomentum
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
-from hpo.optimizers.sgd import SGDMomentum
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 

@@ -18,8 +18,8 @@ from hpo.baselines import (
     tpe_search,
 )
 from hpo.fds import FDSConfig
-from hpo.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.schedule import Schedule
 from tests.hypergrad_fixtures import tiny_task
 
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import run_inner
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.device import device_for_tests
+from hpo.optimizers.sgd import SGDMomentum
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from hpo.optimizers.sgd import SGDMomentum
 from hpo.tasks.augment import Augment
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 from hpo.tasks.models import LeNet, WideResNet
+from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 
 DEV = device_for_tests()
 F64 = torch.float64

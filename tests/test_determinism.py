@@ -11,9 +11,9 @@ from torch import nn
 from hpo.backends.forward import ForwardManualBackend
 from hpo.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from hpo.fds import FDSConfig, run_fds
+from hpo.optimizers.sgd import SGDMomentum
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from hpo.optimizers.sgd import SGDMomentum
 from hpo.tasks.base import Task
 
 

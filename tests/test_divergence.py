@@ -17,8 +17,8 @@ from hpo.backends.forward import ForwardManualBackend
 from hpo.callbacks import Callbacks
 from hpo.console import ConsoleReporter
 from hpo.fds import FDSConfig, make_problem, run_fds
-from hpo.outer import OuterState, safe_direction, sign_update
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.outer import OuterState, safe_direction, sign_update
 from hpo.tasks.base import Task
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from hpo.backend import run_inner
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
-from hpo.backend import run_inner
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from tests.helpers import DT, max_rel_err, sgd_schedule, tiny_problem
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hpo.backends.greedy import GreedyBackend, validation_batches
 from hpo.backend import run_inner
+from hpo.backends.greedy import GreedyBackend, validation_batches
 from hpo.online_greedy import online_greedy, summarise
 from hpo.schedule import Schedule, segment_index
 from hpo.unroll import reverse_hypergradient

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.outer import OuterState, converged, safe_direction, sign_update
 
 SPECS = {s.name: s for s in SGDMomentum().hyperparameters}
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch.func import grad
 
+from hpo.backend import run_inner
 from hpo.backends.forward import ForwardManualBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-from hpo.backend import run_inner, tree_clamp
 from hpo.schedule import segment_index
+from hpo.step import tree_clamp
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from tests.hypergrad_fixtures import tiny_problem, tiny_schedule
 

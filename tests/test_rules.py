@@ -23,16 +23,16 @@ from click.testing import CliRunner
 from torch import Tensor
 from torch.func import jvp
 
-from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backend import run_inner
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.cli import cli
 from hpo.fds import FDSConfig
+from hpo.optimizers import Adam, UpdateRule
 from hpo.outer import OuterState, safe_direction, sign_update
 from hpo.registry import BUILTIN_RULES, load_object, resolve_rule
 from hpo.schedule import Schedule, segment_index
 from hpo.torch_scheduler import ScheduleDriver
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from hpo.optimizers import Adam, UpdateRule
 from tests.helpers import tiny_problem
 
 F64 = torch.float64

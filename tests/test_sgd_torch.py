@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from hpo.optimizers.sgd import SGDMomentum
 from hpo.schedule import Schedule, segment_index
 from hpo.torch_scheduler import ScheduleDriver
-from hpo.optimizers.sgd import SGDMomentum
 
 DT = torch.float64
 

@@ -14,8 +14,10 @@ import click
 
 from hpo.callbacks import CallbackList
 from hpo.checkpoint import atomic_write, checkpoint_path
+from hpo.cli.resume import CheckpointWriter, resume_options
 from hpo.cli.retrain import retrain_command
 from hpo.cli.types import IntList, KeyValues, ensure_writable_dir, resolve_device
+from hpo.cli.validation import check_numbers, check_split, load_schedule_file
 from hpo.console import ConsoleReporter, format_values
 from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES
@@ -30,10 +32,8 @@ from hpo.registry import (
     resolve_rule,
     resolve_task,
 )
-from hpo.cli.resume import CheckpointWriter, resume_options
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
-from hpo.cli.validation import check_numbers, check_split, load_schedule_file
 
 
 class OneLineErrors(click.Group):

@@ -7,10 +7,10 @@ from pathlib import Path
 import click
 
 from hpo.cli.types import resolve_device
+from hpo.cli.validation import check_numbers, load_schedule_file
 from hpo.device import DTYPES
 from hpo.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS, resolve_rule, resolve_task
 from hpo.retrain import retrain
-from hpo.cli.validation import check_numbers, load_schedule_file
 
 #: ``hpo run --seed S`` retrains with seed ``S + RETRAIN_SEED_OFFSET``; ``hpo retrain`` does the same.
 RETRAIN_SEED_OFFSET = 7919

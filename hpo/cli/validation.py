@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from hpo.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
+from hpo.schedule import Schedule
 
 #: Seeds are combined as ``seed * 100003 + k``; keeping them below 2**31 keeps that in 64 bits.
 MAX_SEED = 2**31 - 1
