@@ -222,7 +222,7 @@ class ForwardManualBackend(ForwardModeBackend):
 
     def check_rule(self, rule: UpdateRule) -> None:
         """The rule must carry a hand-derived tangent."""
-        if not rule.has_tangent:
+        if not rule.hand_tangent:
             raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:

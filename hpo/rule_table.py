@@ -11,7 +11,7 @@ from hpo.optimizers.base import UpdateRule
 
 def describe_rule(rule: UpdateRule) -> str:
     """A header line and one row per hyperparameter: range, init, outer step, count, hand-picked value."""
-    backends = "forward-manual, forward-jvp" if rule.has_tangent else "forward-jvp"
+    backends = "forward-manual, forward-jvp" if rule.hand_tangent else "forward-jvp"
     counterpart = type(rule).torch_optimizer is not UpdateRule.torch_optimizer
     header = (f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
               f"torch.optim counterpart: {'yes' if counterpart else 'no'})")

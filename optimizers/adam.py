@@ -59,6 +59,7 @@ class AdamFamily(UpdateRule):
     """
 
     decoupled: ClassVar[bool]
+    hand_tangent = True
 
     def __init__(self, eps: float = 1e-8, eps_root: float = 1e-30) -> None:
         if not (eps >= 0 and eps_root > 0):

@@ -94,6 +94,9 @@ class UpdateRule(ABC):
     hyperparameters: ClassVar[tuple[HyperSpec, ...]]
     #: A common hand-picked constant setting, the baseline a learned schedule is compared with.
     hand_picked: ClassVar[dict[str, float] | None] = None
+    #: Declared, not detected: True when the rule carries a hand-derived :meth:`tangent`
+    #: (``forward-manual`` needs one; ``forward-jvp`` and the reverse backends do not).
+    hand_tangent: ClassVar[bool] = False
 
     @abstractmethod
     def init(self, params: Params) -> State:
@@ -115,13 +118,8 @@ class UpdateRule(ABC):
         d_grads: Params,
         d_hyper: Hyper,
     ) -> tuple[Params, State]:
-        """Hand-derived JVP of :meth:`step` for one tangent column; optional."""
+        """Hand-derived JVP of :meth:`step` for one tangent column; optional (set ``hand_tangent = True``)."""
         raise NotImplementedError(f"optimizer {self.name!r} has no hand-derived tangent")
-
-    @property
-    def has_tangent(self) -> bool:
-        """Whether this rule overrides :meth:`tangent` with a hand derivation."""
-        return type(self).tangent is not UpdateRule.tangent
 
     def spec(self, name: str) -> HyperSpec:
         """The :class:`HyperSpec` called ``name``."""

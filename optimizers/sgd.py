@@ -52,6 +52,7 @@ class SGDMomentum(UpdateRule):
         HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0),
     )
     hand_picked = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
+    hand_tangent = True
 
     def init(self, params: Params) -> State:
         """Zero momentum buffers."""

@@ -69,7 +69,7 @@ CASES = [
              {"lr": [0.03, 0.02, 0.01], "alpha": [0.8, 0.95]}),
 ]
 IDS = [c.key for c in CASES]
-HAND = [c for c in CASES if c.make().has_tangent]
+HAND = [c for c in CASES if c.make().hand_tangent]
 
 
 def rel_err(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
