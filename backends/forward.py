@@ -223,7 +223,7 @@ class ForwardManualBackend(ForwardModeBackend):
     def check_rule(self, rule: UpdateRule) -> None:
         """The rule must carry a hand-derived tangent."""
         if not rule.hand_tangent:
-            raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use --backend forward-jvp")
+            raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use the forward-jvp backend")
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """As :meth:`ForwardModeBackend.init`; the rule must carry a hand-derived tangent."""

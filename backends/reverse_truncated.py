@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, State, UpdateRule
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule
@@ -90,7 +91,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
 
     def __init__(self, window: int | None = None) -> None:
         if window is not None and window < 1:
-            raise ValueError(f"--window must be at least 1, got {window}")
+            raise ConfigError("window", f"must be at least 1, got {window}")
         self.window = window
 
     def window_start(self, horizon: int) -> int:

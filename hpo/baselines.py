@@ -26,9 +26,6 @@ from hpo.schedule import Schedule
 from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task
 
-#: Default ranges for SGD-momentum (other rules need an explicit ``--space``).
-DEFAULT_SPACES: Mapping[str, str] = {"sgd": "lr=1e-3:1:log,momentum=0:0.99,wd=1e-6:1e-2:log"}
-
 
 @dataclass(frozen=True)
 class Range:
@@ -78,23 +75,24 @@ def parse_space(text: str) -> SearchSpace:
     return space
 
 
+def default_space(rule: UpdateRule) -> SearchSpace:
+    """Each type's default range from its spec (:attr:`HyperSpec.search_range`), where it has one."""
+    return {s.name: Range(*s.search_range) for s in rule.hyperparameters if s.search_range is not None}
+
+
 def resolve_space(rule: UpdateRule, text: str | None) -> SearchSpace:
     """The user's space (missing types take the rule's default range) checked against ``rule``."""
-    default = parse_space(DEFAULT_SPACES[rule.name]) if rule.name in DEFAULT_SPACES else {}
-    space = {**default, **(parse_space(text) if text else {})}
+    space = {**default_space(rule), **(parse_space(text) if text else {})}
     for name in space:
         if name not in rule.hyper_names:
-            raise ValueError(
-                f"--space: optimizer {rule.name!r} has no hyperparameter {name!r} "
-                f"(it has {', '.join(rule.hyper_names)})"
-            )
+            raise ValueError(f"optimizer {rule.name!r} has no hyperparameter {name!r} (it has {', '.join(rule.hyper_names)})")
     for s in rule.hyperparameters:
         if s.name not in space:
-            raise ValueError(f"--space: give a range for {s.name} (no default for optimizer {rule.name!r})")
+            raise ValueError(f"give a range for {s.name} (optimizer {rule.name!r} has no default for it)")
         r = space[s.name]
         for x in (r.low, r.high):
             if not s.contains(x):
-                raise ValueError(f"--space: {s.name} bound {x:g} is out of range ({s.range_text()})")
+                raise ValueError(f"{s.name} bound {x:g} is out of range ({s.range_text()})")
     return space
 
 

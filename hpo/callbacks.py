@@ -28,6 +28,9 @@ class OuterRecord:
 class Callbacks:
     """No-op base class: override what you need."""
 
+    def on_run_start(self, outer_steps: int) -> None:
+        """A run of (at most) ``outer_steps`` outer steps starts (or resumes)."""
+
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Outer step ``k`` is about to run ``horizon`` inner steps."""
 
@@ -40,12 +43,20 @@ class Callbacks:
     def on_retrain_step(self, name: str, t: int, steps: int, loss: Tensor) -> None:
         """Step ``t`` of ``steps`` of the final retrain called ``name`` finished."""
 
+    def on_message(self, text: str) -> None:
+        """A line of the run's report (the header, a resume notice, the final results)."""
+
 
 class CallbackList(Callbacks):
     """Forward every event to each of several callbacks."""
 
     def __init__(self, *callbacks: Callbacks) -> None:
         self.callbacks = callbacks
+
+    def on_run_start(self, outer_steps: int) -> None:
+        """Forward to all."""
+        for c in self.callbacks:
+            c.on_run_start(outer_steps)
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Forward to all."""
@@ -66,3 +77,8 @@ class CallbackList(Callbacks):
         """Forward to all."""
         for c in self.callbacks:
             c.on_retrain_step(name, t, steps, loss)
+
+    def on_message(self, text: str) -> None:
+        """Forward to all."""
+        for c in self.callbacks:
+            c.on_message(text)

@@ -6,7 +6,7 @@ A checkpoint is a plain dictionary saved with :func:`torch.save` and read back w
     {"format": "hpo-fds-checkpoint", "version": 1,
      "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
-     "options": {...},                       # the run's configuration (all CLI options)
+     "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
      "search_seconds": float}
 
 Writing goes to a temporary file in the same directory, which is flushed, ``fsync``-ed and then
@@ -34,7 +34,11 @@ from hpo.outer import OuterState
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "hpo-fds-checkpoint"
-VERSION = 1
+VERSION = 2
+#: Version-1 checkpoints stored the CLI's options; these were renamed as configuration fields.
+V1_RENAMED = {"init_values": "init", "step_sizes": "steps", "compile_step": "compile"}
+#: Version-1 options that are not part of a run's configuration.
+V1_DROPPED = frozenset({"progress", "resume"})
 
 
 def checkpoint_path(logdir: str | Path) -> Path:
@@ -60,11 +64,11 @@ def to_plain(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Everything needed to continue a run: outer state, history, options and time spent so far."""
+    """Everything needed to continue a run: outer state, history, configuration and time spent so far."""
 
     state: OuterState
     history: tuple[OuterRecord, ...]
-    options: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
     search_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +84,7 @@ class Checkpoint:
                 "k": int(s.k),
             },
             "history": [to_plain(r.__dict__) for r in self.history],
-            "options": to_plain(self.options),
+            "config": to_plain(self.config),
             "search_seconds": float(self.search_seconds),
         }
 
@@ -105,13 +109,20 @@ class Checkpoint:
             if rec.k != i:
                 raise ValueError(f"its history record {i} is for outer step {rec.k}")
             records.append(rec)
-        options = d.get("options")
-        if not isinstance(options, dict):
-            raise ValueError("it has no run options")
+        config = d.get("config") if version >= 2 else v1_config(d.get("options"))
+        if not isinstance(config, dict):
+            raise ValueError("it has no run configuration")
         seconds = d.get("search_seconds", 0.0)
         if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
             raise ValueError("its search time is not a number")
-        return cls(state, tuple(records), options, float(seconds))
+        return cls(state, tuple(records), config, float(seconds))
+
+
+def v1_config(options: Any) -> dict[str, Any] | None:
+    """The configuration fields of a version-1 checkpoint's CLI options (None if there are none)."""
+    if not isinstance(options, dict):
+        return None
+    return {V1_RENAMED.get(k, k): v for k, v in options.items() if k not in V1_DROPPED}
 
 
 def _state_from_dict(d: Any) -> OuterState:

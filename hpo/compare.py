@@ -22,75 +22,25 @@ import csv
 import json
 import math
 import statistics
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import final
 
 import torch
 
-from hpo.baselines import SearchSpace, Trial, best_so_far, random_search, tpe_search
-from hpo.callbacks import Callbacks, OuterRecord
-from hpo.fds import FDSConfig, initial_state, make_problem, run_fds
-from hpo.online_greedy import online_greedy
-from hpo.optimizers.base import UpdateRule
-from hpo.retrain import retrain
+from hpo.app.logdir import default_logdir, ensure_writable_dir
+from hpo.app.task_loading import load_task
+from hpo.compare_config import CompareConfig
+from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
 from hpo.schedule import Schedule
+from hpo.search.base import Incumbent
 from hpo.tasks.base import Task
-
-SEARCH_METHODS = ("random-constant", "random-schedule", "tpe", "tpe-schedule")
-OTHER_METHODS = ("online-greedy", "hand-picked")
 
 Log = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class CompareConfig:
-    """Settings shared by every method of one comparison."""
-
-    methods: tuple[str, ...]
-    budgets: tuple[int, ...]
-    horizon: int
-    seeds: tuple[int, ...]
-    retrain_steps: int
-    space: SearchSpace
-    counts: Mapping[str, int] = field(default_factory=dict)
-    hyper_lr: Mapping[str, float] = field(default_factory=dict)
-    holdout_frac: float = 0.1
-    val_frac: float = 0.05
-    batch_size: int | None = None
-    grad_clip: float | None = None
-    dtype: torch.dtype = torch.float32
-    device: str = "cpu"
-
-    @property
-    def budget(self) -> int:
-        """Total budget in inner steps (the largest budget point)."""
-        return max(self.budgets)
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` (one line) on an inconsistent setting."""
-        if self.horizon < 1:
-            raise ValueError(f"--inner-steps must be at least 1, got {self.horizon}")
-        if min(self.budgets) < self.horizon:
-            raise ValueError(f"--budget {min(self.budgets)} is below one inner run ({self.horizon} steps)")
-        if not self.seeds:
-            raise ValueError("give at least one seed")
-        if not 0 < self.holdout_frac < 1:
-            raise ValueError(f"--holdout-frac must be in (0, 1), got {self.holdout_frac}")
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """The incumbent after some search work: its schedule, steps and seconds spent so far."""
-
-    steps: int
-    seconds: float
-    schedule: Schedule
-    search_val_acc: float
-    cpu_seconds: float = 0.0
-
-
+@final
 @dataclass(frozen=True)
 class Row:
     """One retrained result (one method, seed and budget point)."""
@@ -125,133 +75,51 @@ def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
     return search, holdout
 
 
-def fds_config(cfg: CompareConfig, rule: UpdateRule, seed: int, outer_steps: int) -> FDSConfig:
-    """The FDS settings a method uses for ``seed``."""
-    return FDSConfig(
-        outer_steps=max(1, outer_steps),
-        inner_steps=(cfg.horizon,),
-        counts=dict(cfg.counts),
-        val_frac=cfg.val_frac,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        grad_clip=cfg.grad_clip,
-        dtype=cfg.dtype,
-        device=cfg.device,
-    )
-
-
-class _Recorder(Callbacks):
-    def __init__(self, start: float, cpu0: float) -> None:
-        self.start = start
-        self.cpu0 = cpu0
-        self.steps = 0
-        self.points: list[Checkpoint] = []
-
-    def on_outer_step(self, record: OuterRecord) -> None:
-        self.steps += record.steps_run
-        self.points.append(
-            Checkpoint(
-                self.steps,
-                time.perf_counter() - self.start,
-                Schedule.from_dict(record.values),
-                record.val_acc,
-                time.process_time() - self.cpu0,
-            )
-        )
-
-
-def search(
-    method: str, task: Task, rule: UpdateRule, cfg: CompareConfig, seed: int, backends: Mapping[str, object]
-) -> list[Checkpoint]:
-    """Run ``method`` with the whole budget; the incumbent after each unit of work."""
-    units = cfg.budget // cfg.horizon
-    config = fds_config(cfg, rule, seed, units)
-    start, cpu0 = time.perf_counter(), time.process_time()
-    if method == "hand-picked":
-        if rule.hand_picked is None:
-            raise ValueError(f"optimizer {rule.name!r} has no hand-picked setting")
-        return [Checkpoint(0, 0.0, Schedule.constant(rule.hand_picked), math.nan)]
-    if method in backends:
-        rec = _Recorder(start, cpu0)
-        run_fds(task, rule, backends[method], config, rec)  # type: ignore[arg-type]
-        return rec.points
-    if method == "online-greedy":
-        counts = config.resolved_counts(rule)
-        sched = Schedule(dict(initial_state(rule, config).values))
-        points, steps = [], 0
-        for k in range(units):  # each run continues from the values the previous run ended with
-            out = online_greedy(make_problem(task, rule, config, k), sched, cfg.hyper_lr, counts)
-            steps += out.steps
-            if not out.diverged:
-                sched = Schedule.constant({n: float(v[-1]) for n, v in out.trajectory.items()})
-            best = points[-1].schedule if out.diverged and points else out.schedule
-            points.append(Checkpoint(steps, time.perf_counter() - start, best, out.val_acc, time.process_time() - cpu0))
-        return points
-    if method in SEARCH_METHODS:
-        counts = config.resolved_counts(rule) if method.endswith("schedule") else None
-        fn = random_search if method.startswith("random") else tpe_search
-        trials: list[Trial] = fn(task, rule, config, cfg.space, units, counts)
-        points, steps = [], 0
-        for trial, best in zip(trials, best_so_far(trials)):
-            steps += trial.steps
-            points.append(Checkpoint(steps, time.perf_counter() - start, best.schedule, best.val_acc))  # times below
-        # seconds were not taken per trial; spread the totals evenly over the trials
-        total, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        return [
-            replace(p, seconds=total * (i + 1) / len(points), cpu_seconds=cpu * (i + 1) / len(points))
-            for i, p in enumerate(points)
-        ]
-    raise ValueError(f"unknown method {method!r}")
-
-
-def incumbent(points: list[Checkpoint], budget: int) -> Checkpoint | None:
+def incumbent(points: list[Incumbent], budget: int) -> Incumbent | None:
     """The last checkpoint within ``budget`` steps (None if none fits)."""
     fit = [p for p in points if p.steps <= budget]
     return fit[-1] if fit else None
 
 
-def run_compare(
-    task: Task, rule: UpdateRule, cfg: CompareConfig, backends: Mapping[str, object], log: Log = print
-) -> list[Row]:
+def run_compare(cfg: CompareConfig, task: Task, log: Log = print) -> list[Row]:
     """Search with every method and seed, retrain every incumbent; one :class:`Row` each."""
-    cfg.validate()
+    rule, settings, steps = cfg.resolved_rule, cfg.settings(), cfg.resolved_retrain_steps
+    dtype, device = settings.dtype, settings.device
     search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
     rows: list[Row] = []
     for seed in cfg.seeds:
-        for method in cfg.methods:
-            points = search(method, search_task, rule, cfg, seed, backends)
-            spent = points[-1].steps if points else 0
-            secs = points[-1].seconds if points else 0.0
-            cpu = points[-1].cpu_seconds if points else 0.0
-            log(f"seed {seed}  {method:<18} search: {spent} inner steps, {secs:.1f}s wall, {cpu:.1f}s CPU")
-            for budget in sorted(cfg.budgets):
+        for name, method in cfg.resolved_methods.items():
+            points = method.search(search_task, rule, settings, seed)
+            last = points[-1] if points else None
+            log(f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
+                f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU")
+            for budget in sorted(cfg.budget):
                 point = incumbent(points, budget)
                 if point is None:
                     continue
-                r = retrain(task, rule, point.schedule, cfg.retrain_steps, seed + 7919, cfg.dtype, cfg.device)
+                r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device)
                 val = None
-                if budget == cfg.budget:
-                    val = retrain(
-                        holdout_task, rule, point.schedule, cfg.retrain_steps, seed + 7919, cfg.dtype, cfg.device
-                    ).test_acc
-                rows.append(
-                    Row(
-                        method,
-                        seed,
-                        budget,
-                        point.steps,
-                        point.seconds,
-                        point.cpu_seconds,
-                        r.test_acc,
-                        val,
-                        cfg.retrain_steps,
-                        r.diverged,
-                        point.schedule.to_dict(),
-                    )
-                )
+                if budget == cfg.max_budget:
+                    val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
+                                  dtype, device).test_acc
+                rows.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
+                                steps, r.diverged, point.schedule.to_dict()))
             final = rows[-1]
-            log(f"seed {seed}  {method:<18} test_acc={final.test_acc:.4f}  val_acc={final.val_acc:.4f}")
+            log(f"seed {seed}  {name:<18} test_acc={final.test_acc:.4f}  val_acc={final.val_acc:.4f}")
     return rows
+
+
+def compare(cfg: CompareConfig, log: Log = print) -> tuple[list[Row], dict[str, Path]]:
+    """The whole ``hpo compare``: load the task, run every method and seed, write tables and plots."""
+    settings = cfg.settings()
+    task = load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device)
+    logdir = ensure_writable_dir(Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare"))
+    header = (f"task={task.name} optimizer={cfg.resolved_rule.name} budget={','.join(map(str, cfg.budget))} inner "
+              f"steps (T={cfg.inner_steps}) retrain={cfg.resolved_retrain_steps} "
+              f"seeds={','.join(map(str, cfg.seeds))} device={settings.device} dtype={cfg.dtype}")
+    log(header)
+    rows = run_compare(cfg, task, log)
+    return rows, write_outputs(rows, cfg, logdir, header)
 
 
 def _std(xs: list[float]) -> float:
@@ -380,7 +248,7 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
     """``results.md``, ``results.csv``, ``schedules.png``, ``accuracy_vs_budget.png`` and TensorBoard events."""
     from torch.utils.tensorboard import SummaryWriter
 
-    table = summary_table(rows, cfg.methods, cfg.budget)
+    table = summary_table(rows, cfg.methods, cfg.max_budget)
     paths = {
         "md": logdir / "results.md",
         "csv": logdir / "results.csv",
@@ -390,7 +258,7 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
     paths["md"].write_text(f"{header}\n\n{table}")
     write_csv(rows, paths["csv"])
     figs = {
-        "schedules": schedules_figure(rows, cfg.methods, cfg.budget, cfg.seeds[0]),
+        "schedules": schedules_figure(rows, cfg.methods, cfg.max_budget, cfg.seeds[0]),
         "accuracy": accuracy_figure(rows, cfg.methods),
     }
     writer = SummaryWriter(str(logdir))

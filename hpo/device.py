@@ -19,7 +19,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was asked for but no GPU is available; use --device cpu or auto")
+        raise ValueError("CUDA was asked for but no GPU is available; use the device cpu or auto")
     try:
         return torch.device(name)
     except RuntimeError:

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from hpo import checks
 from hpo.backend import HypergradientBackend, run_inner
 from hpo.callbacks import Callbacks, OuterRecord
+from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
@@ -51,35 +53,28 @@ class FDSConfig:
         return self.inner_steps[min(k, len(self.inner_steps) - 1)]
 
     def validate(self, rule: UpdateRule) -> None:
-        """Raise ``ValueError`` (one line) on any inconsistent setting."""
-        if self.outer_steps < 1:
-            raise ValueError(f"--outer-steps must be at least 1, got {self.outer_steps}")
-        if not self.inner_steps or min(self.inner_steps) < 1:
-            raise ValueError(f"inner steps must be positive integers, got {list(self.inner_steps)}")
-        if not 0 < self.decay < 1:
-            raise ValueError(f"--decay must be in (0, 1), got {self.decay}")
-        if not 0 < self.converged_frac:
-            raise ValueError(f"--converged-frac must be positive, got {self.converged_frac}")
-        if not 0 < self.val_frac < 1:
-            raise ValueError(f"--val-frac must be in (0, 1), got {self.val_frac}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
-        for opt, d in (("--counts", self.counts), ("--init", self.init), ("--steps", self.steps)):
-            for name in d:
-                if name not in rule.hyper_names:
-                    raise ValueError(f"{opt}: optimizer {rule.name!r} has no hyperparameter {name!r} "
-                                     f"(it has {', '.join(rule.hyper_names)})")
-        check_counts(self.resolved_counts(rule), min(self.inner_steps))
+        """Raise :class:`~hpo.errors.ConfigError` (naming the field) on any inconsistent setting."""
+        checks.integer("outer_steps", self.outer_steps)
+        checks.int_tuple("inner_steps", self.inner_steps)
+        checks.open_interval("decay", self.decay, 0.0, 1.0)
+        checks.positive("converged_frac", self.converged_frac)
+        checks.open_interval("val_frac", self.val_frac, 0.0, 1.0)
+        checks.optional_integer("batch_size", self.batch_size)
+        checks.optional_positive("grad_clip", self.grad_clip)
+        checks.optional_positive("hz_clip", self.hz_clip)
+        for name, given in (("counts", self.counts), ("init", self.init), ("steps", self.steps)):
+            checks.names_of(name, given, rule.hyper_names, rule.name)
+        try:
+            check_counts(self.resolved_counts(rule), min(self.inner_steps))
+        except ValueError as e:
+            raise ConfigError("counts", str(e)) from None
         for s in rule.hyperparameters:
             x = float(self.init.get(s.name, s.init))
             if not s.contains(x):
-                raise ValueError(f"--init: {s.name} = {x:g} is out of range ({s.range_text()})")
+                raise ConfigError("init", f"{s.name} = {x:g} is out of range ({s.range_text()})")
             st = float(self.steps.get(s.name, s.step))
             if not (st > 0 and math.isfinite(st)):
-                raise ValueError(f"--steps: the step of {s.name} must be positive, got {st:g}")
-        for c in (self.grad_clip, self.hz_clip):
-            if c is not None and not c > 0:
-                raise ValueError(f"clip values must be positive, got {c}")
+                raise ConfigError("steps", f"the step of {s.name} must be positive, got {st:g}")
 
     def resolved_counts(self, rule: UpdateRule) -> dict[str, int]:
         """Count of shared values per type: the override or the rule's default."""
@@ -150,7 +145,7 @@ def outer_step(
     state: OuterState,
     callbacks: Callbacks,
 ) -> tuple[OuterState, OuterRecord]:
-    """Run one outer step from ``state``; returns the new state and its record."""
+    """Run one outer step from ``state``; returns the new state and its record (not yet reported)."""
     k = state.k
     problem = make_problem(task, rule, config, k)
     schedule = Schedule({n: v.clone() for n, v in state.values.items()})
@@ -189,7 +184,6 @@ def outer_step(
         converged=converged(new, config.converged_frac),
         extra=extra,
     )
-    callbacks.on_outer_step(record)
     return new, record
 
 
@@ -218,6 +212,7 @@ def run_fds(
     while state.k < config.outer_steps and not (records and records[-1].converged):
         state, record = outer_step(task, rule, backend, config, state, callbacks)
         records.append(record)
-        if after_step is not None:
+        if after_step is not None:  # checkpoint first: a logging failure then loses no finished step
             after_step(state, tuple(records))
+        callbacks.on_outer_step(record)
     return FDSResult(Schedule(dict(state.values)), state, tuple(records))

@@ -5,7 +5,7 @@ moves the values used from the next step on (Baydin et al. 2018, additive form):
 
 .. math::  \\lambda_{t+1} = \\operatorname{clamp}(\\lambda_t - \\beta\\, h_t)
 
-with one hyper-learning rate :math:`\\beta` per type.  The trajectory is summarised as a shared
+with one hyper-learning rate :math:`\\beta` per type (the rule's ``HyperSpec.online_rate`` unless given).  The trajectory is summarised as a shared
 schedule (the mean value over each segment), so it can be retrained from scratch or compared
 with other methods like any schedule.
 """
@@ -23,10 +23,6 @@ from hpo.backends.greedy import one_step_hypergrad, validation_batches
 from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_indices
 from hpo.step import train_step
-
-#: Default hyper-learning rates per type.  Not tuned for any result: the middle of a 0.01 / 0.1 / 1
-#: probe on MNIST-1D (see docs/backends-reverse-greedy.md); set your own with ``--hyper-lr``.
-DEFAULT_HYPER_LR: Mapping[str, float] = {"lr": 0.1, "momentum": 0.1, "wd": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ def online_greedy(
     """
     rule = problem.rule
     specs = {s.name: s for s in rule.hyperparameters}
-    betas = {**DEFAULT_HYPER_LR, **(hyper_lr or {})}
+    betas = {s.name: s.online_rate for s in rule.hyperparameters} | dict(hyper_lr or {})
     counts = dict(counts or {s.name: s.count for s in rule.hyperparameters})
     for k in hyper_lr or {}:
         if k not in specs:

@@ -1,4 +1,6 @@
-"""Names the CLI accepts for tasks, backends and optimizers, and loading user plugins.
+"""Names the library accepts for tasks, backends, optimizers and search methods, and loading plugins.
+
+Adding a backend, rule, task or search method is one file and one line in a table here.
 
 Besides the built-in names, every ``--task``, ``--backend`` and ``--optimizer`` option takes
 ``module:attr`` or ``path/to/file.py:attr``, so a user's own rule, backend or task is used without
@@ -11,17 +13,24 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from hpo.backend import HypergradientBackend
-from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend, ForwardModeBackend
 from hpo.backends.greedy import GreedyBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
+from hpo.errors import ConfigError
 from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.search.base import SearchMethod
+from hpo.search.fds_search import FDSSearch
+from hpo.search.hand_picked import HandPicked
+from hpo.search.online_greedy_search import OnlineGreedySearch
+from hpo.search.trial_search import RandomSearch, TPESearch
 from hpo.tasks.base import Task
 
 
@@ -66,6 +75,15 @@ BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProx
     "reverse-truncated": ReverseTruncatedBackend,
     "greedy": GreedyBackend,
 })
+#: Search methods of ``hpo compare`` besides the backends (each backend name is FDS with that backend).
+SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
+    "online-greedy": OnlineGreedySearch,
+    "random-constant": partial(RandomSearch, schedules=False),
+    "random-schedule": partial(RandomSearch, schedules=True),
+    "tpe": partial(TPESearch, schedules=False),
+    "tpe-schedule": partial(TPESearch, schedules=True),
+    "hand-picked": HandPicked,
+})
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),
     "mnist1d-cnn": _mnist1d("cnn"),
@@ -100,17 +118,32 @@ def load_object(spec: str) -> Any:
     return getattr(module, attr)
 
 
+def _build(kind: str, spec: str, obj: Any, base: type, **kwargs: Any) -> Any:
+    """``obj`` itself if it is a ``base`` instance, else the instance its class or factory builds."""
+    if isinstance(obj, base):
+        return obj
+    foreign_class = isinstance(obj, type) and not issubclass(obj, base)
+    if foreign_class or not callable(obj):
+        what = obj.__module__ + "." + obj.__qualname__ if isinstance(obj, type) else type(obj).__name__
+        raise ValueError(f"{spec!r} is a {what}, not a {base.__name__} (a {kind} is a {base.__name__} subclass, "
+                         f"instance or factory)")
+    try:
+        built = obj(**kwargs)
+    except Exception as e:  # a user's constructor: any failure is one line
+        raise ValueError(f"cannot build {kind} {spec!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(built, base):
+        raise ValueError(f"{spec!r} returned a {type(built).__name__}, not a {base.__name__}")
+    return built
+
+
 def _resolve(kind: str, spec: str, builtins: Mapping[str, Callable[..., Any]], base: type, **kwargs: Any) -> Any:
     if spec in builtins:
         return builtins[spec](**kwargs)
     if ":" not in spec:
-        raise ValueError(f"unknown {kind} {spec!r}; choose from {', '.join(sorted(builtins))} or give module:attr")
-    obj = load_object(spec)
-    if isinstance(obj, type) and issubclass(obj, base) or callable(obj) and not isinstance(obj, base):
-        obj = obj(**kwargs)
-    if not isinstance(obj, base):
-        raise ValueError(f"{spec!r} is not a {base.__name__}")
-    return obj
+        hint = " (a file needs :ClassName, e.g. my_rule.py:MyRule)" if spec.endswith(".py") else ""
+        raise ValueError(f"unknown {kind} {spec!r}; choose from {', '.join(sorted(builtins))} or give module:attr"
+                         f"{hint}")
+    return _build(kind, spec, load_object(spec), base, **kwargs)
 
 
 def resolve_rule(spec: str) -> UpdateRule:
@@ -118,20 +151,57 @@ def resolve_rule(spec: str) -> UpdateRule:
     return _resolve("optimizer", spec, BUILTIN_RULES, UpdateRule)
 
 
-def resolve_backend(spec: str) -> HypergradientBackend:
-    """A backend by built-in name or ``module:attr``."""
-    return _resolve("backend", spec, BUILTIN_BACKENDS, HypergradientBackend)
+def resolve_backend(spec: str, **options: Any) -> HypergradientBackend:
+    """A backend by built-in name or ``module:attr``, built with ``options``."""
+    return _resolve("backend", spec, BUILTIN_BACKENDS, HypergradientBackend, **options)
+
+
+def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile: bool = False) -> HypergradientBackend:
+    """The backend ``spec`` with its options, checked against ``rule``; ``ConfigError`` naming the field.
+
+    ``window`` applies to ``reverse-truncated`` only, ``compile`` to the forward-mode backends.
+    """
+    try:
+        backend = resolve_backend(spec)
+    except ValueError as e:
+        raise ConfigError("backend", str(e)) from None
+    if window is not None:
+        if not isinstance(backend, ReverseTruncatedBackend):
+            raise ConfigError("window", f"applies only to the reverse-truncated backend, not {backend.name!r}")
+        backend = ReverseTruncatedBackend(window)
+    if compile:
+        if not isinstance(backend, ForwardModeBackend):
+            raise ConfigError("compile", f"applies to the forward-mode backends, not {backend.name!r}")
+        backend = type(backend)(compile="inductor")
+    try:
+        backend.check_rule(rule)
+    except ValueError as e:
+        raise ConfigError("backend", str(e)) from None
+    return backend
+
+
+def check_task_name(spec: str) -> None:
+    """``ValueError`` unless ``spec`` is a built-in task or of the form ``module:attr``."""
+    if spec not in BUILTIN_TASKS and ":" not in spec:
+        raise ValueError(f"unknown task {spec!r}; choose from {', '.join(sorted(BUILTIN_TASKS))} or give module:attr")
 
 
 def resolve_task(spec: str, **kwargs: Any) -> Task:
     """A task by built-in name or ``module:attr`` (a Task or a factory taking keyword options)."""
+    check_task_name(spec)
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec](**kwargs)
-    if ":" not in spec:
-        raise ValueError(f"unknown task {spec!r}; choose from {', '.join(sorted(BUILTIN_TASKS))} or give module:attr")
-    obj = load_object(spec)
-    if callable(obj) and not isinstance(obj, Task):
-        obj = obj(**kwargs)
-    if not isinstance(obj, Task):
-        raise ValueError(f"{spec!r} is not a Task")
-    return obj
+    return _build("task", spec, load_object(spec), Task, **kwargs)
+
+
+def resolve_method(spec: str, window: int | None = None) -> SearchMethod:
+    """A search method of ``hpo compare``: a name of :data:`SEARCH_METHODS`, or a backend (FDS with it)."""
+    if spec in SEARCH_METHODS:
+        return SEARCH_METHODS[spec]()
+    try:
+        backend = resolve_backend(spec)
+    except ValueError as e:
+        raise ValueError(f"{e} (or a search method: {', '.join(SEARCH_METHODS)})") from None
+    if window is not None and isinstance(backend, ReverseTruncatedBackend):
+        backend = ReverseTruncatedBackend(window)
+    return FDSSearch(backend)

@@ -14,6 +14,9 @@ from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task, cross_entropy, init_model, model_functions, split_state
 from hpo.torch_scheduler import ScheduleDriver
 
+#: ``hpo run --seed S`` retrains with seed ``S + RETRAIN_SEED_OFFSET``; ``hpo retrain`` does the same.
+RETRAIN_SEED_OFFSET = 7919
+
 
 @dataclass(frozen=True)
 class RetrainResult:

@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import Tensor
 
 from hpo.callbacks import Callbacks, OuterRecord
+from hpo.report import divergence_text
 from hpo.schedule import Schedule
 
 
@@ -84,7 +85,6 @@ class TensorBoardLogger(Callbacks):
         w.add_scalar("outer/val_acc", record.val_acc, k)
         w.add_scalar("outer/diverged", float(record.diverged), k)
         if record.diverged:
-            from hpo.console import divergence_text
 
             w.add_scalar("outer/diverged_at", float((record.extra or {}).get("diverged_at", record.steps_run)), k)
             w.add_text("divergence", f"outer step {k}: {divergence_text(record)}", k)

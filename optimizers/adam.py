@@ -44,11 +44,15 @@ from hpo.optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zer
 #: it reach 0.9999; its step (1e-3) is small because only 1 - beta2 matters.  The learning rate
 #: starts at 0 (so, as with FDS's SGD, the first outer step moves only the learning rates: every
 #: other tangent is zero while lr = 0) with step 1e-3, Adam's usual scale.
-_LR = HyperSpec("lr", low=0.0, init=0.0, step=1e-3, count=7, description="learning rate", on_divergence=-1)
+# Default search ranges of the black-box baselines: the usual ones for Adam (lr 1e-4..1e-1 log,
+# beta1 0.5..0.99, beta2 0.9..0.9999); online hypergradient descent moves lr by 1e-3 per unit.
+_LR = HyperSpec("lr", low=0.0, init=0.0, step=1e-3, count=7, description="learning rate", on_divergence=-1,
+                search_low=1e-4, search_high=1e-1, search_log=True)
 _BETA1 = HyperSpec("beta1", low=0.0, high=1.0, high_open=True, init=0.9, step=0.05, count=1,
-                   description="decay of the first moment (momentum)", on_divergence=0)
+                   description="decay of the first moment (momentum)", on_divergence=0,
+                   search_low=0.5, search_high=0.99)
 _BETA2 = HyperSpec("beta2", low=0.0, high=1.0, high_open=True, init=0.999, step=1e-3, count=1, margin=1e-4,
-                   description="decay of the second moment", on_divergence=0)
+                   description="decay of the second moment", on_divergence=0, search_low=0.9, search_high=0.9999)
 
 
 class AdamFamily(UpdateRule):
@@ -177,7 +181,8 @@ class Adam(AdamFamily):
     decoupled = False
     hyperparameters = (
         _LR, _BETA1, _BETA2,
-        HyperSpec("wd", low=0.0, init=0.0, step=1e-4, count=1, description="L2 weight decay", on_divergence=0),
+        HyperSpec("wd", low=0.0, init=0.0, step=1e-4, count=1, description="L2 weight decay", on_divergence=0,
+                  search_low=1e-6, search_high=1e-2, search_log=True),
     )
     hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 0.0}
 
@@ -197,7 +202,8 @@ class AdamW(AdamFamily):
     decoupled = True
     hyperparameters = (
         _LR, _BETA1, _BETA2,
-        HyperSpec("wd", low=0.0, init=0.0, step=3e-3, count=1, description="decoupled weight decay", on_divergence=0),
+        HyperSpec("wd", low=0.0, init=0.0, step=3e-3, count=1, description="decoupled weight decay", on_divergence=0,
+                  search_low=1e-4, search_high=1e-1, search_log=True),
     )
     hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 1e-2}
 

@@ -37,7 +37,9 @@ class HyperSpec:
 
     The valid range is ``low <= x <= high``; an open bound (``low_open``/``high_open``) is kept
     ``margin`` inside.  ``count`` is the default number of shared values over the horizon,
-    ``init`` their starting value and ``step`` the initial outer step size.  ``on_divergence`` is
+    ``init`` their starting value and ``step`` the initial outer step size.  ``search_low``,
+    ``search_high`` and ``search_log`` give the default range of the black-box baselines
+    (random search, TPE) and ``hyper_lr`` the default rate of online hypergradient descent.  ``on_divergence`` is
     the safe direction when an inner run diverges: -1 lower the value (learning rates), +1 raise
     it, 0 hold it (see :func:`hpo.outer.safe_direction`).
     """
@@ -53,6 +55,28 @@ class HyperSpec:
     margin: float = 1e-3
     description: str = ""
     on_divergence: int = -1
+    search_low: float | None = None
+    search_high: float | None = None
+    search_log: bool = False
+    hyper_lr: float | None = None
+
+    @property
+    def search_range(self) -> tuple[float, float, bool] | None:
+        """``(low, high, log)`` that random search and TPE sample from by default.
+
+        The spec's ``search_low``/``search_high`` when set; else the valid range when it is
+        bounded on both sides (sampled uniformly); else None (a range must be given).
+        """
+        if self.search_low is not None and self.search_high is not None:
+            return (self.search_low, self.search_high, self.search_log)
+        if math.isfinite(self.upper):
+            return (self.lower, self.upper, False)
+        return None
+
+    @property
+    def online_rate(self) -> float:
+        """The hyper-learning rate of online hypergradient descent: ``hyper_lr``, else the outer ``step``."""
+        return self.hyper_lr if self.hyper_lr is not None else self.step
 
     @property
     def lower(self) -> float:

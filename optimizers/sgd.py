@@ -46,10 +46,12 @@ class SGDMomentum(UpdateRule):
     # On divergence (docs/divergence.md): lower lr (lr = 0 never diverges) and momentum (the
     # effective step lr / (1 - momentum) shrinks); hold wd (lr * wd is far too small to matter).
     hyperparameters = (
-        HyperSpec("lr", low=0.0, init=0.0, step=0.1, count=7, description="learning rate"),
+        HyperSpec("lr", low=0.0, init=0.0, step=0.1, count=7, description="learning rate",
+                  search_low=1e-3, search_high=1.0, search_log=True, hyper_lr=0.1),
         HyperSpec("momentum", low=0.0, high=1.0, high_open=True, init=0.0, step=0.1, count=1,
-                  description="heavy-ball momentum"),
-        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0),
+                  description="heavy-ball momentum", search_low=0.0, search_high=0.99, hyper_lr=0.1),
+        HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0,
+                  search_low=1e-6, search_high=1e-2, search_log=True, hyper_lr=1e-3),
     )
     hand_picked = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
     hand_tangent = True

@@ -149,8 +149,8 @@ def load_raw(dataset: str, data_root: str | Path = DEFAULT_DATA_ROOT, download_m
         download(dataset, data_root)
         missing = missing_files(dataset, data_root)
     if missing:
-        raise DatasetMissing(f"{spec.name} not found: no {missing[0]} in {folder}; pass --download to fetch it "
-                             f"(or use --data-root DIR where it already is)")
+        raise DatasetMissing(f"{spec.name} not found: no {missing[0]} in {folder}; enable download to fetch it "
+                             f"(or point the data root at a folder where it already is)")
     if dataset == "cifar10":
         tr = _read_cifar(folder, spec.train_files[:-1])
         te = _read_cifar(folder, spec.test_files)

@@ -49,7 +49,7 @@ def test_round_trip_through_weights_only_load(tmp_path) -> None:
     for part in ("values", "steps", "signs"):
         a, b = getattr(back.state, part), getattr(ck.state, part)
         assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    assert back.options == ck.options and back.search_seconds == 12.5
+    assert back.config == ck.config and back.search_seconds == 12.5
     assert [r.extra for r in back.history] == [r.extra for r in ck.history]
     assert back.history[1].val_loss == 1.0 and back.history[0].diverged
     assert back.history[0].hypergrad["lr"][1] == -0.5

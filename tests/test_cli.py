@@ -76,7 +76,7 @@ BAD = [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--backend", "nope"], "unknown backend 'nope'"),
     (["--optimizer", "nope"], "unknown optimizer 'nope'"),
-    (["--counts", "lr=-1"], "must be at least 1"),
+    (["--counts", "lr=-1"], "must be in 1.."),
     (["--counts", "lr=20", "--inner-steps", "10"], "20 shared lr values need at least 20 inner steps"),
     (["--counts", "nope=2"], "has no hyperparameter 'nope'"),
     (["--counts", "lr=two"], "is not an integer"),
@@ -84,8 +84,8 @@ BAD = [
     (["--outer-steps", "-3"], "must be at least 1"),
     (["--init", "momentum=1.5"], "out of range"),
     (["--steps", "lr=-0.1"], "must be positive"),
-    (["--decay", "2"], "--decay must be in (0, 1)"),
-    (["--val-frac", "1.5"], "--val-frac must be in (0, 1)"),
+    (["--decay", "2"], "'--decay': must be in (0, 1)"),
+    (["--val-frac", "1.5"], "'--val-frac': must be in (0, 1)"),
     (["--device", "tpu"], "'tpu' is not one of"),
 ]
 
@@ -114,5 +114,5 @@ def test_console_script_error_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for --task: unknown task 'nope'; choose from ")
+    assert len(lines) == 1 and lines[0].startswith("Error: Invalid value for '--task': unknown task 'nope'; choose from ")
     assert "Traceback" not in proc.stderr

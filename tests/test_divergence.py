@@ -15,7 +15,7 @@ from torch import nn
 
 from hpo.backends.forward import ForwardManualBackend
 from hpo.callbacks import Callbacks
-from hpo.console import ConsoleReporter
+from hpo.cli.console import ConsoleReporter
 from hpo.fds import FDSConfig, make_problem, run_fds
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.outer import OuterState, safe_direction, sign_update
@@ -74,7 +74,7 @@ def test_diverged_outer_step_stops_early_and_lowers_only_values_in_force() -> No
     assert res.state.values["wd"].item() == 0.0
     assert r.extra["lowered"] == {"lr": started, "momentum": [0]}
     out = io.StringIO()
-    ConsoleReporter(1, show_progress=False, out=out).on_outer_step(r)
+    ConsoleReporter(show_progress=False, out=out, outer_steps=1).on_outer_step(r)
     assert f"DIVERGED: non-finite {r.extra['divergence']} at inner step {at}/16" in out.getvalue()
     assert f"lowered lr[{','.join(map(str, started))}], momentum[0]" in out.getvalue()
 

@@ -34,6 +34,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def without_timing(summary: dict) -> dict:
     out = {k: v for k, v in summary.items() if k != "search_seconds"}
+    out["config"] = {k: v for k, v in summary["config"].items() if k != "logdir"}  # the runs' own folders
     out["history"] = [{k: v for k, v in r.items() if k != "seconds"} for r in summary["history"]]
     return out
 

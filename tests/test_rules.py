@@ -144,7 +144,7 @@ def test_forward_manual_without_hand_tangent_is_one_line_error(tmp_path: Path) -
     result = CliRunner().invoke(cli, ["run", "--optimizer", EXAMPLE_SPEC, "--backend", "forward-manual",
                                       "--logdir", str(tmp_path / "x")])
     assert result.exit_code == 2
-    assert "has no hand-derived tangent; use --backend forward-jvp" in result.output
+    assert "'--backend': optimizer 'rmsprop' has no hand-derived tangent; use the forward-jvp backend" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

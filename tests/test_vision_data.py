@@ -128,7 +128,7 @@ def test_missing_dataset_is_one_line_naming_the_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetMissing) as e:
         load_raw("cifar10", tmp_path)
     msg = str(e.value)
-    assert "\n" not in msg and str(tmp_path / "cifar-10-batches-py") in msg and "--download" in msg
+    assert "\n" not in msg and str(tmp_path / "cifar-10-batches-py") in msg and "enable download" in msg
     write_mnist_like(tmp_path, "MNIST", 2, 2)
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(DatasetMissing, match="t10k-labels-idx1-ubyte"):
@@ -140,7 +140,7 @@ def test_cli_missing_dataset_exits_2_with_one_line(tmp_path: Path) -> None:
                                    "--logdir", str(tmp_path / "log"), "--no-progress"])
     assert res.exit_code == 2
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "SVHN not found" in lines[0] and "--download" in lines[0]
+    assert len(lines) == 1 and "SVHN not found" in lines[0] and "'--data-root'" in lines[0]
 
 
 def test_cli_runs_a_vision_task_end_to_end(tmp_path: Path) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
-from pathlib import Path
 
 import click
 
@@ -56,27 +53,3 @@ class IntList(click.ParamType):
         if not out or min(out) < 1:
             self.fail(f"expected positive integers separated by commas, got {value!r}", param, ctx)
         return out
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` is ``cuda`` when a GPU is present, else ``cpu``; ``cuda`` without one is an error."""
-    from hpo.device import pick_device
-
-    try:
-        return str(pick_device(name))
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--device") from None
-
-
-def ensure_writable_dir(path: Path, option: str = "--logdir") -> Path:
-    """Create ``path`` if needed and prove it writable, or raise a one-line ``BadParameter``."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise click.BadParameter(f"cannot write to {path}: {e.strerror or e}", param_hint=option) from None
-    if not os.access(path, os.W_OK):
-        raise click.BadParameter(f"cannot write to {path}", param_hint=option)
-    return path

@@ -10,35 +10,25 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hpo.callbacks import Callbacks, OuterRecord
-
-
-def format_values(values: dict[str, list[float]], fmt: str = "{:.4g}") -> str:
-    """``lr=[0.1 0.2] momentum=[0.5]`` on one line."""
-    return " ".join(f"{k}=[{' '.join(fmt.format(x) for x in v)}]" for k, v in values.items())
-
-
-def divergence_text(r: OuterRecord) -> str:
-    """One line saying where an inner run diverged and which values the outer step moved."""
-    e = r.extra or {}
-
-    def which(d: dict[str, list[int]]) -> str:
-        return ", ".join(f"{n}[{','.join(str(j) for j in js)}]" for n, js in d.items()) or "nothing"
-
-    moved = f"lowered {which(e.get('lowered', {}))}"
-    if e.get("raised"):
-        moved += f", raised {which(e['raised'])}"
-    return (f"DIVERGED: non-finite {e.get('divergence', 'values')} at inner step {e.get('diverged_at', r.steps_run)}"
-            f"/{r.horizon}; stopped early, {moved} (safe direction); other values held")
+from hpo.report import divergence_text, format_values
 
 
 class ConsoleReporter(Callbacks):
     """tqdm bars on stderr while training; one block per outer step on stdout."""
 
-    def __init__(self, outer_steps: int, show_progress: bool = True, out: TextIO | None = None) -> None:
+    def __init__(self, show_progress: bool = True, out: TextIO | None = None, outer_steps: int = 0) -> None:
         self.outer_steps = outer_steps
         self.show_progress = show_progress
         self.out = out
         self.bar: tqdm | None = None
+
+    def on_run_start(self, outer_steps: int) -> None:
+        """Remember how many outer steps the run has."""
+        self.outer_steps = outer_steps
+
+    def on_message(self, text: str) -> None:
+        """Print a report line."""
+        click.echo(text, file=self.out)
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Open a progress bar for the inner run."""

@@ -1,0 +1,196 @@
+"""``run(config)``: a whole FDS search, the retrain with the learned schedule, logs and checkpoints.
+
+The path of one run: load the task, pick the log directory, run the outer loop (each outer step
+checkpointed, then logged), retrain from scratch with the learned schedule and with the
+hand-picked baseline, write ``schedule.json``.  :func:`resume` continues a run from its
+checkpoint with the configuration the checkpoint stores, whether called from Python or the CLI.
+
+Example:
+    >>> from hpo import RunConfig, run
+    >>> result = run(RunConfig(outer_steps=1, inner_steps=(20,), samples=400, logdir=str(tmp)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, final
+
+from hpo.app.logdir import default_logdir, ensure_writable_dir
+from hpo.app.task_loading import check_split, load_task
+from hpo.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_checkpoint, remove_stale_temporaries
+from hpo.checkpoint_writer import CheckpointWriter
+from hpo.config import RunConfig
+from hpo.determinism import use_deterministic_kernels
+from hpo.device import DTYPES
+from hpo.errors import ConfigError
+from hpo.fds import run_fds
+from hpo.outer import OuterState
+from hpo.report import format_values
+from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
+from hpo.schedule import Schedule
+
+#: Settings that may differ from the checkpoint's on resume (the new value is used).
+MAY_CHANGE_ON_RESUME = ("outer_steps", "device")
+
+
+@final
+@dataclass(frozen=True)
+class RunResult:
+    """What a run learned and how the learned schedule and the baseline did when retrained."""
+
+    config: RunConfig
+    schedule: Schedule
+    history: tuple[OuterRecord, ...]
+    learned: RetrainResult
+    baseline: RetrainResult | None
+    search_seconds: float
+    logdir: Path
+    summary: tuple[str, ...] = field(default=())
+
+
+def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Checkpoint | None = None) -> RunResult:
+    """Search, retrain and write the outputs of ``config``; continue ``checkpoint`` when given.
+
+    ``callbacks`` see every outer step, inner step and retrain step, and every message line
+    (:meth:`Callbacks.on_message`); the run's own TensorBoard logger is added to them.  Nothing is
+    written to disk before the configuration and the task's data have been checked.
+    """
+    cb = CallbackList(*callbacks)
+    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+    if config.deterministic:
+        use_deterministic_kernels()
+    task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
+    check_split(task.train_x.shape[0], fds.val_frac)
+    logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
+    if checkpoint is None and checkpoint_path(logdir).exists():
+        raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
+    if checkpoint is None and (logdir / "schedule.json").exists():
+        raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
+    ensure_writable_dir(logdir)
+    config = config.replace(logdir=str(logdir))
+    state = checkpoint.state if checkpoint is not None else start_state(config)
+    history = checkpoint.history if checkpoint is not None else ()
+    cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
+                  f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
+    if checkpoint is not None:
+        cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
+
+    from hpo.tensorboard_log import TensorBoardLogger  # imports tensorboard: only when a run starts
+
+    # A fresh run purges from step 0: leftovers of a run killed before its first checkpoint vanish.
+    tb = TensorBoardLogger(logdir, purge_step=0 if checkpoint is None else checkpoint.state.k,
+                           global_step=sum(r.steps_run for r in history))
+    writer = CheckpointWriter(checkpoint_path(logdir), config.to_dict(),
+                              checkpoint.search_seconds if checkpoint is not None else 0.0)
+    logged = CallbackList(cb, tb)
+    logged.on_run_start(config.outer_steps)
+    result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
+    search_seconds = writer.seconds()
+
+    steps = config.resolved_retrain_steps
+    seed = config.seed + RETRAIN_SEED_OFFSET
+    final = retrain(task, rule, result.schedule, steps, seed, DTYPES[config.dtype], fds.device,
+                    on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss))
+    lines = [f"learned schedule   test_acc={final.test_acc:.4f}  test_loss={final.test_loss:.4f}  "
+             f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
+    results: dict[str, Any] = {"learned": final.__dict__}
+    base = None
+    hand = config.resolved_baseline
+    if hand is not None:
+        base = retrain(task, rule, Schedule.constant(hand), steps, seed, DTYPES[config.dtype], fds.device,
+                       on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss))
+        desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
+        lines.append(f"hand-picked ({desc})  test_acc={base.test_acc:.4f}  test_loss={base.test_loss:.4f}  "
+                     f"({steps} steps{', DIVERGED' if base.diverged else ''})")
+        results["hand_picked"] = {"hyper": hand, **base.__dict__}
+    out = {
+        "optimizer": rule.name, "backend": backend.name, "task": task.name,
+        "schedule": result.schedule.to_dict(), "retrain_steps": steps,
+        "search_seconds": search_seconds, "results": results, "config": config.to_dict(),
+        "history": [r.__dict__ for r in result.history],
+    }
+    text = json.dumps(out, indent=2) + "\n"
+    atomic_write(logdir / "schedule.json", lambda f: f.write(text.encode()))
+    tb.add_text("summary", "\n\n".join(lines), result.state.k)
+    tb.close()
+    summary = (f"learned schedule: {format_values(result.schedule.to_dict())}", *lines,
+               f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'} and TensorBoard logs "
+               f"(tensorboard --logdir {logdir})")
+    for line in summary:
+        cb.on_message(line)
+    return RunResult(config, result.schedule, result.history, final, base, search_seconds, logdir, summary)
+
+
+def start_state(config: RunConfig) -> OuterState:
+    """The outer state before step 0: the starting schedule (or the rule's defaults) and initial steps."""
+    rule, fds = config.resolved_rule, config.fds()
+    if config.initial_schedule is not None:
+        return OuterState.start(config.initial_schedule.values, fds.resolved_steps(rule))
+    sched = Schedule.initial(rule, fds.resolved_counts(rule), dict(fds.init))
+    return OuterState.start(sched.values, fds.resolved_steps(rule))
+
+
+def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
+           callbacks: Sequence[Callbacks] = ()) -> RunResult:
+    """Continue the run in ``logdir`` from its last completed outer step, with its stored configuration.
+
+    ``overrides`` may change only :data:`MAY_CHANGE_ON_RESUME`; any other entry must equal the
+    stored value (a differing one is a ``ConfigError``), and ``logdir`` must be the run's own.
+    """
+    logdir = Path(logdir)
+    if not logdir.is_dir():
+        raise ConfigError("resume", f"{logdir} is not a directory of an earlier run")
+    if not checkpoint_path(logdir).exists():
+        raise ConfigError("resume", f"no checkpoint in {logdir} (a run stopped before its first outer step "
+                                    f"finished has none: start it again)")
+    try:
+        ckpt = load_checkpoint(checkpoint_path(logdir))
+    except ValueError as e:
+        raise ConfigError("resume", str(e)) from None
+    saved = dict(ckpt.config)
+    unknown = sorted(set(saved) - set(RunConfig().to_dict()))
+    if unknown:
+        raise ConfigError("resume", f"the checkpoint has settings this version of hpo does not know: "
+                                    f"{', '.join(unknown)}")
+    merged = {**saved, "logdir": str(logdir)}
+    for name, value in (overrides or {}).items():
+        if name == "logdir":
+            if value is not None and Path(value).resolve() != logdir.resolve():
+                raise ConfigError("logdir", f"{value} is not the directory of the run being resumed ({logdir}); "
+                                            f"a run resumes in its own directory")
+        elif name in MAY_CHANGE_ON_RESUME:
+            merged[name] = value
+        elif plain(value) != plain(saved.get(name, RunConfig.__dataclass_fields__[name].default)):
+            raise ConfigError(name, f"{show(value)} conflicts with the run being resumed (it has "
+                                    f"{show(saved.get(name))}); only {' and '.join(MAY_CHANGE_ON_RESUME)} may change")
+    config = RunConfig.from_dict(merged)
+    try:
+        Schedule(dict(ckpt.state.values)).check(config.resolved_rule)
+    except ValueError as e:
+        raise ConfigError("resume", f"the checkpoint does not fit optimizer {config.resolved_rule.name!r}: {e}") from None
+    remove_stale_temporaries(logdir)
+    return run(config, callbacks, checkpoint=ckpt)
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists and paths as strings, for comparing a given setting with a stored one."""
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def show(value: Any) -> str:
+    """A setting as a user would type it."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "''"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,31 @@
+"""Loading a run's task from its configuration, with data errors named by field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from hpo.errors import ConfigError
+from hpo.registry import resolve_task
+from hpo.tasks.base import Task
+from hpo.tasks.vision import DatasetMissing
+
+
+def load_task(spec: str, options: dict[str, Any], dtype: torch.dtype, device: str) -> Task:
+    """The task ``spec`` built with ``options`` on ``device``; missing data is a ``data_root`` error."""
+    try:
+        return resolve_task(spec, **options).to(dtype=dtype, device=device)
+    except DatasetMissing as e:
+        raise ConfigError("data_root", str(e)) from None
+    except ValueError as e:
+        raise ConfigError("task", str(e)) from None
+
+
+def check_split(n_train: int, val_frac: float) -> None:
+    """The fresh validation split must leave at least one training sample."""
+    n_val = max(1, math.ceil(val_frac * n_train))
+    if n_train - n_val < 1:
+        raise ConfigError("val_frac", f"a validation fraction of {val_frac:g} of {n_train} training samples "
+                                      f"leaves none to train on")

@@ -1,0 +1,51 @@
+"""One line and exit status 2 for every input error; the library's field names become flags here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, final
+
+import click
+
+from hpo.errors import ConfigError, RunError
+
+
+def flag_of(group: click.Group, field: str) -> str | None:
+    """The flag (or argument) of any command of ``group`` whose parameter is called ``field``."""
+    dashed = "--" + field.replace("_", "-")
+    for command in group.commands.values():
+        for param in command.params:
+            if param.name == field or dashed in param.opts:
+                return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
+    return None
+
+
+@final
+class OneLineErrors(click.Group):
+    """A click group whose errors are a single ``Error: ...`` line: exit 2 for bad input, 1 otherwise."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, **extra: Any) -> Any:  # type: ignore[override]
+        """Run the command; turn usage and configuration errors into one line and exit 2."""
+        extra.pop("standalone_mode", None)
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except ConfigError as e:
+            flag = flag_of(self, e.field)
+            where = f"Invalid value for '{flag}': " if flag else f"{e.field}: "
+            click.echo(f"Error: {where}{e.message}", err=True)
+            sys.exit(2)
+        except RunError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)

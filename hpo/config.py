@@ -1,0 +1,222 @@
+"""Typed configurations of a run and a retrain, validated once, where they are built.
+
+A :class:`RunConfig` is plain data (names of the task, optimizer and backend, numbers, paths),
+so it is what a checkpoint stores and what ``--resume`` restores, from Python and from the CLI
+alike.  Building one checks every field and resolves the optimizer and backend; a bad value is a
+:class:`~hpo.errors.ConfigError` naming the field.  Loading the task's data is left to the run.
+
+Example:
+    >>> cfg = RunConfig(outer_steps=2, inner_steps=(20,), counts={"lr": 2})
+    >>> cfg.fds().horizon(1), cfg.resolved_rule.name
+    (20, 'sgd')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
+
+from hpo import checks
+from hpo.backend import HypergradientBackend
+from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
+from hpo.errors import ConfigError
+from hpo.fds import FDSConfig
+from hpo.optimizers.base import UpdateRule
+from hpo.registry import VISION_TASKS, check_task_name, make_backend, resolve_rule
+from hpo.schedule import Schedule
+from hpo.schedule_file import read_schedule
+
+
+@final
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything an ``hpo run`` needs; the fields are the CLI's options (``outer_steps`` is ``--outer-steps``).
+
+    ``counts``, ``init`` and ``steps`` override the rule's defaults per hyperparameter type;
+    ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats); ``baseline``
+    None means the rule's hand-picked setting; ``retrain_steps`` None means the last horizon.
+    """
+
+    task: str = "mnist1d-mlp"
+    optimizer: str = "sgd"
+    backend: str = "forward-manual"
+    outer_steps: int = 10
+    inner_steps: tuple[int, ...] = (30, 300)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    init: Mapping[str, float] = field(default_factory=dict)
+    steps: Mapping[str, float] = field(default_factory=dict)
+    decay: float = 0.5
+    converged_frac: float = 0.05
+    val_frac: float = 0.05
+    batch_size: int | None = None
+    samples: int | None = None
+    data_root: str = "data"
+    download: bool = False
+    augment: str | None = None
+    retrain_steps: int | None = None
+    baseline: Mapping[str, float] | None = None
+    grad_clip: float | None = None
+    hz_clip: float | None = None
+    compile: bool = False
+    window: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    deterministic: bool = False
+    logdir: str | None = None
+    schedule_init: str | None = None
+    resolved_rule: UpdateRule = field(init=False, repr=False, compare=False)
+    resolved_backend: HypergradientBackend = field(init=False, repr=False, compare=False)
+    initial_schedule: Schedule | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Check every field, resolve the optimizer and backend; ``ConfigError`` on the first bad one."""
+        norm = normalized_fields(self)
+        for name, value in norm.items():
+            object.__setattr__(self, name, value)
+        rule = resolve_rule_field(self.optimizer)
+        checks.names_of("baseline", self.baseline or {}, rule.hyper_names, rule.name)
+        baseline = self.baseline if self.baseline is not None else rule.hand_picked
+        if baseline is not None:
+            try:
+                Schedule.constant(baseline).check(rule)
+            except ValueError as e:
+                raise ConfigError("baseline", str(e)) from None
+        initial = None
+        if self.schedule_init is not None:
+            if self.counts or self.init:
+                raise ConfigError("schedule_init", "give either a starting schedule or counts/init, not both")
+            initial, _ = read_schedule(self.schedule_init, "schedule_init", rule)
+        object.__setattr__(self, "resolved_rule", rule)
+        object.__setattr__(self, "initial_schedule", initial)
+        self.fds().validate(rule)
+        object.__setattr__(self, "resolved_backend", make_backend_field(self, rule))
+
+    @property
+    def resolved_device(self) -> str:
+        """``auto`` resolved to ``cuda`` or ``cpu``."""
+        return str(pick_device(self.device))
+
+    @property
+    def resolved_baseline(self) -> dict[str, float] | None:
+        """The constant setting the learned schedule is compared with (None: no comparison)."""
+        return dict(self.baseline) if self.baseline is not None else self.resolved_rule.hand_picked
+
+    @property
+    def resolved_retrain_steps(self) -> int:
+        """Steps of the final retrain: the setting, or the last inner horizon."""
+        return self.retrain_steps or self.fds().horizon(self.outer_steps - 1)
+
+    def task_options(self) -> dict[str, Any]:
+        """Keyword options of the task factory."""
+        kwargs: dict[str, Any] = {"samples": self.samples} if self.samples is not None else {}
+        if self.task in VISION_TASKS:
+            kwargs.update(data_root=self.data_root, download=self.download, augment=self.augment)
+        return kwargs
+
+    def fds(self) -> FDSConfig:
+        """The outer-loop settings (counts from ``schedule_init`` when one is given)."""
+        counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
+        return FDSConfig(
+            outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
+            steps=dict(self.steps), decay=self.decay, converged_frac=self.converged_frac, val_frac=self.val_frac,
+            batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
+            dtype=DTYPES[self.dtype], device=self.resolved_device,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values (what a checkpoint and schedule.json store)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.init:
+                v = getattr(self, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_dict`; an unknown or ill-typed entry is a ``ConfigError`` naming it."""
+        return cls(**known_fields(cls, data))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied and validated again."""
+        return cls_replace(self, changes)
+
+
+def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` restricted to the init fields of dataclass ``cls``; an unknown key is an error."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", f"must be a mapping of settings, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in names:
+            raise ConfigError(str(key), "is not a setting this version of hpo knows")
+    return dict(data)
+
+
+def cls_replace(config: Any, changes: Mapping[str, Any]) -> Any:
+    """``dataclasses.replace`` restricted to init fields (derived fields are recomputed)."""
+    known_fields(type(config), changes)
+    kept = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    return type(config)(**{**kept, **changes})
+
+
+def normalized_fields(c: RunConfig) -> dict[str, Any]:
+    """Each plain field checked for type and range, in the canonical Python type."""
+    return {
+        "task": checks.text("task", c.task),
+        "optimizer": checks.text("optimizer", c.optimizer),
+        "backend": checks.text("backend", c.backend),
+        "outer_steps": checks.integer("outer_steps", c.outer_steps),
+        "inner_steps": checks.int_tuple("inner_steps", c.inner_steps),
+        "counts": checks.name_map("counts", c.counts, "int"),
+        "init": checks.name_map("init", c.init, "float"),
+        "steps": checks.name_map("steps", c.steps, "float"),
+        "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
+        "converged_frac": checks.positive("converged_frac", c.converged_frac),
+        "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
+        "batch_size": checks.optional_integer("batch_size", c.batch_size),
+        "samples": checks.optional_integer("samples", c.samples, checks.MIN_SAMPLES, checks.MAX_SAMPLES),
+        "data_root": str(checks.text("data_root", str(c.data_root))),
+        "download": checks.flag("download", c.download),
+        "augment": checks.text("augment", c.augment, optional=True),
+        "retrain_steps": checks.optional_integer("retrain_steps", c.retrain_steps),
+        "baseline": None if c.baseline is None else checks.name_map("baseline", c.baseline, "float"),
+        "grad_clip": checks.optional_positive("grad_clip", c.grad_clip),
+        "hz_clip": checks.optional_positive("hz_clip", c.hz_clip),
+        "compile": checks.flag("compile", c.compile),
+        "window": checks.optional_integer("window", c.window),
+        "seed": checks.seed("seed", c.seed),
+        "device": checks.choice("device", c.device, DEVICE_CHOICES),
+        "dtype": checks.choice("dtype", c.dtype, tuple(DTYPES)),
+        "deterministic": checks.flag("deterministic", c.deterministic),
+        "logdir": None if c.logdir is None else str(checks.text("logdir", str(c.logdir))),
+        "schedule_init": None if c.schedule_init is None else str(checks.text("schedule_init", str(c.schedule_init))),
+    }
+
+
+def resolve_rule_field(spec: str) -> UpdateRule:
+    """The optimizer named ``spec``; a ``ConfigError`` on the ``optimizer`` field otherwise."""
+    try:
+        return resolve_rule(spec)
+    except ValueError as e:
+        raise ConfigError("optimizer", str(e)) from None
+
+
+def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
+    """The backend of ``c`` with its options (window, compile), checked against ``rule``."""
+    try:
+        check_task_name(c.task)
+    except ValueError as e:
+        raise ConfigError("task", str(e)) from None
+    if c.download or c.augment:
+        if ":" not in c.task and c.task not in VISION_TASKS:  # a module:attr factory decides for itself
+            raise ConfigError("download" if c.download else "augment",
+                              f"applies to the vision tasks ({', '.join(VISION_TASKS)}), not {c.task!r}")
+    try:
+        pick_device(c.device)
+    except ValueError as e:
+        raise ConfigError("device", str(e)) from None
+    return make_backend(c.backend, rule, window=c.window, compile=c.compile)

@@ -1,0 +1,96 @@
+"""The interface every search method of ``hpo compare`` implements.
+
+A method spends a budget of inner training steps on a task and returns its incumbent schedule
+after each unit of work (one FDS outer step, one trial, one online run), with the steps and
+seconds spent so far, so every method is scored at the same budget points::
+
+    incumbents = method.search(task, rule, settings, seed)
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, final
+
+import torch
+
+from hpo.baselines import SearchSpace
+from hpo.fds import FDSConfig
+from hpo.optimizers.base import UpdateRule
+from hpo.schedule import Schedule
+from hpo.tasks.base import Task
+
+
+@final
+@dataclass(frozen=True)
+class SearchSettings:
+    """What every method of one comparison shares: horizon, budget, sharing, spaces, data settings."""
+
+    horizon: int
+    budget: int
+    space: SearchSpace
+    counts: Mapping[str, int] = field(default_factory=dict)
+    hyper_lr: Mapping[str, float] = field(default_factory=dict)
+    val_frac: float = 0.05
+    batch_size: int | None = None
+    grad_clip: float | None = None
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+
+    @property
+    def units(self) -> int:
+        """Units of work the budget buys: ``budget // horizon`` inner runs."""
+        return self.budget // self.horizon
+
+    def fds(self, seed: int) -> FDSConfig:
+        """The outer-loop settings of a method run with ``seed``."""
+        return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
+                         val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
+                         dtype=self.dtype, device=self.device)
+
+
+@final
+@dataclass(frozen=True)
+class Incumbent:
+    """The best schedule after some search work: its steps, seconds and validation accuracy so far."""
+
+    steps: int
+    seconds: float
+    schedule: Schedule
+    search_val_acc: float
+    cpu_seconds: float = 0.0
+
+
+@final
+@dataclass(frozen=True)
+class Stopwatch:
+    """Wall-clock and CPU time since the search started."""
+
+    wall0: float = field(default_factory=time.perf_counter)
+    cpu0: float = field(default_factory=time.process_time)
+
+    def stamp(self, steps: int, schedule: Schedule, val_acc: float) -> Incumbent:
+        """An incumbent stamped with the time spent so far."""
+        return Incumbent(steps, time.perf_counter() - self.wall0, schedule, val_acc, time.process_time() - self.cpu0)
+
+    def spread(self, points: list[Incumbent]) -> list[Incumbent]:
+        """``points`` with the total time so far spread evenly over them (for methods timed as a whole)."""
+        wall, cpu = time.perf_counter() - self.wall0, time.process_time() - self.cpu0
+        n = len(points)
+        return [replace(p, seconds=wall * (i + 1) / n, cpu_seconds=cpu * (i + 1) / n) for i, p in enumerate(points)]
+
+
+class SearchMethod(ABC):
+    """A way to spend a budget of inner steps on finding a schedule."""
+
+    name: ClassVar[str]
+
+    def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
+        """Raise ``ValueError`` (one line) if this method cannot run ``rule`` with ``settings``."""
+
+    @abstractmethod
+    def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
+        """Spend ``settings.budget`` inner steps; the incumbent after each unit of work."""

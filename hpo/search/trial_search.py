@@ -1,0 +1,70 @@
+"""Black-box baselines: random search and optuna's TPE over constants or shared-segment schedules."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from typing import final
+
+from hpo.baselines import Trial, best_so_far, random_search, tpe_search
+from hpo.fds import FDSConfig
+from hpo.optimizers.base import UpdateRule
+from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
+from hpo.tasks.base import Task
+
+
+class TrialSearch(SearchMethod):
+    """``budget // T`` trials; the incumbent is the best validation accuracy so far.
+
+    ``schedules`` False draws constants; True draws a value per shared segment.
+    """
+
+    def __init__(self, schedules: bool = False) -> None:
+        self.schedules = schedules
+
+    def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
+        """Every hyperparameter of the rule needs a range."""
+        missing = [n for n in rule.hyper_names if n not in settings.space]
+        if missing:
+            raise ValueError(f"give a search range for {', '.join(missing)} (optimizer {rule.name!r} has no default)")
+
+    def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
+        """Run the trials, then stamp the best-so-far after each (time spread evenly over trials)."""
+        watch = Stopwatch()
+        config = settings.fds(seed)
+        counts = config.resolved_counts(rule) if self.schedules else None
+        trials = self.trials(task, rule, config, settings, counts)
+        points, steps = [], 0
+        for trial, best in zip(trials, best_so_far(trials)):
+            steps += trial.steps
+            points.append(Incumbent(steps, 0.0, best.schedule, best.val_acc))
+        return watch.spread(points)
+
+    @abstractmethod
+    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
+               counts: Mapping[str, int] | None) -> list[Trial]:
+        """The evaluated trials, in order."""
+
+
+@final
+class RandomSearch(TrialSearch):
+    """``random-constant`` / ``random-schedule``: independent uniform (or log-uniform) draws."""
+
+    name = "random"
+
+    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
+               counts: Mapping[str, int] | None) -> list[Trial]:
+        """Random candidates."""
+        return random_search(task, rule, config, settings.space, settings.units, counts)
+
+
+@final
+class TPESearch(TrialSearch):
+    """``tpe`` / ``tpe-schedule``: optuna's TPE sampler, seeded."""
+
+    name = "tpe"
+
+    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
+               counts: Mapping[str, int] | None) -> list[Trial]:
+        """TPE candidates."""
+        return tpe_search(task, rule, config, settings.space, settings.units, counts)
