@@ -8,6 +8,7 @@ segment starts at or before ``t``) need work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 import torch
 from torch import Tensor
@@ -15,6 +16,7 @@ from torch import Tensor
 from hpo.schedule import segment_index, segment_starts
 
 
+@final
 @dataclass(frozen=True)
 class ColumnLayout:
     """The order of tangent columns and, per step, which are started and which is active."""

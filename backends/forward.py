@@ -21,10 +21,11 @@ takes the tangent update from the rule's hand-derived ``tangent``; ``forward-jvp
 
 from __future__ import annotations
 
+from abc import ABC
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import torch
 from torch import Tensor
@@ -44,6 +45,7 @@ TangentFn = Callable[
 ]
 
 
+@final
 @dataclass(frozen=True)
 class Phase:
     """What is constant between two segment starts: started columns, hyperparameters, one-hot tangents."""
@@ -54,6 +56,7 @@ class Phase:
     direct: dict[str, Tensor]
 
 
+@final
 @dataclass(frozen=True)
 class ForwardState:
     """Inner state plus the tangents of the weights and of the optimizer state (leading dim = column).
@@ -142,7 +145,7 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
     return new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers
 
 
-class ForwardModeBackend(HypergradientBackend[ForwardState]):
+class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
     """Forward-mode hypergradients over the whole horizon, all columns batched with vmap.
 
     ``compile`` names a ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` for a quick
@@ -214,6 +217,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState]):
         )
 
 
+@final
 class ForwardManualBackend(ForwardModeBackend):
     """``forward-manual``: tangent update from the rule's hand-derived ``tangent``."""
 
@@ -231,6 +235,7 @@ class ForwardManualBackend(ForwardModeBackend):
         return super().init(problem, schedule)
 
 
+@final
 class ForwardJvpBackend(ForwardModeBackend):
     """``forward-jvp``: tangent update derived from the rule's ``step`` with ``torch.func.jvp``."""
 

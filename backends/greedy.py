@@ -21,7 +21,7 @@ a validation minibatch; memory is constant in the horizon.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, final
 
 import torch
 from torch import Tensor
@@ -61,6 +61,7 @@ def one_step_hypergrad(
     return grad(after_step)(hyper)
 
 
+@final
 @dataclass(frozen=True)
 class GreedyState:
     """Inner state, the hypergradient sums per segment so far and the validation minibatches."""
@@ -71,6 +72,7 @@ class GreedyState:
     val_batches: Tensor
 
 
+@final
 class GreedyBackend(HypergradientBackend[GreedyState]):
     """``greedy``: one-step hypergradients on validation minibatches, summed per shared segment."""
 

@@ -25,7 +25,7 @@ the reference unroll.  ``higher`` is used in this module only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import higher
 import torch
@@ -39,6 +39,7 @@ from hpo.schedule import Schedule
 from hpo.step import hyper_at_step, train_step, tree_clamp, validation_loss
 
 
+@final
 class RuleDifferentiableOptimizer(higher.optim.DifferentiableOptimizer):
     """A ``higher`` differentiable optimizer whose update is an :class:`UpdateRule`'s ``step``.
 
@@ -64,6 +65,7 @@ class RuleDifferentiableOptimizer(higher.optim.DifferentiableOptimizer):
         group["opt_state"] = new_state
 
 
+@final
 @dataclass(frozen=True)
 class TruncatedState:
     """Inner state; inside the window also the leaf values and the ``higher`` optimizer."""
@@ -80,6 +82,7 @@ def _detach(tree: Any) -> Any:
     return tree.detach()
 
 
+@final
 class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
     """``reverse-truncated``: reverse mode through the last ``window`` inner steps (None = all).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, final
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from hpo.schedule import Schedule
 S = TypeVar("S")
 
 
+@final
 @dataclass(frozen=True)
 class InnerState:
     """Primal state of inner training after step ``t - 1``: weights, buffers, optimizer state."""
@@ -40,6 +41,7 @@ class InnerState:
     loss: Tensor
 
 
+@final
 @dataclass(frozen=True)
 class HypergradResult:
     """What a backend returns at the end of an inner run."""

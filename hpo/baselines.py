@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import final
 
 import torch
 
@@ -27,6 +28,7 @@ from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task
 
 
+@final
 @dataclass(frozen=True)
 class Range:
     """Sampling range of one type: uniform on ``[low, high]``, or log-uniform when ``log``."""
@@ -123,6 +125,7 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     return float(vloss), float(vacc), False
 
 
+@final
 @dataclass(frozen=True)
 class Trial:
     """One evaluated candidate."""

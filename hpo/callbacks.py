@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from abc import ABC
 from dataclasses import dataclass, field
+from typing import final
 
 from torch import Tensor
 
 
+@final
 @dataclass(frozen=True)
 class OuterRecord:
     """What one outer step measured and decided."""
@@ -25,7 +28,7 @@ class OuterRecord:
     extra: dict = field(default_factory=dict)
 
 
-class Callbacks:
+class Callbacks(ABC):
     """No-op base class: override what you need."""
 
     def on_run_start(self, outer_steps: int) -> None:
@@ -47,6 +50,7 @@ class Callbacks:
         """A line of the run's report (the header, a resume notice, the final results)."""
 
 
+@final
 class CallbackList(Callbacks):
     """Forward every event to each of several callbacks."""
 

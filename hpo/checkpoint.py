@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, final
 
 import torch
 from torch import Tensor
@@ -62,6 +62,7 @@ def to_plain(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint")
 
 
+@final
 @dataclass(frozen=True)
 class Checkpoint:
     """Everything needed to continue a run: outer state, history, configuration and time spent so far."""

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import final
 
 import torch
 
@@ -25,6 +26,7 @@ from hpo.schedule import Schedule, check_counts, segment_starts
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 
+@final
 @dataclass(frozen=True)
 class FDSConfig:
     """Settings of the outer loop.  Empty ``counts``/``init``/``steps`` take the rule's defaults.
@@ -85,6 +87,7 @@ class FDSConfig:
         return {s.name: float(self.steps.get(s.name, s.step)) for s in rule.hyperparameters}
 
 
+@final
 @dataclass(frozen=True)
 class FDSResult:
     """The learned schedule and the record of every outer step."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import final
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from hpo.schedule import Schedule, segment_indices
 from hpo.step import train_step
 
 
+@final
 @dataclass(frozen=True)
 class OnlineResult:
     """The values used at every step, their per-segment means, and the final validation metrics."""

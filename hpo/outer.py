@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import final
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from torch import Tensor
 from hpo.optimizers.base import HyperSpec
 
 
+@final
 @dataclass(frozen=True)
 class OuterState:
     """Values, step sizes and last hypergradient signs of every shared value, and the step count."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import final
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ LossFn = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Buffers]]
 EvalFn = Callable[[Params, Buffers, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+@final
 @dataclass(frozen=True)
 class InnerProblem:
     """Data, model functions, optimizer rule and horizon of one inner training run.

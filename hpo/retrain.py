@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import final
 
 import torch
 
@@ -18,6 +19,7 @@ from hpo.torch_scheduler import ScheduleDriver
 RETRAIN_SEED_OFFSET = 7919
 
 
+@final
 @dataclass(frozen=True)
 class RetrainResult:
     """Test metrics of a model trained from scratch with a schedule."""

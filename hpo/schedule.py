@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import final
 
 import torch
 from torch import Tensor
@@ -46,6 +47,7 @@ def check_counts(counts: Mapping[str, int], horizon: int) -> None:
             raise ValueError(f"{n} shared {name} values need at least {n} inner steps, got {horizon}")
 
 
+@final
 @dataclass(frozen=True)
 class Schedule:
     """Shared values of each hyperparameter type: ``values[name]`` is a 1-D tensor of length n."""

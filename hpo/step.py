@@ -19,7 +19,7 @@ starts from.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, final
 
 from torch import Tensor
 from torch.func import grad
@@ -29,6 +29,7 @@ from hpo.problem import Buffers, EvalFn, LossFn
 from hpo.schedule import segment_index
 
 
+@final
 class StepOutput(NamedTuple):
     """What one plain inner step returns: new weights, optimizer state and buffers, the loss and gradient."""
 

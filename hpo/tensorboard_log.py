@@ -15,6 +15,7 @@ a run at or after that step, whatever its tag):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import final
 
 from torch import Tensor
 
@@ -42,6 +43,7 @@ def schedule_figure(schedule: Schedule, horizon: int = 1000, title: str = "learn
     return fig
 
 
+@final
 class TensorBoardLogger(Callbacks):
     """Writes an FDS run to TensorBoard event files under ``logdir``.
 

@@ -18,12 +18,15 @@ Example:
 
 from __future__ import annotations
 
+from typing import final
+
 import torch
 
 from hpo.optimizers.base import UpdateRule
 from hpo.schedule import Schedule
 
 
+@final
 class ScheduleDriver:
     """Sets each param group's hyperparameters to the schedule's values at the current step.
 

@@ -30,8 +30,9 @@ finite in float32 and is multiplied by an exactly-zero tangent there).
 
 from __future__ import annotations
 
+from abc import ABC
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ _BETA2 = HyperSpec("beta2", low=0.0, high=1.0, high_open=True, init=0.999, step=
                    description="decay of the second moment", on_divergence=0, search_low=0.9, search_high=0.9999)
 
 
-class AdamFamily(UpdateRule):
+class AdamFamily(UpdateRule, ABC):
     """Shared code of :class:`Adam` and :class:`AdamW` (abstract: ``decoupled`` picks the form).
 
     ``eps`` (outside the root, as in torch) and ``eps_root`` (inside it) are fixed constants, not
@@ -160,6 +161,7 @@ class AdamFamily(UpdateRule):
                 "weight_decay": float(hyper["wd"]), "eps": self.eps}
 
 
+@final
 class Adam(AdamFamily):
     """Adam with L2 weight decay added to the gradient (``torch.optim.Adam``'s ``weight_decay``).
 
@@ -191,6 +193,7 @@ class Adam(AdamFamily):
         return torch.optim.Adam(params, **self.torch_group(hyper))
 
 
+@final
 class AdamW(AdamFamily):
     """Adam with decoupled weight decay ``theta <- theta (1 - lr wd)`` (``torch.optim.AdamW``).
 

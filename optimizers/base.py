@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ State = dict[str, Params]
 Hyper = dict[str, Tensor]
 
 
+@final
 @dataclass(frozen=True)
 class HyperSpec:
     """One hyperparameter type of a rule: its valid range and the FDS defaults.

@@ -17,7 +17,7 @@ Its tangent (one column, with :math:`\\dot g = H \\dot\\theta`):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, final
 
 import torch
 from torch import Tensor
@@ -28,6 +28,7 @@ from hpo.optimizers.base import Hyper, HyperSpec, Params, State, UpdateRule, zer
 TINY_MOMENTUM = 1e-300
 
 
+@final
 class SGDMomentum(UpdateRule):
     """SGD with heavy-ball momentum and L2 weight decay; hyperparameters lr, momentum, wd.
 

@@ -14,6 +14,7 @@ global RNG is touched and nothing leaves the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import Tensor
 CHOICES = ("crop", "flip", "cutout")
 
 
+@final
 @dataclass(frozen=True)
 class Augment:
     """Random crop (``pad > 0``), horizontal flip and cutout (``cutout > 0``), applied in that order."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import final
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-if TYPE_CHECKING:  # importing hpo here would be circular (hpo.fds imports hpo.tasks.base)
-    from hpo.optimizers.base import Params
-    from hpo.problem import Buffers, EvalFn, LossFn
+from hpo.optimizers.base import Params
+from hpo.problem import Buffers, EvalFn, LossFn
 
 
+@final
 @dataclass(frozen=True)
 class Task:
     """Data and model of one classification problem.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import final
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ def load_mnist1d(num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache_dir: 
     return data
 
 
+@final
 class MLP(nn.Module):
     """Fully connected ReLU network ``in -> hidden -> hidden -> classes``."""
 
@@ -81,6 +83,7 @@ class MLP(nn.Module):
         return self.net(x.flatten(1))
 
 
+@final
 class CNN1D(nn.Module):
     """Small 1-D convolutional network for length-40 signals."""
 

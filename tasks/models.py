@@ -7,9 +7,12 @@ BatchNorm running statistics are updated on cloned buffers, returned, and never 
 
 from __future__ import annotations
 
+from typing import final
+
 from torch import Tensor, nn
 
 
+@final
 class LeNet(nn.Module):
     """LeNet-5 with BatchNorm after each convolution and hidden linear layer.
 
@@ -44,6 +47,7 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
+@final
 class WideBlock(nn.Module):
     """Pre-activation residual block: ``BN ReLU conv3 BN ReLU conv3`` plus a 1x1 shortcut when shapes change."""
 
@@ -62,6 +66,7 @@ class WideBlock(nn.Module):
         return y + (x if self.shortcut is None else self.shortcut(o))
 
 
+@final
 class WideResNet(nn.Module):
     """WRN-``depth``-``width`` (Zagoruyko & Komodakis 2016) without dropout, for 32x32 images.
 

@@ -22,6 +22,7 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import final
 
 import numpy as np
 import torch
@@ -34,10 +35,12 @@ from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 DEFAULT_DATA_ROOT = Path("data")
 
 
+@final
 class DatasetMissing(ValueError):
     """A dataset file is not under the data root (a one-line, user-facing message)."""
 
 
+@final
 @dataclass(frozen=True)
 class VisionSpec:
     """Where a dataset lives under the data root, its shape and its normalisation constants."""

@@ -10,27 +10,18 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
-import pkgutil
 from types import ModuleType
 
 import pytest
 
-# hpo.backends, hpo.optimizers and hpo.tasks live in their own top-level folders (package-dir), so
-# walking hpo.__path__ alone does not reach them.
-PACKAGES = ("hpo", "hpo.backends", "hpo.optimizers", "hpo.tasks")
+from tests.conftest import library_modules as all_modules
+
 SKIP_MODULES = {"hpo.__main__"}  # running it starts the CLI
 
 
 def library_modules() -> list[str]:
-    """Dotted names of every module of the library packages."""
-    names = []
-    for pkg_name in PACKAGES:
-        pkg = importlib.import_module(pkg_name)
-        names.append(pkg_name)
-        for info in pkgutil.walk_packages(pkg.__path__, prefix=pkg_name + "."):
-            if info.name not in SKIP_MODULES:
-                names.append(info.name)
-    return sorted(names)
+    """Every module of the library but ``hpo.__main__``."""
+    return [m for m in all_modules() if m not in SKIP_MODULES]
 
 
 def has_doc(obj: object) -> bool:

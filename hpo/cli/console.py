@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TextIO, final
 
 import click
 from torch import Tensor
@@ -13,6 +13,7 @@ from hpo.callbacks import Callbacks, OuterRecord
 from hpo.report import divergence_text, format_values
 
 
+@final
 class ConsoleReporter(Callbacks):
     """tqdm bars on stderr while training; one block per outer step on stdout."""
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import final
 
 import click
 
 
+@final
 class KeyValues(click.ParamType):
     """``name=value,name=value`` parsed into a dict with values of ``kind`` (int or float)."""
 
@@ -37,6 +39,7 @@ class KeyValues(click.ParamType):
         return out
 
 
+@final
 class IntList(click.ParamType):
     """``300`` or ``30,300``: a comma-separated list of positive integers."""
 
