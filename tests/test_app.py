@@ -1,0 +1,142 @@
+"""The application layer from Python: typed configurations, run, resume, compare, retrain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import hpo
+from hpo import CompareConfig, ConfigError, RetrainConfig, RunConfig
+from hpo.callbacks import OuterRecord
+from hpo.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hpo.cli import cli
+from hpo.outer import OuterState
+from hpo.registry import SEARCH_METHODS, resolve_method
+from hpo.search.base import SearchMethod
+from hpo.search.fds_search import FDSSearch
+
+FIXTURES = Path(__file__).parent / "hypergrad_fixtures.py"
+TASK = f"{FIXTURES}:tiny_task"
+SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.25, "device": "cpu",
+         "retrain_steps": 6}
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"outer_steps": 0}, "outer_steps"),
+    ({"seed": "0"}, "seed"),
+    ({"dtype": "float16"}, "dtype"),
+    ({"inner_steps": 300}, "inner_steps"),
+    ({"retrain_steps": True}, "retrain_steps"),
+    ({"counts": {"lr": 10**7}}, "counts"),
+    ({"inner_steps": (10**12,)}, "inner_steps"),
+    ({"init": {"lr": -1.0}}, "init"),
+    ({"optimizer": "adamw9"}, "optimizer"),
+    ({"backend": "magic"}, "backend"),
+    ({"window": 5}, "window"),
+    ({"compile": True, "backend": "greedy"}, "compile"),
+    ({"task": "imagenet"}, "task"),
+    ({"augment": "flip"}, "augment"),
+    ({"baseline": {"speed": 3.0}}, "baseline"),
+])
+def test_config_errors_name_the_field(changes: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig(**changes)
+    assert info.value.field == field
+    assert "--" not in info.value.message  # the core never names a CLI flag
+
+
+def test_unknown_setting_in_a_stored_config_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"seed": 0, "warp_drive": 9})
+    assert info.value.field == "warp_drive"
+
+
+def test_config_round_trips_through_plain_values() -> None:
+    cfg = RunConfig(**SMALL, outer_steps=2)
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+
+
+def test_run_then_resume_from_python_equals_a_straight_run(tmp_path: Path) -> None:
+    straight = hpo.run(RunConfig(**SMALL, outer_steps=3, logdir=str(tmp_path / "a")))
+    hpo.run(RunConfig(**SMALL, outer_steps=1, logdir=str(tmp_path / "b")))
+    resumed = hpo.resume(tmp_path / "b", {"outer_steps": 3})
+    assert len(resumed.history) == 3
+    assert resumed.schedule.to_dict() == straight.schedule.to_dict()
+    assert resumed.learned.test_acc == straight.learned.test_acc
+    stored = load_checkpoint(tmp_path / "b" / "checkpoint.pt").config
+    assert stored["outer_steps"] == 3 and stored["task"] == TASK
+
+
+def test_resume_refuses_a_changed_setting(tmp_path: Path) -> None:
+    hpo.run(RunConfig(**SMALL, outer_steps=1, logdir=str(tmp_path / "r")))
+    with pytest.raises(ConfigError) as info:
+        hpo.resume(tmp_path / "r", {"seed": 4})
+    assert info.value.field == "seed" and "conflicts with the run being resumed" in info.value.message
+
+
+def test_cli_and_python_give_the_same_schedule(tmp_path: Path) -> None:
+    py = hpo.run(RunConfig(**SMALL, outer_steps=2, logdir=str(tmp_path / "py")))
+    r = CliRunner().invoke(cli, ["run", "--task", TASK, "--inner-steps", "6", "--counts", "lr=2", "--val-frac", "0.25",
+                                 "--device", "cpu", "--retrain-steps", "6", "--outer-steps", "2", "--no-progress",
+                                 "--logdir", str(tmp_path / "cli")])
+    assert r.exit_code == 0, r.output
+    cli_out = json.loads((tmp_path / "cli" / "schedule.json").read_text())
+    assert cli_out["schedule"] == py.schedule.to_dict()
+    assert cli_out["config"]["outer_steps"] == 2
+
+
+def test_version_1_checkpoint_options_are_read_as_a_configuration(tmp_path: Path) -> None:
+    state = OuterState.start({"lr": torch.zeros(2), "momentum": torch.zeros(1), "wd": torch.zeros(1)},
+                             {"lr": 0.1, "momentum": 0.1, "wd": 3e-4})
+    data = Checkpoint(state, ()).to_dict()
+    data.pop("config")
+    data["version"] = 1
+    data["options"] = {"init_values": {"lr": 0.0}, "step_sizes": {"lr": 0.1}, "compile_step": False,
+                       "progress": True, "resume": None, "seed": 3}
+    path = tmp_path / "checkpoint.pt"
+    torch.save(data, path)
+    ck = load_checkpoint(path)
+    assert ck.config == {"init": {"lr": 0.0}, "steps": {"lr": 0.1}, "compile": False, "seed": 3}
+    save_checkpoint(path, ck)
+    assert load_checkpoint(path).config == ck.config
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_compare_runs_adam_with_the_default_methods(optimizer: str, tmp_path: Path) -> None:
+    """Each rule carries its own search ranges, so the default methods work for every built-in rule."""
+    cfg = CompareConfig(task=TASK, optimizer=optimizer, budget=(8,), inner_steps=4, seeds=(0,), counts={"lr": 2},
+                        retrain_steps=4, val_frac=0.25, device="cpu", logdir=str(tmp_path))
+    assert set(cfg.resolved_space) == {"lr", "beta1", "beta2", "wd"}
+    rows, paths = hpo.compare(cfg, log=lambda _: None)
+    assert {r.method for r in rows} == set(cfg.methods) and paths["csv"].exists()
+
+
+def test_compare_cli_with_adam_exits_0(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["compare", "--task", TASK, "--optimizer", "adam", "--budget", "8", "--inner-steps", "4",
+                                 "--seeds", "0", "--counts", "lr=2", "--retrain-steps", "4", "--val-frac", "0.25",
+                                 "--device", "cpu", "--logdir", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+
+
+def test_every_search_method_shares_one_interface() -> None:
+    for name in SEARCH_METHODS:
+        assert isinstance(resolve_method(name), SearchMethod)
+    method = resolve_method("forward-jvp")
+    assert isinstance(method, FDSSearch) and method.backend.name == "forward-jvp"
+    with pytest.raises(ValueError, match="search method"):
+        resolve_method("magic")
+
+
+def test_retrain_uses_what_schedule_json_records(tmp_path: Path) -> None:
+    hpo.run(RunConfig(task="mnist1d-mlp", optimizer="adam", outer_steps=1, inner_steps=(8,), samples=200,
+                      device="cpu", logdir=str(tmp_path / "a")))
+    cfg = RetrainConfig(schedule=str(tmp_path / "a" / "schedule.json"), samples=200, device="cpu")
+    assert cfg.resolved_rule.name == "adam" and cfg.resolved_task == "mnist1d-mlp" and cfg.resolved_steps == 8
+    r = CliRunner().invoke(cli, ["retrain", "--schedule", str(tmp_path / "a" / "schedule.json"), "--samples", "200",
+                                 "--device", "cpu"])
+    assert r.exit_code == 0 and "test_acc=" in r.output, r.output
