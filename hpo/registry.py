@@ -84,6 +84,7 @@ SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
     "tpe-schedule": partial(TPESearch, schedules=True),
     "hand-picked": HandPicked,
 })
+"""Search methods of ``hpo compare`` by name; a new method is one file in ``hpo/search`` and one line here."""
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),
     "mnist1d-cnn": _mnist1d("cnn"),

@@ -22,11 +22,10 @@ PACKAGES = {
 }
 #: Where each package's source lives: the design card's top-level folders, mapped into ``hpo``.
 FOLDERS = {"hpo": "hpo", "hpo.optimizers": "optimizers", "hpo.backends": "backends", "hpo.tasks": "tasks"}
-#: Sub-packages with their own page (left out of the page of the package above them).
-OWN_PAGE = ("cli",)
 ORDER = {
-    "hpo": ["schedule", "torch_scheduler", "fds", "outer", "backend", "problem", "unroll", "retrain",
-            "registry", "callbacks", "console", "tensorboard_log", "cli", "cli_types"],
+    "hpo": ["config", "app.run", "app.retrain", "compare", "compare_config", "errors", "schedule",
+            "torch_scheduler", "fds", "outer", "backend", "problem", "step", "unroll", "retrain", "search.base",
+            "registry", "callbacks", "tensorboard_log", "cli.main", "cli.errors"],
     "hpo.optimizers": ["base", "sgd"],
     "hpo.backends": ["forward", "columns"],
     "hpo.tasks": ["base", "mnist1d"],
