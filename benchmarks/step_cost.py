@@ -10,8 +10,12 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
 * ``reverse-truncated``: (W graph-building steps + the reverse pass) / W, for each ``--windows`` W;
   included when a backend is registered under that name (or given by ``--reverse-truncated``
   as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
+* ``reverse-checkpointed``: a whole run of ``--checkpoint-horizon`` steps (the forward pass, then
+  the recomputation and the reverse sweep) divided by its number of steps, eager and, with
+  ``--compile``, compiled; a second table splits it into the forward pass and the sweep;
 * peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
-  reverse-truncated with the largest window, and full reverse mode up to ``--full-reverse-max``).
+  reverse-checkpointed, reverse-truncated with the largest window, and full reverse mode up to
+  ``--full-reverse-max``).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the growth of the
 process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the run.
@@ -189,6 +193,34 @@ def time_truncated(make: Callable[..., HypergradientBackend], window: int, net: 
     return ms, mem.mib
 
 
+def time_checkpointed(make: Callable[[], HypergradientBackend], net: nn.Module, x: Tensor, y: Tensor,
+                      counts: dict[str, int], horizon: int) -> tuple[float, float, float, float]:
+    """A whole reverse-checkpointed run of ``horizon`` steps per inner step, in ms: total, forward pass, sweep.
+
+    The sweep is the recomputation of every segment plus the reverse steps.  A shorter run first
+    warms up (and compiles).  Also returns the run's peak memory (MiB).
+    """
+    sched = schedule_for(counts, x.dtype, x.device)
+
+    def run(steps: int) -> tuple[float, float]:
+        backend = make()
+        problem = problem_for(net, x, y, steps, x.shape[0])
+        state = backend.init(problem, sched)
+        start = time.perf_counter()
+        for t, xb, yb in problem.batches():
+            state = backend.step(problem, sched, state, t, xb, yb)
+        synchronize(x.device)
+        mid = time.perf_counter()
+        backend.hypergradient(problem, sched, state)
+        synchronize(x.device)
+        return mid - start, time.perf_counter() - mid
+
+    run(max(4, max(counts.values())))
+    with PeakMemory(x.device) as mem:
+        fwd, rev = run(horizon)
+    return (fwd + rev) * 1000 / horizon, fwd * 1000 / horizon, rev * 1000 / horizon, mem.mib
+
+
 def whole_run(method: str, make: Callable[[], HypergradientBackend] | None, net: nn.Module, x: Tensor, y: Tensor,
               batch: int, horizon: int, counts: dict[str, int]) -> tuple[float, float]:
     """Seconds and peak memory (MiB) of a whole inner run of ``horizon`` steps plus its hypergradient."""
@@ -241,9 +273,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--input", choices=sorted(INPUTS), default="cifar", help="Shape of the synthetic batches.")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--counts", type=parse_counts, action="append", help="lr,momentum,wd shared values (repeatable).")
-    ap.add_argument("--methods", default="sgd,forward-manual,forward-jvp,reverse-truncated")
+    ap.add_argument("--methods", default="sgd,forward-manual,forward-jvp,reverse-truncated,reverse-checkpointed")
     ap.add_argument("--windows", type=ints, default=[10, 50], help="reverse-truncated windows, e.g. 10,50.")
     ap.add_argument("--steps", type=int, default=20, help="Timed steps per measurement.")
+    ap.add_argument("--checkpoint-horizon", type=int, default=100,
+                    help="Steps of the timed reverse-checkpointed run (its interval is round(sqrt) of it).")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--horizons", type=ints, default=[100, 1000, 10000], help="Horizons of the memory sweep ('' skips).")
     ap.add_argument("--horizon-model", choices=sorted(MODELS), default=None, help="Model of the sweep (default --model).")
@@ -265,6 +299,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shape = INPUTS[a.input]
     truncated = find_truncated(a.reverse_truncated) if ("reverse-truncated" in methods or a.horizons) else None
     from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+    from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 
     forward = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -291,12 +326,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ms, mib = time_forward(cls() if comp is None else cls(compile=comp), net, x, y, counts, a.steps, a.warmup)
                 print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
+        if "reverse-checkpointed" in methods:
+            for comp in (None, a.compile) if a.compile else (None,):
+                row = "reverse-checkpointed" if comp is None else f"reverse-checkpointed (compiled, {comp})"
+                ms, fwd, rev, mib = time_checkpointed(lambda comp=comp: ReverseCheckpointedBackend(compile=comp),
+                                                      net, x, y, counts, a.checkpoint_horizon)
+                print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
+                out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib,
+                                     "forward_ms": fwd, "sweep_ms": rev, "horizon": a.checkpoint_horizon})
         if "reverse-truncated" in methods and truncated is not None:
             for w in a.windows:
                 ms, mib = time_truncated(truncated, w, net, x, y, counts)
                 print(f"| reverse-truncated W={w} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": f"reverse-truncated W={w}", "counts": label, "ms": ms,
                                      "ratio": ms / sgd_ms, "peak_mib": mib})
+
+    split = [r for r in out["steps"] if "sweep_ms" in r]
+    if split:
+        k = round(math.sqrt(a.checkpoint_horizon))
+        print(f"\n## reverse-checkpointed split: T={a.checkpoint_horizon}, k={k}, ms per inner step (x plain SGD)\n")
+        print("| method | shared values (lr/mom/wd) | forward pass | recompute + reverse sweep | whole run |")
+        print("|---|---|---|---|---|")
+        for r in split:
+            print(f"| {r['method']} | {r['counts']} | {r['forward_ms']:.2f} ({r['forward_ms'] / sgd_ms:.1f}) | "
+                  f"{r['sweep_ms']:.2f} ({r['sweep_ms'] / sgd_ms:.1f}) | {r['ms']:.2f} ({r['ratio']:.1f}) |")
 
     if a.horizons:
         hm, hi = a.horizon_model or a.model, a.horizon_input or a.input
@@ -307,7 +360,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("| method | horizon | seconds | peak memory (MiB) |")
         print("|---|---|---|---|")
         hnet, hx, hy = build(hm, INPUTS[hi], hb, dtype, device, pool=4)
-        sweep: list[tuple[str, Callable[[], HypergradientBackend] | None, int]] = [("forward-manual", ForwardManualBackend, 0)]
+        sweep: list[tuple[str, Callable[[], HypergradientBackend] | None, int]] = [
+            ("forward-manual", ForwardManualBackend, 0), ("reverse-checkpointed", ReverseCheckpointedBackend, 0)]
         if truncated is not None and a.windows:
             w = max(a.windows)
             sweep.append((f"reverse-truncated W={w}", lambda w=w: truncated(window=w), 0))

@@ -8,7 +8,7 @@ from typing import Any, final
 
 from hpo.callbacks import OuterRecord
 from hpo.checkpoint import Checkpoint, save_checkpoint
-from hpo.errors import RunError
+from hpo.errors import WriteError
 from hpo.outer import OuterState
 
 
@@ -27,8 +27,8 @@ class CheckpointWriter:
         return self.seconds_before + time.perf_counter() - self.start
 
     def __call__(self, state: OuterState, history: tuple[OuterRecord, ...]) -> None:
-        """Write the checkpoint; a write error is a one-line :class:`~hpo.errors.RunError`."""
+        """Write the checkpoint; a write error is a one-line :class:`~hpo.errors.WriteError`."""
         try:
             save_checkpoint(self.path, Checkpoint(state, history, self.config, self.seconds()))
         except OSError as e:
-            raise RunError(f"cannot write checkpoint {self.path}: {e.strerror or e}") from None
+            raise WriteError(f"cannot write checkpoint {self.path}: {e.strerror or e}") from None

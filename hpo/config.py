@@ -36,7 +36,8 @@ class RunConfig:
 
     ``counts``, ``init`` and ``steps`` override the rule's defaults per hyperparameter type;
     ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats); ``baseline``
-    None means the rule's hand-picked setting; ``retrain_steps`` None means the last horizon.
+    None means the rule's hand-picked setting; ``retrain_steps`` None means the last horizon;
+    ``threads`` None means one CPU thread per process (see :func:`hpo.device.cpu_threads`).
     """
 
     task: str = "mnist1d-mlp"
@@ -65,6 +66,7 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "float32"
     deterministic: bool = False
+    threads: int | None = None
     logdir: str | None = None
     schedule_init: str | None = None
     resolved_rule: UpdateRule = field(init=False, repr=False, compare=False)
@@ -192,6 +194,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "device": checks.choice("device", c.device, DEVICE_CHOICES),
         "dtype": checks.choice("dtype", c.dtype, tuple(DTYPES)),
         "deterministic": checks.flag("deterministic", c.deterministic),
+        "threads": checks.optional_integer("threads", c.threads, 1, 1024),
         "logdir": None if c.logdir is None else str(checks.text("logdir", str(c.logdir))),
         "schedule_init": None if c.schedule_init is None else str(checks.text("schedule_init", str(c.schedule_init))),
     }

@@ -33,6 +33,17 @@ def pick_dtype(name: str = "float32") -> torch.dtype:
     return DTYPES[name]
 
 
+def cpu_threads(requested: int | None, device: torch.device | str) -> int:
+    """Torch CPU threads for a run: ``requested``, or 1 by default.
+
+    One thread per process is the default because users run seeds side by side: two processes
+    with two threads each on a 2-core machine ran 10-30x slower than with one thread each
+    (docs/performance.md), while one thread costs a lone run of the small default models little.
+    Give more (``threads``) for a large model running alone.
+    """
+    return int(requested) if requested is not None else 1
+
+
 def device_for_tests() -> torch.device:
     """Where the tests run: ``$HPO_TEST_DEVICE`` if set, else CUDA when present, else CPU."""
     return pick_device(os.environ.get("HPO_TEST_DEVICE", "auto"))

@@ -6,12 +6,27 @@ The core speaks in field names (``outer_steps``, ``counts``); the CLI maps a fie
 
 from __future__ import annotations
 
+from abc import ABC
 from typing import final
 
 
+class RunError(RuntimeError, ABC):
+    """A run could not go on for a reason outside its configuration; one line (abstract)."""
+
+
 @final
-class RunError(RuntimeError):
-    """A run could not go on for a reason outside its configuration (e.g. a full disk); one line."""
+class WriteError(RunError):
+    """An output (a checkpoint) could not be written, e.g. on a full disk."""
+
+
+@final
+class Interrupted(RunError):
+    """A run stopped by Ctrl-C or SIGTERM; ``logdir`` holds its last checkpoint (``done`` outer steps)."""
+
+    def __init__(self, logdir: object, done: int) -> None:
+        super().__init__(f"interrupted after {done} completed outer steps; the run in {logdir} can be resumed")
+        self.logdir = logdir
+        self.done = done
 
 
 @final

@@ -22,25 +22,7 @@ from torch import Tensor
 from hpo.callbacks import Callbacks, OuterRecord
 from hpo.report import divergence_text
 from hpo.schedule import Schedule
-
-
-def schedule_figure(schedule: Schedule, horizon: int = 1000, title: str = "learned schedule"):  # type: ignore[no-untyped-def]
-    """A matplotlib figure with one panel per hyperparameter type, value against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = schedule.names
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
-    dense = schedule.dense(horizon)
-    for ax, name in zip(axes[0], names):
-        ax.plot(range(horizon), dense[name].numpy(), drawstyle="steps-post")
-        ax.set_title(name)
-        ax.set_xlabel("fraction of horizon (x1000)" if horizon == 1000 else "step")
-    fig.suptitle(title)
-    fig.tight_layout()
-    return fig
+from hpo.schedule_plot import schedule_figure
 
 
 @final
@@ -94,7 +76,7 @@ class TensorBoardLogger(Callbacks):
             for name, vals in data.items():
                 for j, x in enumerate(vals):
                     w.add_scalar(f"{group}/{name}/{j}", x, k)
-        w.add_figure("schedule", schedule_figure(Schedule.from_dict(record.values), title=f"after outer step {k}"), k)
+        w.add_figure("schedule", schedule_figure(Schedule.from_dict(record.values), title=f"after outer step {k + 1}"), k)
         for writer in (w, self.inner_writer, self.outer_writer):
             if writer is not None:
                 writer.flush()

@@ -1,4 +1,4 @@
-"""Small float64 problems shared by the tests."""
+"""Small float64 problems shared by the tests (the problem itself lives in :mod:`hpo.tiny`)."""
 
 from __future__ import annotations
 
@@ -9,28 +9,16 @@ from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule
-from hpo.tasks.base import model_functions, split_state
+from hpo.tiny import DT
+from hpo.tiny import tiny_problem as _tiny_problem
 
-DT = torch.float64
+__all__ = ["DT", "max_rel_err", "sgd_schedule", "tiny_problem"]
 
 
 def tiny_problem(rule: UpdateRule | None = None, horizon: int = 12, batch_size: int = 10, seed: int = 1,
                  model: nn.Module | None = None) -> InnerProblem:
-    """A 5-6-3 tanh MLP on random float64 data: small enough for finite differences."""
-    gen = torch.Generator().manual_seed(0)
-    if model is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
-    model = model.to(DT)
-    loss_fn, eval_fn = model_functions(model)
-    params, buffers = split_state(model)
-    x = torch.randn(40, 5, generator=gen, dtype=DT)
-    y = torch.randint(0, 3, (40,), generator=gen)
-    xv = torch.randn(20, 5, generator=gen, dtype=DT)
-    yv = torch.randint(0, 3, (20,), generator=gen)
-    return InnerProblem(loss_fn, eval_fn, params, buffers, rule or SGDMomentum(), x, y, xv, yv,
-                        horizon=horizon, batch_size=batch_size, seed=seed)
+    """:func:`hpo.tiny.tiny_problem` with SGD-momentum by default: a 5-6-3 tanh MLP on random float64 data."""
+    return _tiny_problem(rule or SGDMomentum(), horizon=horizon, batch_size=batch_size, seed=seed, model=model)
 
 
 def sgd_schedule() -> Schedule:

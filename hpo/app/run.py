@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
+import torch
+
+from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.task_loading import check_split, load_task
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
@@ -25,16 +28,18 @@ from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_check
 from hpo.checkpoint_writer import CheckpointWriter
 from hpo.config import RunConfig
 from hpo.determinism import use_deterministic_kernels
-from hpo.device import DTYPES
-from hpo.errors import ConfigError
+from hpo.device import DTYPES, cpu_threads
+from hpo.errors import ConfigError, Interrupted
 from hpo.fds import run_fds
 from hpo.outer import OuterState
 from hpo.report import format_values
 from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.schedule import Schedule
+from hpo.schedule_plot import save_schedule_figure
+from hpo.tasks.base import Task
 
 #: Settings that may differ from the checkpoint's on resume (the new value is used).
-MAY_CHANGE_ON_RESUME = ("outer_steps", "device")
+MAY_CHANGE_ON_RESUME = ("outer_steps", "device", "threads")
 
 
 @final
@@ -60,9 +65,10 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     written to disk before the configuration and the task's data have been checked.
     """
     cb = CallbackList(*callbacks)
-    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+    fds = config.fds()
     if config.deterministic:
         use_deterministic_kernels()
+    torch.set_num_threads(cpu_threads(config.threads, fds.device))
     task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
     check_split(task.train_x.shape[0], fds.val_frac)
     logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
@@ -71,13 +77,24 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     if checkpoint is None and (logdir / "schedule.json").exists():
         raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
     ensure_writable_dir(logdir)
-    config = config.replace(logdir=str(logdir))
+    with LogdirLock(logdir):
+        return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint)
+
+
+def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Checkpoint | None) -> RunResult:
+    """The body of :func:`run`, holding the log directory."""
+    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+    logdir = Path(str(config.logdir))
+    if checkpoint is None and checkpoint_path(logdir).exists():  # checked again under the lock
+        raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
     state = checkpoint.state if checkpoint is not None else start_state(config)
     history = checkpoint.history if checkpoint is not None else ()
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
                   f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
     if checkpoint is not None:
         cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
+    if config.compile:
+        cb.on_message("compiling the inner step with torch.compile: the first steps take minutes on a CPU")
 
     from hpo.tensorboard_log import TensorBoardLogger  # imports tensorboard: only when a run starts
 
@@ -88,8 +105,14 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
                               checkpoint.search_seconds if checkpoint is not None else 0.0)
     logged = CallbackList(cb, tb)
     logged.on_run_start(config.outer_steps)
-    result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
+    try:
+        result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
+    except KeyboardInterrupt:
+        done = load_checkpoint(checkpoint_path(logdir)).state.k if checkpoint_path(logdir).exists() else 0
+        raise Interrupted(logdir, done) from None
     search_seconds = writer.seconds()
+    for line in zero_hypergradient_warnings(result.history):
+        cb.on_message(line)
 
     steps = config.resolved_retrain_steps
     seed = config.seed + RETRAIN_SEED_OFFSET
@@ -110,19 +133,52 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
         "schedule": result.schedule.to_dict(), "retrain_steps": steps,
-        "search_seconds": search_seconds, "results": results, "config": config.to_dict(),
+        "search_seconds": search_seconds, "results": results, "config": config.to_dict(), "versions": versions(),
         "history": [r.__dict__ for r in result.history],
     }
     text = json.dumps(out, indent=2) + "\n"
     atomic_write(logdir / "schedule.json", lambda f: f.write(text.encode()))
+    picture = logdir / "schedule.png"
+    try:
+        save_schedule_figure(result.schedule, picture, f"learned schedule after outer step {result.state.k}"
+                                                       f"/{config.outer_steps}")
+    except (OSError, ValueError) as e:  # a picture is not worth losing the run over
+        cb.on_message(f"warning: could not write {picture}: {e}")
     tb.add_text("summary", "\n\n".join(lines), result.state.k)
     tb.close()
     summary = (f"learned schedule: {format_values(result.schedule.to_dict())}", *lines,
-               f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'} and TensorBoard logs "
-               f"(tensorboard --logdir {logdir})")
+               f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'}, {picture.name} and TensorBoard "
+               f"logs (tensorboard --logdir {logdir})")
     for line in summary:
         cb.on_message(line)
     return RunResult(config, result.schedule, result.history, final, base, search_seconds, logdir, summary)
+
+
+def zero_hypergradient_warnings(history: Sequence[OuterRecord]) -> list[str]:
+    """One warning per type whose hypergradient was exactly zero at every one of >= 2 outer steps.
+
+    A zero hypergradient that never moves means no tangent reached the value: the rule cut it
+    (``float()``, ``.item()`` or ``sign()`` of a hyperparameter), or the value never acts.
+    """
+    if len(history) < 2:
+        return []
+    names = history[0].hypergrad.keys()
+    zero = [n for n in names if all(x == 0.0 for r in history for x in r.hypergrad.get(n, [1.0]))]
+    return [f"warning: the hypergradient of {n} was exactly zero at every outer step; likely causes: the rule cuts "
+            f"its tangent (float(), .item() or sign() of a hyperparameter; hpo check-rule tells), a segment no step "
+            f"reaches, or a learning rate that stayed 0 so nothing trained" for n in zero]
+
+
+def versions() -> dict[str, str]:
+    """Versions of hpo, torch and Python that produced a result."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        hpo_version = version("hpo-long-horizon")
+    except PackageNotFoundError:
+        hpo_version = "unknown"
+    return {"hpo": hpo_version, "torch": torch.__version__, "python": platform.python_version()}
 
 
 def start_state(config: RunConfig) -> OuterState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO, final
 
 import click
@@ -15,17 +16,33 @@ from hpo.report import divergence_text, format_values
 
 @final
 class ConsoleReporter(Callbacks):
-    """tqdm bars on stderr while training; one block per outer step on stdout."""
+    """Progress bars on a terminal; one block per outer step on stdout, with elapsed time and ETA.
+
+    Bars are drawn only when stderr is a terminal: piped into a log, the output is plain lines
+    (no carriage-return updates).  The ETA assumes the remaining outer steps run the current
+    horizon at the speed measured so far.
+    """
 
     def __init__(self, show_progress: bool = True, out: TextIO | None = None, outer_steps: int = 0) -> None:
         self.outer_steps = outer_steps
-        self.show_progress = show_progress
+        self.show_progress = show_progress and sys.stderr.isatty()
         self.out = out
         self.bar: tqdm | None = None
+        self.start = time.perf_counter()
+        self.horizon = 0
+        self.steps_done = 0
 
     def on_run_start(self, outer_steps: int) -> None:
-        """Remember how many outer steps the run has."""
+        """Remember how many outer steps the run has; start the clock."""
         self.outer_steps = outer_steps
+        self.start = time.perf_counter()
+
+    def eta_text(self, k: int) -> str:
+        """``elapsed 12s, ETA 40s`` after outer step ``k`` (0-based)."""
+        elapsed = time.perf_counter() - self.start
+        left = max(0, self.outer_steps - k - 1) * self.horizon
+        eta = elapsed / self.steps_done * left if self.steps_done else 0.0
+        return f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s"
 
     def on_message(self, text: str) -> None:
         """Print a report line."""
@@ -33,6 +50,7 @@ class ConsoleReporter(Callbacks):
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Open a progress bar for the inner run."""
+        self.horizon = horizon
         if self.show_progress:
             self.bar = tqdm(total=horizon, desc=f"outer {k + 1}/{self.outer_steps}", unit="step",
                             leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
@@ -49,8 +67,9 @@ class ConsoleReporter(Callbacks):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self.steps_done += r.steps_run
         click.echo(f"outer {r.k + 1}/{self.outer_steps}  T={r.horizon}  val_loss={r.val_loss:.4f}  "
-                   f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s)", file=self.out)
+                   f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s; {self.eta_text(r.k)})", file=self.out)
         if r.diverged:
             click.echo(f"  {divergence_text(r)}", file=self.out)
         click.echo(f"  hypergrad  {format_values(r.hypergrad, '{:+.3g}')}", file=self.out)

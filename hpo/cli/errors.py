@@ -8,7 +8,7 @@ from typing import Any, final
 
 import click
 
-from hpo.errors import ConfigError, RunError
+from hpo.errors import ConfigError, Interrupted, RunError
 
 
 def flag_of(group: click.Group, field: str) -> str | None:
@@ -39,6 +39,10 @@ class OneLineErrors(click.Group):
             where = f"Invalid value for '{flag}': " if flag else f"{e.field}: "
             click.echo(f"Error: {where}{e.message}", err=True)
             sys.exit(2)
+        except Interrupted as e:
+            click.echo(f"Interrupted after {e.done} completed outer steps; continue with: "
+                       f"hpo run --resume {e.logdir}", err=True)
+            sys.exit(130)
         except RunError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)

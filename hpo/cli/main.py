@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from click.core import ParameterSource
 
 from hpo.app.retrain import RetrainConfig, retrain_schedule
 from hpo.app.run import resume, run
+from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
 from hpo.cli.errors import OneLineErrors
 from hpo.cli.types import IntList, KeyValues
@@ -77,13 +79,16 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--deterministic/--no-deterministic", default=False, show_default=True,
               help="Deterministic CUDA kernels (slower); CPU runs are deterministic anyway. See docs/determinism.md.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads of this process (default 1, so runs side by side do not slow each other; "
+                   "give more for a large model running alone).")
 @click.option("--logdir", type=click.Path(path_type=Path), default=None,
               help="TensorBoard logs, checkpoint and schedule.json (default runs/hpo-<time>-<id>).")
 @click.option("--schedule-init", type=click.Path(path_type=Path), default=None,
               help="Start from the schedule in this JSON file (e.g. an earlier schedule.json); sets --counts.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this LOGDIR from its last completed outer step, with its settings "
-                   "(only --outer-steps and --device may change).")
+                   "(only --outer-steps, --device and --threads may change).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show progress bars.")
 def run_command(resume_dir: Path | None = None, progress: bool = True, **options: Any) -> None:
     """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy.
@@ -181,11 +186,20 @@ def compare_command(seeds: str, methods: str, **options: Any) -> None:
                f"(tensorboard --logdir {paths['md'].parent})")
 
 
+cli.add_command(check_rule_command)
+
+
 def main() -> None:
     """Console-script entry point."""
     # torch.func emits this while building its decompositions on first use; it is not ours to fix.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)  # SIGTERM stops like Ctrl-C: it says how to resume
     cli()
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into ``KeyboardInterrupt``, so a run stops with its resume hint."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""One process per log directory: an advisory lock the operating system drops when its holder dies.
+
+``LOGDIR/.hpo.lock`` is locked with ``fcntl.flock`` for as long as a run (or resume) works in the
+directory.  A second process is refused at once; a lock left by a killed process does not exist
+(the kernel releases it), so a resume after a crash is never blocked.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import final
+
+from hpo.errors import ConfigError
+
+LOCK_NAME = ".hpo.lock"
+
+
+@final
+class LogdirLock:
+    """``with LogdirLock(logdir):`` holds the directory for this process, or raises ``ConfigError``."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.path = Path(logdir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> LogdirLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError("logdir", f"{self.path.parent} is in use by a running process (pid {holder}); "
+                                        f"wait for it or choose another log directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
