@@ -10,7 +10,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import final
 
 import torch
@@ -173,6 +173,8 @@ def outer_step(
             "raised": {n: [j for j, x in enumerate(h.tolist()) if x < 0] for n, h in hg.items() if (h < 0).any()},
         }
     new = sign_update(state, hg, specs, config.decay)
+    if diverged:
+        new = replace(new, values=halve_lowered(state.values, new.values, hg))
     record = OuterRecord(
         k=k,
         horizon=problem.horizon,
@@ -188,6 +190,17 @@ def outer_step(
         extra=extra,
     )
     return new, record
+
+
+def halve_lowered(old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor],
+                  pseudo: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """After a divergence, every lowered value at most half its old value: :math:`\\min(v', v / 2)`.
+
+    The sign step alone moves a value by its step size, so from ``lr = 50`` with a step of 0.1 it
+    would take hundreds of outer steps to recover; halving takes a few (``log2`` of the excess).
+    ``pseudo`` is the safe-direction pseudo-hypergradient (positive where the value is lowered).
+    """
+    return {n: torch.where(pseudo[n].to(v.device) > 0, torch.minimum(v, old[n] * 0.5), v) for n, v in new.items()}
 
 
 def run_fds(

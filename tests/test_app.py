@@ -64,7 +64,7 @@ def test_config_round_trips_through_plain_values() -> None:
 def test_run_then_resume_from_python_equals_a_straight_run(tmp_path: Path) -> None:
     straight = hpo.run(RunConfig(**SMALL, outer_steps=3, logdir=str(tmp_path / "a")))
     hpo.run(RunConfig(**SMALL, outer_steps=1, logdir=str(tmp_path / "b")))
-    resumed = hpo.resume(tmp_path / "b", {"outer_steps": 3})
+    resumed = hpo.resume(tmp_path / "b", {"outer_steps": 3, "task": TASK})  # a plugin task is named again
     assert len(resumed.history) == 3
     assert resumed.schedule.to_dict() == straight.schedule.to_dict()
     assert resumed.learned.test_acc == straight.learned.test_acc
@@ -75,8 +75,23 @@ def test_run_then_resume_from_python_equals_a_straight_run(tmp_path: Path) -> No
 def test_resume_refuses_a_changed_setting(tmp_path: Path) -> None:
     hpo.run(RunConfig(**SMALL, outer_steps=1, logdir=str(tmp_path / "r")))
     with pytest.raises(ConfigError) as info:
-        hpo.resume(tmp_path / "r", {"seed": 4})
+        hpo.resume(tmp_path / "r", {"seed": 4, "task": TASK})
     assert info.value.field == "seed" and "conflicts with the run being resumed" in info.value.message
+
+
+def test_resume_never_imports_code_a_checkpoint_names(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    payload = tmp_path / "payload.py"
+    payload.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    state = OuterState.start({"lr": torch.zeros(2), "momentum": torch.zeros(1), "wd": torch.zeros(1)},
+                             {"lr": 0.1, "momentum": 0.1, "wd": 3e-4})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    save_checkpoint(run_dir / "checkpoint.pt", Checkpoint(state, (), {**SMALL, "optimizer": f"{payload}:rule"}))
+    with pytest.raises(ConfigError) as info:
+        hpo.resume(run_dir)
+    assert info.value.field == "optimizer" and "name it again" in info.value.message
+    assert not marker.exists()
 
 
 def test_cli_and_python_give_the_same_schedule(tmp_path: Path) -> None:

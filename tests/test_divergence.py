@@ -68,15 +68,24 @@ def test_diverged_outer_step_stops_early_and_lowers_only_values_in_force() -> No
     started = [j for j, s in enumerate((0, 4, 8, 12)) if s < at]
     assert started and len(started) < 4, f"diverged at {at}: the test needs some segments not started"
     for j in range(4):
-        expected = 1e6 - 4e5 if j in started else 1e6
+        expected = 1e6 / 2 if j in started else 1e6  # halved: min(1e6 - 4e5, 1e6 / 2)
         assert res.state.values["lr"][j].item() == expected
-    assert res.state.values["momentum"].item() == 0.4
+    assert res.state.values["momentum"].item() == 0.25  # min(0.5 - 0.1, 0.5 / 2)
     assert res.state.values["wd"].item() == 0.0
     assert r.extra["lowered"] == {"lr": started, "momentum": [0]}
     out = io.StringIO()
     ConsoleReporter(show_progress=False, out=out, outer_steps=1).on_outer_step(r)
     assert f"DIVERGED: non-finite {r.extra['divergence']} at inner step {at}/16" in out.getvalue()
     assert f"lowered lr[{','.join(map(str, started))}], momentum[0]" in out.getvalue()
+
+
+def test_recovery_from_lr_1e6_with_a_small_step_takes_few_outer_steps() -> None:
+    """Halving, not the fixed outer step (0.1 here), brings lr = 1e6 back within a few dozen outer steps."""
+    config = FDSConfig(outer_steps=40, inner_steps=(8,), counts={"lr": 1}, init={"lr": 1e6}, steps={"lr": 0.1},
+                       batch_size=16, val_frac=0.25, converged_frac=1e-9)
+    hist = run_fds(tiny_task(), SGDMomentum(), ForwardManualBackend(), config).history
+    first_ok = next(i for i, r in enumerate(hist) if not r.diverged)
+    assert first_ok <= 30 and hist[first_ok - 1].values["lr"][0] < 1e6 / 2**first_ok * 1.0001
 
 
 def test_run_recovers_from_a_huge_learning_rate() -> None:

@@ -212,6 +212,11 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
     if unknown:
         raise ConfigError("resume", f"the checkpoint has settings this version of hpo does not know: "
                                     f"{', '.join(unknown)}")
+    for key in ("optimizer", "task", "backend"):  # a checkpoint never makes hpo import code
+        stored = saved.get(key)
+        if isinstance(stored, str) and ":" in stored and (overrides or {}).get(key) != stored:
+            raise ConfigError(key, f"the run being resumed used {stored!r}, code from outside hpo; name it again "
+                                   f"to allow importing it (resuming never imports what a checkpoint names)")
     merged = {**saved, "logdir": str(logdir)}
     for name, value in (overrides or {}).items():
         if name == "logdir":

@@ -1,0 +1,140 @@
+"""``auto``: choose forward mode or checkpointed reverse mode from a cost model.
+
+Costs are in plain training steps per inner step; memory in bytes, with ``b`` bytes per value,
+:math:`N` shared values, :math:`P` weights, :math:`T` inner steps and :math:`k = \\mathrm{round}(\\sqrt T)`:
+
+.. math::
+
+    \\text{forward:}\\quad c_{fwd} = 1 + c_f N \\ \\text{(CPU)}, \\qquad
+    c_{fwd} = 1 + c_{hvp} \\lceil N / W \\rceil \\ \\text{(CUDA)}, \\qquad m_{fwd} = 2 N P b
+
+    \\text{reverse-checkpointed:}\\quad c_{rev} = C_{rev}, \\qquad m_{rev} = 2 (\\lceil T/k \\rceil + k) P b
+
+(``2 P``: the weights and one optimizer-state tensor per weight, as for SGD-momentum; forward
+mode's ``N`` columns are taken all started, the steady state of the last segment, an upper bound
+of the run's average.)  Whatever fits in ``free_bytes`` and costs less wins; when both fit and
+cost the same, forward mode (its memory does not grow with the horizon); when neither fits, the
+smaller.  Activations (one step's graph) are left out of both memory figures.
+
+Measured constants, CPU (2-core VM, torch 2.14.1, float32, one thread), from::
+
+    python benchmarks/step_cost.py --model mlp --input mnist1d --batch-size 128 \\
+        --counts 7,1,1 --counts 7,7,7 --counts 100,1,1 \\
+        --methods sgd,forward-manual,reverse-truncated,reverse-checkpointed --windows 10,50 \\
+        --compile inductor --steps 30 --warmup 3 --checkpoint-horizon 400 \\
+        --horizons 100,1000,10000 --full-reverse-max 1000 --threads 1
+    python benchmarks/step_cost.py --model lenet --input mnist --batch-size 128 \\
+        --counts 7,1,1 --counts 7,7,7 --counts 100,1,1 \\
+        --methods sgd,forward-manual,reverse-truncated,reverse-checkpointed --windows 10 \\
+        --compile inductor --steps 5 --warmup 2 --checkpoint-horizon 100 --horizons '' --threads 1
+
+* forward-manual, eager: MLP 12.8x / 27.6x / 111.6x a plain step at 9 / 21 / 102 columns
+  (:math:`c_f` = 1.3, 1.3, 1.1); LeNet 14.2x / 53.8x / 424.8x (:math:`c_f` = 1.5, 2.5, 4.2).
+  :math:`c_f = 1.3` is the cheaper (MLP) figure, so the model leans towards forward mode.
+* reverse-checkpointed, eager: LeNet 4.0x to 4.3x, whatever N; MLP 7.2x to 7.3x (there
+  ``torch.func``'s per-operation overhead dominates a 15k-weight model; compiled: 2.2x to 2.3x).
+  :math:`C_{rev} = 4.2` is the compute-bound (LeNet) figure.
+
+So on a CPU forward mode wins only for :math:`N \\le 2`.  CUDA (assumption, not measured here:
+no GPU was available): a vmap over up to :math:`W = 32` columns runs in the idle width of the
+device for about the time of one Hessian-vector product, :math:`c_{hvp} = 2.5` plain steps (the
+design notes' 2.0-2.6x a gradient); :math:`C_{rev} = 4` (one plain pass, one recomputation, one
+vector-Hessian product per step).  Re-measure on the GPU with the commands above (``--device cuda``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import final
+
+from hpo.checks import integer
+from hpo.errors import ConfigError
+
+#: CPU: plain steps per started forward-mode column (MLP, eager; LeNet measured 1.5 to 4.2).
+CPU_COST_PER_COLUMN = 1.3
+#: CPU: whole-run cost of reverse-checkpointed per inner step, in plain steps (LeNet, eager).
+CPU_REVERSE_COST = 4.2
+#: CUDA (assumed): columns that vmap runs side by side for the price of one.
+CUDA_FREE_COLUMNS = 32
+#: CUDA (assumed): one batched Hessian-vector product, in plain steps.
+CUDA_HVP_COST = 2.5
+#: CUDA (assumed): whole-run cost of reverse-checkpointed per inner step, in plain steps.
+CUDA_REVERSE_COST = 4.0
+#: Tensors of size P per state: the weights and one optimizer-state tensor (SGD-momentum).
+TENSORS_PER_STATE = 2
+
+
+@final
+@dataclass(frozen=True)
+class BackendChoice:
+    """The chosen backend's registered name and one line saying why."""
+
+    name: str
+    reason: str
+
+
+def forward_cost(n_values: int, device_type: str) -> float:
+    """Plain steps per inner step of forward mode with ``n_values`` started columns."""
+    if device_type == "cuda":
+        return 1.0 + CUDA_HVP_COST * math.ceil(n_values / CUDA_FREE_COLUMNS)
+    return 1.0 + CPU_COST_PER_COLUMN * n_values
+
+
+def reverse_cost(device_type: str) -> float:
+    """Plain steps per inner step of reverse-checkpointed (forward pass, recomputation, reverse sweep)."""
+    return CUDA_REVERSE_COST if device_type == "cuda" else CPU_REVERSE_COST
+
+
+def forward_bytes(n_values: int, n_params: int, dtype_bytes: int = 4) -> int:
+    """Tangent memory of forward mode: :math:`2 N P b`."""
+    return TENSORS_PER_STATE * n_values * n_params * dtype_bytes
+
+
+def reverse_bytes(n_params: int, horizon: int, dtype_bytes: int = 4) -> int:
+    """Checkpoint memory of reverse-checkpointed: :math:`2 (\\lceil T/k \\rceil + k) P b`, ``k = round(sqrt(T))``."""
+    k = max(1, round(math.sqrt(horizon)))
+    return TENSORS_PER_STATE * (math.ceil(horizon / k) + k) * n_params * dtype_bytes
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def choose_backend(n_values: int, n_params: int, device_type: str, free_bytes: int | None, horizon: int,
+                   has_hand_tangent: bool = True, dtype_bytes: int = 4) -> BackendChoice:
+    """Pick ``forward-manual`` / ``forward-jvp`` or ``reverse-checkpointed`` (see the module docstring).
+
+    ``free_bytes`` None means memory is not a constraint.  ``has_hand_tangent`` (the rule's
+    ``hand_tangent``) decides ``forward-manual`` over ``forward-jvp``.
+
+    Example:
+        >>> choose_backend(9, 15_210, "cpu", None, 1000).name
+        'reverse-checkpointed'
+        >>> choose_backend(1, 15_210, "cuda", None, 1000, has_hand_tangent=False).name
+        'forward-jvp'
+    """
+    integer("n_values", n_values)
+    integer("n_params", n_params, high=10**15)
+    integer("horizon", horizon)
+    if device_type not in ("cpu", "cuda"):
+        raise ConfigError("device_type", f"must be cpu or cuda, got {device_type!r}")
+    if free_bytes is not None and free_bytes < 0:
+        raise ConfigError("free_bytes", f"must be at least 0, got {free_bytes}")
+    fwd_name = "forward-manual" if has_hand_tangent else "forward-jvp"
+    c_fwd, c_rev = forward_cost(n_values, device_type), reverse_cost(device_type)
+    m_fwd, m_rev = forward_bytes(n_values, n_params, dtype_bytes), reverse_bytes(n_params, horizon, dtype_bytes)
+    costs = (f"forward {c_fwd:.1f} vs reverse {c_rev:.1f} plain steps per step ({n_values} values on "
+             f"{device_type}), memory {_mib(m_fwd)} vs {_mib(m_rev)}")
+    fits_fwd = free_bytes is None or m_fwd <= free_bytes
+    fits_rev = free_bytes is None or m_rev <= free_bytes
+    if fits_fwd and not fits_rev:
+        return BackendChoice(fwd_name, f"only forward mode fits in {_mib(free_bytes or 0)}: {costs}")
+    if fits_rev and not fits_fwd:
+        return BackendChoice("reverse-checkpointed", f"only reverse mode fits in {_mib(free_bytes or 0)}: {costs}")
+    if not fits_fwd:  # neither fits: the smaller may still run with less other memory in use
+        name = fwd_name if m_fwd <= m_rev else "reverse-checkpointed"
+        return BackendChoice(name, f"neither fits in {_mib(free_bytes or 0)}, the smaller: {costs}")
+    if c_rev < c_fwd:
+        return BackendChoice("reverse-checkpointed", f"cheaper: {costs}")
+    return BackendChoice(fwd_name, f"cheaper or as cheap, memory flat in the horizon: {costs}")
