@@ -182,8 +182,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def remove_stale_temporaries(logdir: str | Path) -> None:
-    """Delete temporary checkpoint files left by a process killed while writing (best effort)."""
-    for p in Path(logdir).glob(f".{CHECKPOINT_NAME}.*.tmp"):
+    """Delete temporary files (checkpoint, schedule.json) left by a process killed while writing."""
+    for p in Path(logdir).glob(".*.*.tmp"):
         with contextlib.suppress(OSError):
             p.unlink()
 

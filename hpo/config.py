@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
+import torch
+
 from hpo import checks
 from hpo.backend import HypergradientBackend
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
@@ -91,6 +93,14 @@ class RunConfig:
             if self.counts or self.init:
                 raise ConfigError("schedule_init", "give either a starting schedule or counts/init, not both")
             initial, _ = read_schedule(self.schedule_init, "schedule_init", rule)
+        limit = float(torch.finfo(DTYPES[self.dtype]).max)
+        sources = [("init", dict(self.init)), ("baseline", dict(baseline or {}))]
+        if initial is not None:
+            sources.append(("schedule_init", {k: float(v.abs().max()) for k, v in initial.values.items()}))
+        for name, values in sources:
+            for k, x in values.items():
+                if abs(x) > limit:
+                    raise ConfigError(name, f"{k} = {x:g} does not fit in {self.dtype} (largest {limit:g})")
         object.__setattr__(self, "resolved_rule", rule)
         object.__setattr__(self, "initial_schedule", initial)
         self.fds().validate(rule)

@@ -155,3 +155,50 @@ def test_retrain_uses_what_schedule_json_records(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["retrain", "--schedule", str(tmp_path / "a" / "schedule.json"), "--samples", "200",
                                  "--device", "cpu"])
     assert r.exit_code == 0 and "test_acc=" in r.output, r.output
+
+
+def test_a_cut_tangent_gets_one_warning_line(tmp_path: Path) -> None:
+    rule_file = tmp_path / "cut.py"
+    rule_file.write_text(
+        "import torch\n"
+        "from hpo.optimizers import SGDMomentum\n"
+        "class Cut(SGDMomentum):\n"
+        "    hand_tangent = False\n"
+        "    def step(self, params, state, grads, hyper, t):\n"
+        "        lr = float(hyper['lr'])\n"
+        "        return super().step(params, state, grads, {**hyper, 'lr': torch.tensor(lr)}, t)\n")
+    lines: list[str] = []
+
+    from hpo.callbacks import Callbacks
+
+    class Messages(Callbacks):
+        def on_message(self, text: str) -> None:
+            lines.append(text)
+
+    hpo.run(RunConfig(**{**SMALL, "backend": "forward-jvp", "optimizer": f"{rule_file}:Cut",
+                         "init": {"lr": 0.1}}, outer_steps=2, logdir=str(tmp_path / "run")), callbacks=[Messages()])
+    warnings = [x for x in lines if x.startswith("warning: the hypergradient of")]
+    assert len(warnings) == 1 and "of lr was exactly zero" in warnings[0] and "float()" in warnings[0]
+    assert (tmp_path / "run" / "schedule.png").stat().st_size > 0
+
+
+def test_healthy_run_has_no_zero_hypergradient_warning(tmp_path: Path) -> None:
+    from hpo.app.run import zero_hypergradient_warnings
+
+    result = hpo.run(RunConfig(**SMALL, outer_steps=3, logdir=str(tmp_path / "ok")))
+    assert zero_hypergradient_warnings(result.history) == []
+
+
+def test_ctrl_c_leaves_a_resumable_run_and_says_so(tmp_path: Path) -> None:
+    from hpo.callbacks import Callbacks
+    from hpo.errors import Interrupted
+
+    class StopInSecondStep(Callbacks):
+        def on_outer_start(self, k: int, horizon: int) -> None:
+            if k == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as info:
+        hpo.run(RunConfig(**SMALL, outer_steps=3, logdir=str(tmp_path / "i")), callbacks=[StopInSecondStep()])
+    assert info.value.done == 1 and str(tmp_path / "i") in str(info.value)
+    assert len(hpo.resume(tmp_path / "i", {"task": TASK}).history) == 3

@@ -57,6 +57,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     f["alien_ckpt"] = d / "alien_run"
     f["alien_ckpt"].mkdir()
     save_checkpoint(checkpoint_path(f["alien_ckpt"]), Checkpoint(state, (record,), {**options, "warp_drive": 9}))
+    f["plugins"] = d / "plugins.py"
+    f["plugins"].write_text(
+        "from hpo.optimizers import SGDMomentum\n"
+        "class NeedsArgs(SGDMomentum):\n"
+        "    def __init__(self, x):\n"
+        "        self.x = x\n"
+        "class NotARule:\n"
+        "    pass\n")
     f["corrupt_data"] = d / "corrupt_data"
     raw = f["corrupt_data"] / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -96,6 +104,14 @@ CASES = [
     (["run", "--task", "no_such_module_xyz:make"], "cannot import"),
     (["run", "--backend", "magic"], "unknown backend"),
     (["run", "--optimizer", "adamw9"], "unknown optimizer"),
+    (["run", "--optimizer", "torch.optim:SGD"], "is a torch.optim.sgd.SGD, not a UpdateRule"),
+    (["run", "--optimizer", "{plugins}:NeedsArgs"], "cannot build optimizer"),
+    (["run", "--optimizer", "{plugins}"], "a file needs :ClassName"),
+    (["run", "--backend", "torch.optim:SGD"], "not a HypergradientBackend"),
+    (["run", "--task", "torch.optim:SGD"], "not a Task"),
+    (["optimizers", "{plugins}:NotARule"], "not a UpdateRule"),
+    (["check-rule", "{plugins}:NotARule"], "not a UpdateRule"),
+    (["run", "--init", "lr=1e39"], "does not fit in float32"),
     (["run", "--device", "tpu"], "--device"),
     (["run", "--dtype", "float16"], "--dtype"),
     (["run", "--no-such-option"], "No such option"),

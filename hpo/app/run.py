@@ -20,6 +20,7 @@ from typing import Any, final
 
 import torch
 
+from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.task_loading import check_split, load_task
@@ -37,6 +38,7 @@ from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.schedule import Schedule
 from hpo.schedule_plot import save_schedule_figure
 from hpo.tasks.base import Task
+from hpo.tasks.mnist1d import DEFAULT_SAMPLES
 
 #: Settings that may differ from the checkpoint's on resume (the new value is used).
 MAY_CHANGE_ON_RESUME = ("outer_steps", "device", "threads")
@@ -99,8 +101,12 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     from hpo.tensorboard_log import TensorBoardLogger  # imports tensorboard: only when a run starts
 
     # A fresh run purges from step 0: leftovers of a run killed before its first checkpoint vanish.
-    tb = TensorBoardLogger(logdir, purge_step=0 if checkpoint is None else checkpoint.state.k,
-                           global_step=sum(r.steps_run for r in history))
+    tb = GuardedLogger(None, cb.on_message)
+    try:
+        tb.inner = TensorBoardLogger(logdir, purge_step=0 if checkpoint is None else checkpoint.state.k,
+                                     global_step=sum(r.steps_run for r in history))
+    except OSError as e:
+        cb.on_message(f"warning: TensorBoard logging could not start ({e.strerror or e}); the run goes on")
     writer = CheckpointWriter(checkpoint_path(logdir), config.to_dict(),
                               checkpoint.search_seconds if checkpoint is not None else 0.0)
     logged = CallbackList(cb, tb)
@@ -225,7 +231,7 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
                                             f"a run resumes in its own directory")
         elif name in MAY_CHANGE_ON_RESUME:
             merged[name] = value
-        elif plain(value) != plain(saved.get(name, RunConfig.__dataclass_fields__[name].default)):
+        elif plain(value) != plain(effective(saved, name)):
             raise ConfigError(name, f"{show(value)} conflicts with the run being resumed (it has "
                                     f"{show(saved.get(name))}); only {' and '.join(MAY_CHANGE_ON_RESUME)} may change")
     config = RunConfig.from_dict(merged)
@@ -235,6 +241,14 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
         raise ConfigError("resume", f"the checkpoint does not fit optimizer {config.resolved_rule.name!r}: {e}") from None
     remove_stale_temporaries(logdir)
     return run(config, callbacks, checkpoint=ckpt)
+
+
+def effective(saved: Mapping[str, Any], name: str) -> Any:
+    """The value a stored setting stands for (a stored None ``samples`` is MNIST-1D's default count)."""
+    value = saved.get(name, RunConfig.__dataclass_fields__[name].default)
+    if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
+        return DEFAULT_SAMPLES
+    return value
 
 
 def plain(value: Any) -> Any:
