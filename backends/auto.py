@@ -28,12 +28,14 @@ Measured constants, CPU (2-core VM, torch 2.14.1, float32, one thread), from::
         --methods sgd,forward-manual,reverse-truncated,reverse-checkpointed --windows 10 \\
         --compile inductor --steps 5 --warmup 2 --checkpoint-horizon 100 --horizons '' --threads 1
 
-* forward-manual, eager: MLP 12.8x / 27.6x / 111.6x a plain step at 9 / 21 / 102 columns
-  (:math:`c_f` = 1.3, 1.3, 1.1); LeNet 14.2x / 53.8x / 424.8x (:math:`c_f` = 1.5, 2.5, 4.2).
-  :math:`c_f = 1.3` is the cheaper (MLP) figure, so the model leans towards forward mode.
-* reverse-checkpointed, eager: LeNet 4.0x to 4.3x, whatever N; MLP 7.2x to 7.3x (there
-  ``torch.func``'s per-operation overhead dominates a 15k-weight model; compiled: 2.2x to 2.3x).
-  :math:`C_{rev} = 4.2` is the compute-bound (LeNet) figure.
+* forward-manual, eager: MLP 15.4x / 32.6x / 121.6x a plain step at 9 / 21 / 102 started columns
+  (:math:`c_f` = 1.6, 1.5, 1.2; an earlier run of the same command: 12.8x / 27.6x / 111.6x, i.e.
+  1.3, 1.3, 1.1); LeNet 13.4x / 55.4x / 399.3x (:math:`c_f` = 1.4, 2.6, 3.9).  :math:`c_f = 1.3`
+  is the cheapest figure at 9 columns, so the model leans towards forward mode.
+* reverse-checkpointed, eager: LeNet 3.8x to 4.4x, whatever N; MLP 8.5x to 8.6x (7.2x to 7.3x in
+  the earlier run): there ``torch.func``'s per-operation overhead dominates a 15k-weight model;
+  compiled (``inductor``) 2.7x to 2.9x.  :math:`C_{rev} = 4.2` is the compute-bound (LeNet) figure;
+  for an overhead-bound model run eagerly, forward mode stays cheaper up to 4 values.
 
 So on a CPU forward mode wins only for :math:`N \\le 2`.  CUDA (assumption, not measured here:
 no GPU was available): a vmap over up to :math:`W = 32` columns runs in the idle width of the
@@ -51,7 +53,7 @@ from typing import final
 from hpo.checks import integer
 from hpo.errors import ConfigError
 
-#: CPU: plain steps per started forward-mode column (MLP, eager; LeNet measured 1.5 to 4.2).
+#: CPU: plain steps per started forward-mode column (MLP, eager; measured 1.1 to 1.6, LeNet 1.4 to 3.9).
 CPU_COST_PER_COLUMN = 1.3
 #: CPU: whole-run cost of reverse-checkpointed per inner step, in plain steps (LeNet, eager).
 CPU_REVERSE_COST = 4.2

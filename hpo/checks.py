@@ -37,8 +37,8 @@ def integer(field: str, x: Any, low: int = 1, high: int = MAX_STEPS) -> int:
     if not is_int(x):
         raise ConfigError(field, f"must be an integer, got {x!r}")
     if not low <= x <= high:
-        raise ConfigError(field, f"must be in {low}..{high}, got {x}" if high < MAX_STEPS or low > 1
-                          else f"must be at least {low}, got {x}")
+        at_least = x < low and low == 1 and high == MAX_STEPS  # the usual bound; a too-large value names the range
+        raise ConfigError(field, f"must be at least {low}, got {x}" if at_least else f"must be in {low}..{high}, got {x}")
     return int(x)
 
 

@@ -14,48 +14,51 @@ At each budget point the incumbent schedule is retrained from scratch on the who
 for ``retrain_steps`` and tested; at the final budget it is also retrained on the training set
 minus the hold-out and scored on the hold-out ("val acc").  Wall-clock time of each search is
 reported next to its steps: a forward-mode step costs several plain steps.
+
+A comparison holds its log directory (:class:`~hpo.app.lock.LogdirLock`), refuses one that already
+holds comparison results, and checkpoints its rows after every (seed, method) pair;
+:func:`resume_compare` skips the finished pairs and ends with the same rows as an uninterrupted
+comparison (same device; CPU runs are deterministic).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import statistics
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import final
+from typing import Any
 
 import torch
 
+from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.task_loading import load_task
+from hpo.checkpoint import remove_stale_temporaries
+from hpo.compare_checkpoint import (
+    CompareCheckpoint,
+    Row,
+    compare_checkpoint_path,
+    load_compare_checkpoint,
+    save_compare_checkpoint,
+)
 from hpo.compare_config import CompareConfig
+from hpo.compare_outputs import csv_text, summary_table, write_csv, write_outputs
+from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
-from hpo.schedule import Schedule
 from hpo.search.base import Incumbent
 from hpo.tasks.base import Task
 
+__all__ = ["Row", "compare", "csv_text", "incumbent", "resume_compare", "run_compare", "split_holdout",
+           "summary_table", "write_csv", "write_outputs"]
+
 Log = Callable[[str], None]
-
-
-@final
-@dataclass(frozen=True)
-class Row:
-    """One retrained result (one method, seed and budget point)."""
-
-    method: str
-    seed: int
-    budget: int
-    steps: int
-    search_seconds: float
-    cpu_seconds: float
-    test_acc: float
-    val_acc: float | None
-    retrain_steps: int
-    diverged: bool
-    schedule: dict[str, list[float]]
+#: Called after every finished (seed, method) pair with the finished pairs and all rows so far.
+AfterPair = Callable[[tuple[tuple[int, str], ...], tuple[Row, ...]], None]
+#: Files that mark a directory as holding a comparison.
+RESULT_NAMES = ("results.csv", "results.md")
+#: Settings that may differ from the stored ones on resume (the new value is used).
+MAY_CHANGE_ON_RESUME = ("device",)
 
 
 def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
@@ -81,18 +84,30 @@ def incumbent(points: list[Incumbent], budget: int) -> Incumbent | None:
     return fit[-1] if fit else None
 
 
-def run_compare(cfg: CompareConfig, task: Task, log: Log = print) -> list[Row]:
-    """Search with every method and seed, retrain every incumbent; one :class:`Row` each."""
+def run_compare(cfg: CompareConfig, task: Task, log: Log = print, done: CompareCheckpoint | None = None,
+                after_pair: AfterPair | None = None) -> list[Row]:
+    """Search with every method and seed, retrain every incumbent; one :class:`Row` each.
+
+    Pairs that ``done`` lists as finished are not run again: their stored rows take their place.
+    ``after_pair`` sees the finished pairs and the rows after each pair (the checkpoint).
+    """
     rule, settings, steps = cfg.resolved_rule, cfg.settings(), cfg.resolved_retrain_steps
     dtype, device = settings.dtype, settings.device
     search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
     rows: list[Row] = []
+    finished: list[tuple[int, str]] = []
     for seed in cfg.seeds:
         for name, method in cfg.resolved_methods.items():
+            if done is not None and (seed, name) in done.done:
+                rows += done.rows_of(seed, name)
+                finished.append((seed, name))
+                log(f"seed {seed}  {name:<18} finished before (rows from the checkpoint)")
+                continue
             points = method.search(search_task, rule, settings, seed)
             last = points[-1] if points else None
             log(f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
                 f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU")
+            pair: list[Row] = []
             for budget in sorted(cfg.budget):
                 point = incumbent(points, budget)
                 if point is None:
@@ -102,173 +117,134 @@ def run_compare(cfg: CompareConfig, task: Task, log: Log = print) -> list[Row]:
                 if budget == cfg.max_budget:
                     val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
                                   dtype, device).test_acc
-                rows.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
+                pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
                                 steps, r.diverged, point.schedule.to_dict()))
-            final = rows[-1]
-            log(f"seed {seed}  {name:<18} test_acc={final.test_acc:.4f}  val_acc={final.val_acc:.4f}")
+            rows += pair
+            finished.append((seed, name))
+            if after_pair is not None:
+                after_pair(tuple(finished), tuple(rows))
+            if pair:
+                val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
+                log(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")
     return rows
 
 
-def compare(cfg: CompareConfig, log: Log = print) -> tuple[list[Row], dict[str, Path]]:
-    """The whole ``hpo compare``: load the task, run every method and seed, write tables and plots."""
+def compare(cfg: CompareConfig, log: Log = print, checkpoint: CompareCheckpoint | None = None
+            ) -> tuple[list[Row], dict[str, Path]]:
+    """The whole ``hpo compare``: load the task, run every method and seed, write tables and plots.
+
+    A directory that already holds a comparison is refused (``ConfigError`` on ``logdir``) unless
+    ``checkpoint`` continues it (see :func:`resume_compare`).  The directory is locked while the
+    comparison runs, and a checkpoint is written after every (seed, method) pair.
+    """
     settings = cfg.settings()
     task = load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device)
-    logdir = ensure_writable_dir(Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare"))
-    header = (f"task={task.name} optimizer={cfg.resolved_rule.name} budget={','.join(map(str, cfg.budget))} inner "
-              f"steps (T={cfg.inner_steps}) retrain={cfg.resolved_retrain_steps} "
-              f"seeds={','.join(map(str, cfg.seeds))} device={settings.device} dtype={cfg.dtype}")
-    log(header)
-    rows = run_compare(cfg, task, log)
-    return rows, write_outputs(rows, cfg, logdir, header)
+    logdir = Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare")
+    if checkpoint is None:
+        refuse_existing(logdir)
+    ensure_writable_dir(logdir)
+    with LogdirLock(logdir):
+        if checkpoint is None:
+            refuse_existing(logdir)  # checked again under the lock
+        else:
+            remove_stale_temporaries(logdir)
+        cfg = cfg.replace(logdir=str(logdir))
+        header = (f"task={task.name} optimizer={cfg.resolved_rule.name} budget={','.join(map(str, cfg.budget))} "
+                  f"inner steps (T={cfg.inner_steps}) retrain={cfg.resolved_retrain_steps} "
+                  f"seeds={','.join(map(str, cfg.seeds))} device={settings.device} dtype={cfg.dtype}")
+        log(header)
+        if checkpoint is not None:
+            log(f"resuming {logdir}: {len(checkpoint.done)} of {len(cfg.seeds) * len(cfg.methods)} "
+                f"(seed, method) pairs finished")
+        path = compare_checkpoint_path(logdir)
+        stored = cfg.to_dict()
+
+        def save(done: tuple[tuple[int, str], ...], rows: tuple[Row, ...]) -> None:
+            try:
+                save_compare_checkpoint(path, CompareCheckpoint(stored, done, rows))
+            except OSError as e:
+                raise WriteError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+
+        try:
+            rows = run_compare(cfg, task, log, checkpoint, save)
+            return rows, write_outputs(rows, cfg, logdir, header, log)
+        except KeyboardInterrupt:
+            raise CompareInterrupted(logdir, finished_pairs(path)) from None
 
 
-def _std(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+def refuse_existing(logdir: Path) -> None:
+    """``ConfigError`` on ``logdir`` if it already holds a comparison (its checkpoint or its results)."""
+    if compare_checkpoint_path(logdir).exists():
+        raise ConfigError("logdir", f"{logdir} already holds a comparison; resume it or choose another log directory")
+    for name in RESULT_NAMES:
+        if (logdir / name).exists():
+            raise ConfigError("logdir", f"{logdir} already holds comparison results ({name}); choose another log "
+                                        f"directory")
 
 
-def _mean_std(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.4f}"
-    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+def finished_pairs(path: Path) -> int:
+    """How many (seed, method) pairs the checkpoint at ``path`` holds (0 if none can be read)."""
+    try:
+        return len(load_compare_checkpoint(path).done) if path.exists() else 0
+    except ValueError:
+        return 0
 
 
-def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str:
-    """Markdown table at the final budget: mean ± standard deviation over seeds."""
-    lines = [
-        "| method | val acc | test acc | search wall (s) | search CPU (s) | inner steps | retrain steps | seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for m in methods:
-        rs = [r for r in rows if r.method == m and r.budget == budget]
-        if not rs:
-            continue
-        vals = [r.val_acc for r in rs if r.val_acc is not None]
-        secs = statistics.mean(r.search_seconds for r in rs)
-        cpu = statistics.mean(r.cpu_seconds for r in rs)
-        steps = statistics.mean(r.steps for r in rs)
-        div = sum(r.diverged for r in rs)
-        flag = f" ({div} diverged)" if div else ""
-        lines.append(
-            f"| {m} | {_mean_std(vals)} | {_mean_std([r.test_acc for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
-            f"{steps:.0f} | {rs[0].retrain_steps} | {len(rs)} |"
-        )
-    return "\n".join(lines) + "\n"
+def resume_compare(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
+                   log: Log = print) -> tuple[list[Row], dict[str, Path]]:
+    """Continue the comparison in ``logdir``: skip its finished (seed, method) pairs, run the rest, write outputs.
+
+    The configuration is the stored one.  ``overrides`` may change only :data:`MAY_CHANGE_ON_RESUME`;
+    any other entry must equal the stored value (a differing one is a ``ConfigError`` naming it).
+    A task, optimizer or method given as ``module:attr`` is imported only if named again.
+    """
+    logdir, overrides = Path(logdir), dict(overrides or {})
+    if not logdir.is_dir():
+        raise ConfigError("resume", f"{logdir} is not a directory of an earlier comparison")
+    path = compare_checkpoint_path(logdir)
+    if not path.exists():
+        raise ConfigError("resume", f"no compare checkpoint in {logdir} (a comparison stopped before its first "
+                                    f"(seed, method) pair finished has none: start it again)")
+    try:
+        ckpt = load_compare_checkpoint(path)
+    except ValueError as e:
+        raise ConfigError("resume", str(e)) from None
+    saved = dict(ckpt.config)
+    refuse_foreign_code(saved, overrides)
+    given = {k: v for k, v in overrides.items() if k != "logdir"}
+    if overrides.get("logdir") is not None and Path(overrides["logdir"]).resolve() != logdir.resolve():
+        raise ConfigError("logdir", f"{overrides['logdir']} is not the directory of the comparison being resumed "
+                                    f"({logdir}); a comparison resumes in its own directory")
+    stored_cfg = CompareConfig.from_dict({**saved, "logdir": str(logdir)})
+    config = stored_cfg.replace(**given) if given else stored_cfg
+    before, after = stored_cfg.to_dict(), config.to_dict()
+    for name in given:
+        if name not in MAY_CHANGE_ON_RESUME and after[name] != before[name]:
+            raise ConfigError(name, f"{show(after[name])} conflicts with the comparison being resumed (it has "
+                                    f"{show(before[name])}); only {', '.join(MAY_CHANGE_ON_RESUME)} may change")
+    pairs = {(s, m) for s in config.seeds for m in config.methods}
+    if not set(ckpt.done) <= pairs:
+        raise ConfigError("resume", f"{path} lists finished pairs its configuration does not have")
+    return compare(config, log, checkpoint=ckpt)
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
-    """Every row (method, seed, budget point) as CSV; the schedule as JSON text."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "method",
-                "seed",
-                "budget",
-                "steps",
-                "search_seconds",
-                "cpu_seconds",
-                "val_acc",
-                "test_acc",
-                "retrain_steps",
-                "diverged",
-                "schedule",
-            ]
-        )
-        for r in rows:
-            w.writerow(
-                [
-                    r.method,
-                    r.seed,
-                    r.budget,
-                    r.steps,
-                    f"{r.search_seconds:.3f}",
-                    f"{r.cpu_seconds:.3f}",
-                    "" if r.val_acc is None else f"{r.val_acc:.4f}",
-                    f"{r.test_acc:.4f}",
-                    r.retrain_steps,
-                    int(r.diverged),
-                    json.dumps(r.schedule),
-                ]
-            )
+def refuse_foreign_code(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+    """A stored ``module:attr`` task, optimizer or method must be named again: a checkpoint never makes hpo import code."""
+    for key in ("task", "optimizer", "methods"):
+        stored = saved.get(key)
+        names = stored if isinstance(stored, list) else [stored]
+        given = overrides.get(key)
+        given_names = list(given) if isinstance(given, (list, tuple)) else [given]
+        for name in names:
+            if isinstance(name, str) and ":" in name and name not in given_names:
+                raise ConfigError(key, f"the comparison being resumed used {name!r}, code from outside hpo; name it "
+                                       f"again to allow importing it (resuming never imports what a checkpoint names)")
 
 
-def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, seed: int):  # type: ignore[no-untyped-def]
-    """One panel per hyperparameter type: each method's final schedule (one seed) over the horizon."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    final = {r.method: r for r in rows if r.budget == budget and r.seed == seed}
-    names = list(next(iter(final.values())).schedule) if final else []
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        for m in methods:
-            if m not in final:
-                continue
-            dense = Schedule.from_dict(final[m].schedule).dense(1000)[name]
-            ax.plot([i / 1000 for i in range(1000)], dense.numpy(), drawstyle="steps-post", label=m)
-        ax.set_title(name)
-        ax.set_xlabel("fraction of training")
-    if names:
-        axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"learned schedules (seed {seed}, budget {budget} inner steps)")
-    fig.tight_layout()
-    return fig
-
-
-def accuracy_figure(rows: list[Row], methods: tuple[str, ...]):  # type: ignore[no-untyped-def]
-    """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in methods:
-        rs = [r for r in rows if r.method == m]
-        budgets = sorted({r.budget for r in rs})
-        if m == "hand-picked":
-            accs = [r.test_acc for r in rs if r.budget == budgets[-1]]
-            ax.axhline(statistics.mean(accs), ls="--", color="gray", label=m)
-            continue
-        means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
-        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
-        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=m)
-    ax.set_xlabel("search budget (inner training steps)")
-    ax.set_ylabel("test accuracy after retraining")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str) -> dict[str, Path]:
-    """``results.md``, ``results.csv``, ``schedules.png``, ``accuracy_vs_budget.png`` and TensorBoard events."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    table = summary_table(rows, cfg.methods, cfg.max_budget)
-    paths = {
-        "md": logdir / "results.md",
-        "csv": logdir / "results.csv",
-        "schedules": logdir / "schedules.png",
-        "accuracy": logdir / "accuracy_vs_budget.png",
-    }
-    paths["md"].write_text(f"{header}\n\n{table}")
-    write_csv(rows, paths["csv"])
-    figs = {
-        "schedules": schedules_figure(rows, cfg.methods, cfg.max_budget, cfg.seeds[0]),
-        "accuracy": accuracy_figure(rows, cfg.methods),
-    }
-    writer = SummaryWriter(str(logdir))
-    for key, fig in figs.items():
-        fig.savefig(paths[key], dpi=120)
-        writer.add_figure(f"compare/{key}", fig)
-    for m in cfg.methods:
-        for b in sorted({r.budget for r in rows if r.method == m}):
-            accs = [r.test_acc for r in rows if r.method == m and r.budget == b]
-            writer.add_scalar(f"compare/test_acc/{m}", statistics.mean(accs), b)
-    writer.add_text("compare/table", f"{header}\n\n{table}")
-    writer.close()
-    return paths
+def show(value: Any) -> str:
+    """A setting as a user would type it."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "''"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)

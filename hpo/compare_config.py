@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -21,7 +22,7 @@ from hpo.optimizers.base import UpdateRule
 from hpo.registry import check_task_name, resolve_method
 from hpo.search.base import SearchMethod, SearchSettings
 
-DEFAULT_METHODS = ("forward-manual", "greedy", "reverse-truncated", "online-greedy", "random-constant",
+DEFAULT_METHODS = ("auto", "greedy", "reverse-truncated", "online-greedy", "random-constant",
                    "random-schedule", "tpe", "hand-picked")
 
 
@@ -57,6 +58,10 @@ class CompareConfig:
         """Check every field; resolve the optimizer, the search space and every method."""
         set_ = object.__setattr__
         set_(self, "task", checks.text("task", self.task))
+        set_(self, "optimizer", checks.text("optimizer", self.optimizer))
+        set_(self, "space", checks.text("space", self.space, optional=True))
+        if self.logdir is not None:
+            set_(self, "logdir", str(checks.text("logdir", str(self.logdir))))
         try:
             check_task_name(self.task)
         except ValueError as e:
@@ -135,9 +140,18 @@ class CompareConfig:
         """Keyword options of the task factory."""
         return {"samples": self.samples} if self.samples is not None else {}
 
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values (what the compare checkpoint stores)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.init:
+                v = getattr(self, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
+        return out
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompareConfig:
-        """A configuration from plain values; an unknown entry is a ``ConfigError`` naming it."""
+        """A configuration from plain values (inverse of :meth:`to_dict`); an unknown entry is a ``ConfigError``."""
         return cls(**known_fields(cls, data))
 
     def replace(self, **changes: Any) -> CompareConfig:

@@ -44,7 +44,7 @@ class RunConfig:
 
     task: str = "mnist1d-mlp"
     optimizer: str = "sgd"
-    backend: str = "forward-manual"
+    backend: str = "auto"
     outer_steps: int = 10
     inner_steps: tuple[int, ...] = (30, 300)
     counts: Mapping[str, int] = field(default_factory=dict)

@@ -30,6 +30,17 @@ class Interrupted(RunError):
 
 
 @final
+class CompareInterrupted(RunError):
+    """A comparison stopped by Ctrl-C or SIGTERM; ``logdir`` holds its checkpoint (``done`` finished pairs)."""
+
+    def __init__(self, logdir: object, done: int) -> None:
+        super().__init__(f"interrupted after {done} finished (seed, method) pairs; the comparison in {logdir} "
+                         f"can be resumed")
+        self.logdir = logdir
+        self.done = done
+
+
+@final
 class ConfigError(ValueError):
     """An invalid setting: ``field`` is the configuration field, ``message`` says what is wrong.
 

@@ -19,8 +19,10 @@ from types import MappingProxyType
 from typing import Any
 
 from hpo.backend import HypergradientBackend
+from hpo.backends.auto_backend import AutoBackend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend, ForwardModeBackend
 from hpo.backends.greedy import GreedyBackend
+from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.errors import ConfigError
 from hpo.optimizers.adam import Adam, AdamW
@@ -70,6 +72,8 @@ BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
     "adamw": AdamW,
 })
 BUILTIN_BACKENDS: Mapping[str, Callable[[], HypergradientBackend]] = MappingProxyType({
+    "auto": AutoBackend,
+    "reverse-checkpointed": ReverseCheckpointedBackend,
     "forward-manual": ForwardManualBackend,
     "forward-jvp": ForwardJvpBackend,
     "reverse-truncated": ReverseTruncatedBackend,
@@ -171,8 +175,9 @@ def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile
             raise ConfigError("window", f"applies only to the reverse-truncated backend, not {backend.name!r}")
         backend = ReverseTruncatedBackend(window)
     if compile:
-        if not isinstance(backend, ForwardModeBackend):
-            raise ConfigError("compile", f"applies to the forward-mode backends, not {backend.name!r}")
+        if not isinstance(backend, (ForwardModeBackend, ReverseCheckpointedBackend, AutoBackend)):
+            raise ConfigError("compile", f"applies to the forward-mode, reverse-checkpointed and auto backends, "
+                                         f"not {backend.name!r}")
         backend = type(backend)(compile="inductor")
     try:
         backend.check_rule(rule)

@@ -24,6 +24,7 @@ from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.task_loading import check_split, load_task
+from hpo.backends.auto_backend import AutoBackend
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_checkpoint, remove_stale_temporaries
 from hpo.checkpoint_writer import CheckpointWriter
@@ -31,7 +32,7 @@ from hpo.config import RunConfig
 from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES, cpu_threads
 from hpo.errors import ConfigError, Interrupted
-from hpo.fds import run_fds
+from hpo.fds import make_problem, run_fds
 from hpo.outer import OuterState
 from hpo.report import format_values
 from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
@@ -95,6 +96,9 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
                   f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
     if checkpoint is not None:
         cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
+    if isinstance(backend, AutoBackend):
+        choice = backend.choose(make_problem(task, rule, fds, state.k), Schedule(dict(state.values)))
+        cb.on_message(f"backend auto: {choice.name}, {choice.reason}")
     if config.compile:
         cb.on_message("compiling the inner step with torch.compile: the first steps take minutes on a CPU")
 

@@ -45,8 +45,9 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @cli.command("run")
 @click.option("--task", default="mnist1d-mlp", show_default=True,
               help=f"Task: {', '.join(BUILTIN_TASKS)} or module:attr.")
-@click.option("--backend", default="forward-manual", show_default=True,
-              help=f"Hypergradient backend: {', '.join(BUILTIN_BACKENDS)} or module:attr.")
+@click.option("--backend", default="auto", show_default=True,
+              help=f"Hypergradient backend: {', '.join(BUILTIN_BACKENDS)} or module:attr "
+                   "(auto: the exact backend with the lowest predicted cost, docs/backend-choice.md).")
 @click.option("--optimizer", default="sgd", show_default=True,
               help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr / file.py:attr "
                    "('hpo optimizers' lists each rule's hyperparameters, ranges and defaults).")
@@ -175,12 +176,36 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 @click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C. Off by default.")
 @click.option("--device", type=click.Choice(list(DEVICE_CHOICES)), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
-@click.option("--logdir", type=click.Path(path_type=Path), default=None, help="Outputs (default runs/compare-<time>-<id>).")
-def compare_command(seeds: str, methods: str, **options: Any) -> None:
-    """Compare backends and baselines at an equal budget of inner steps; retrain, tabulate, plot."""
-    config = CompareConfig(seeds=parse_list(seeds, "--seeds", int), methods=parse_list(methods, "--methods", str),
-                           **as_config_values(options))
-    rows, paths = compare(config, log=click.echo)
+@click.option("--logdir", type=click.Path(path_type=Path), default=None,
+              help="Outputs and compare-checkpoint.json (default runs/compare-<time>-<id>); a directory that "
+                   "already holds a comparison is refused.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+              help="Continue the comparison in this LOGDIR: finished (seed, method) pairs are kept, the others run "
+                   "(its stored settings; only --device may change).")
+def compare_command(seeds: str, methods: str, resume_dir: Path | None = None, **options: Any) -> None:
+    """Compare backends and baselines at an equal budget of inner steps; retrain, tabulate, plot.
+
+    A checkpoint is written to LOGDIR/compare-checkpoint.json after every (seed, method) pair.
+    """
+    from hpo.compare import resume_compare
+    from hpo.errors import CompareInterrupted
+
+    try:
+        if resume_dir is not None:
+            given = given_on_command_line({"seeds": seeds, "methods": methods, **options})
+            if "seeds" in given:
+                given["seeds"] = parse_list(seeds, "--seeds", int)
+            if "methods" in given:
+                given["methods"] = parse_list(methods, "--methods", str)
+            _, paths = resume_compare(resume_dir, as_config_values(given), log=click.echo)
+        else:
+            config = CompareConfig(seeds=parse_list(seeds, "--seeds", int),
+                                   methods=parse_list(methods, "--methods", str), **as_config_values(options))
+            _, paths = compare(config, log=click.echo)
+    except CompareInterrupted as e:
+        click.echo(f"Interrupted after {e.done} finished (seed, method) pairs; continue with: "
+                   f"hpo compare --resume {e.logdir}", err=True)
+        raise click.exceptions.Exit(130) from None
     click.echo(paths["md"].read_text().split("\n\n", 1)[1])
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} and TensorBoard logs "
                f"(tensorboard --logdir {paths['md'].parent})")

@@ -1,0 +1,204 @@
+"""The outputs of ``hpo compare``: table, CSV, two figures and TensorBoard events, each written atomically.
+
+Every file is rendered to bytes (or into a temporary file in the same directory) and renamed over
+its name with :func:`hpo.checkpoint.atomic_write`, so a full disk or a kill never leaves a torn
+``results.csv`` or a 0-byte PNG.  The table and the CSV are the results: failing to write them is a
+:class:`~hpo.errors.WriteError` (the rows stay in the compare checkpoint).  A picture or the
+TensorBoard events are not worth a result: a failure there is one warning line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hpo.checkpoint import atomic_write
+from hpo.compare_checkpoint import Row
+from hpo.compare_config import CompareConfig
+from hpo.errors import WriteError
+from hpo.schedule import Schedule
+
+Log = Callable[[str], None]
+PICTURES = {"schedules": "schedules.png", "accuracy": "accuracy_vs_budget.png"}
+CSV_COLUMNS = ("method", "seed", "budget", "steps", "search_seconds", "cpu_seconds", "val_acc", "test_acc",
+               "retrain_steps", "diverged", "schedule")
+
+
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.4f}"
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
+
+
+def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str:
+    """Markdown table at the final budget: mean ± standard deviation over seeds."""
+    lines = [
+        "| method | val acc | test acc | search wall (s) | search CPU (s) | inner steps | retrain steps | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in methods:
+        rs = [r for r in rows if r.method == m and r.budget == budget]
+        if not rs:
+            continue
+        vals = [r.val_acc for r in rs if r.val_acc is not None]
+        secs = statistics.mean(r.search_seconds for r in rs)
+        cpu = statistics.mean(r.cpu_seconds for r in rs)
+        steps = statistics.mean(r.steps for r in rs)
+        div = sum(r.diverged for r in rs)
+        flag = f" ({div} diverged)" if div else ""
+        lines.append(
+            f"| {m} | {_mean_std(vals)} | {_mean_std([r.test_acc for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
+            f"{steps:.0f} | {rs[0].retrain_steps} | {len(rs)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[Row]) -> str:
+    """Every row (method, seed, budget point) as CSV; the schedule as JSON text."""
+    out = io.StringIO(newline="")
+    w = csv.writer(out)
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        w.writerow([r.method, r.seed, r.budget, r.steps, f"{r.search_seconds:.3f}", f"{r.cpu_seconds:.3f}",
+                    "" if r.val_acc is None else f"{r.val_acc:.4f}", f"{r.test_acc:.4f}", r.retrain_steps,
+                    int(r.diverged), json.dumps(r.schedule)])
+    return out.getvalue()
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    """Atomically write :func:`csv_text` of ``rows`` to ``path``."""
+    data = csv_text(rows).encode()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, seed: int) -> Any:
+    """One panel per hyperparameter type: each method's final schedule (one seed) over the horizon."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    final = {r.method: r for r in rows if r.budget == budget and r.seed == seed}
+    names = list(next(iter(final.values())).schedule) if final else []
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for m in methods:
+            if m not in final:
+                continue
+            dense = Schedule.from_dict(final[m].schedule).dense(1000)[name]
+            ax.plot([i / 1000 for i in range(1000)], dense.numpy(), drawstyle="steps-post", label=m)
+        ax.set_title(name)
+        ax.set_xlabel("fraction of training")
+    if names:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"learned schedules (seed {seed}, budget {budget} inner steps)")
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
+    """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        rs = [r for r in rows if r.method == m]
+        budgets = sorted({r.budget for r in rs})
+        if not budgets:
+            continue
+        if m == "hand-picked":
+            accs = [r.test_acc for r in rs if r.budget == budgets[-1]]
+            ax.axhline(statistics.mean(accs), ls="--", color="gray", label=m)
+            continue
+        means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
+        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
+        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=m)
+    ax.set_xlabel("search budget (inner training steps)")
+    ax.set_ylabel("test accuracy after retraining")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Render ``fig`` as PNG into a temporary file next to ``path``, then rename it over ``path``."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+
+
+def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str,
+                  log: Log = print) -> dict[str, Path]:
+    """``results.md``, ``results.csv``, ``schedules.png``, ``accuracy_vs_budget.png`` and TensorBoard events.
+
+    Returns the paths written; a picture that could not be written is left out (and logged).
+    """
+    table = summary_table(rows, cfg.methods, cfg.max_budget)
+    paths = {"md": logdir / "results.md", "csv": logdir / "results.csv"}
+    text = f"{header}\n\n{table}".encode()
+    try:
+        atomic_write(paths["md"], lambda f: f.write(text))
+        write_csv(rows, paths["csv"])
+    except OSError as e:
+        raise WriteError(f"cannot write the results in {logdir}: {e.strerror or e} (the rows are kept in the "
+                         f"compare checkpoint; resuming writes them again)") from None
+    makers = {
+        "schedules": lambda: schedules_figure(rows, cfg.methods, cfg.max_budget, cfg.seeds[0]),
+        "accuracy": lambda: accuracy_figure(rows, cfg.methods),
+    }
+    figs = {}
+    for key, make in makers.items():
+        path = logdir / PICTURES[key]
+        try:
+            figs[key] = make()
+            save_figure(figs[key], path)
+            paths[key] = path
+        except (OSError, ValueError, RuntimeError) as e:  # a picture is not worth losing the results over
+            log(f"warning: could not write {path}: {getattr(e, 'strerror', None) or e}")
+    try:
+        write_events(rows, cfg, logdir, f"{header}\n\n{table}", figs)
+    except OSError as e:
+        log(f"warning: could not write TensorBoard events in {logdir}: {e.strerror or e}")
+    finally:
+        close_figures(figs.values())
+    return paths
+
+
+def write_events(rows: list[Row], cfg: CompareConfig, logdir: Path, text: str, figs: dict[str, Any]) -> None:
+    """The figures, ``compare/test_acc/<method>`` against the budget and the table, as TensorBoard events."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(logdir))
+    try:
+        for key, fig in figs.items():
+            writer.add_figure(f"compare/{key}", fig, close=False)
+        for m in cfg.methods:
+            for b in sorted({r.budget for r in rows if r.method == m}):
+                accs = [r.test_acc for r in rows if r.method == m and r.budget == b]
+                writer.add_scalar(f"compare/test_acc/{m}", statistics.mean(accs), b)
+        writer.add_text("compare/table", text)
+    finally:
+        writer.close()
+
+
+def close_figures(figs: Any) -> None:
+    """Free matplotlib's memory of ``figs``."""
+    figs = list(figs)
+    if not figs:
+        return
+    import matplotlib.pyplot as plt
+
+    for fig in figs:
+        plt.close(fig)
