@@ -1,4 +1,8 @@
-"""Shared test fixtures and helpers: where the library's modules are, and the checkout kept clean."""
+"""Shared test fixtures and helpers, once: tiny float64 problems, the library's modules, a clean checkout.
+
+Tests import the helpers from here (``from tests.conftest import tiny_problem``); ``tiny_task`` is
+also used as a task plugin, ``tests/conftest.py:tiny_task``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,16 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.problem import InnerProblem
+from hpo.schedule import Schedule
+from hpo.tasks.base import Task, init_model, model_functions, split_state
+from hpo.tiny import DT
+from hpo.tiny import tiny_problem as _tiny_problem
 
 REPO = Path(__file__).resolve().parents[1]
 #: hpo.backends, hpo.optimizers and hpo.tasks live in their own top-level folders (package-dir), so
@@ -36,3 +50,84 @@ def module_path(module: str) -> Path:
 def _keep_checkout_clean(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in a fresh temporary folder, so default outputs (``runs/``) never land in the checkout."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+# Tiny float64 problems: a 5-6-3 tanh MLP on random data (hpo.tiny), SGD-momentum by default.
+
+def tiny_problem(rule: UpdateRule | None = None, horizon: int = 12, batch_size: int = 10, seed: int = 1,
+                 model: nn.Module | None = None) -> InnerProblem:
+    """:func:`hpo.tiny.tiny_problem` with SGD-momentum by default: a 5-6-3 tanh MLP on random float64 data."""
+    return _tiny_problem(rule or SGDMomentum(), horizon=horizon, batch_size=batch_size, seed=seed, model=model)
+
+
+def sgd_schedule() -> Schedule:
+    """Three lr, two momentum and two weight-decay segments, away from range edges."""
+    return Schedule({
+        "lr": torch.tensor([0.1, 0.2, 0.05], dtype=DT),
+        "momentum": torch.tensor([0.5, 0.8], dtype=DT),
+        "wd": torch.tensor([0.01, 0.02], dtype=DT),
+    })
+
+
+def max_rel_err(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest |a - b| / max(|b|, 1e-12) over all entries of two hypergradient dicts."""
+    assert set(a) == set(b)
+    return max(float(((a[k] - b[k]).abs() / b[k].abs().clamp_min(1e-12)).max()) for k in a)
+
+
+# A tiny classification task (optionally with BatchNorm) and its inner problem.
+
+def tiny_task(batchnorm: bool = False, n: int = 48, d: int = 5, classes: int = 3, seed: int = 0) -> Task:
+    """Random separable-ish data and a 2-layer MLP (optionally with BatchNorm)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, classes, generator=gen)
+    x = torch.randn(n, d, generator=gen)
+    y = (x @ w).argmax(-1)
+    xt = torch.randn(n // 2, d, generator=gen)
+    yt = (xt @ w).argmax(-1)
+
+    def make() -> nn.Module:
+        layers: list[nn.Module] = [nn.Linear(d, 6)]
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(6))
+        layers += [nn.Tanh(), nn.Linear(6, classes)]
+        return nn.Sequential(*layers)
+
+    return Task("tiny", x, y, xt, yt, make, classes, batch_size=8)
+
+
+def tiny_task_problem(
+    horizon: int = 12, batchnorm: bool = False, seed: int = 0, grad_clip: float | None = None
+) -> InnerProblem:
+    """A float64 inner problem: 32 train / 16 val samples, batch 8, SGD-momentum."""
+    task = tiny_task(batchnorm=batchnorm, seed=seed)
+    model = init_model(task, seed, torch.float64, "cpu")
+    loss_fn, eval_fn = model_functions(model)
+    params, buffers = split_state(model)
+    x = task.train_x.double()
+    return InnerProblem(
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        params=params,
+        buffers=buffers,
+        rule=SGDMomentum(),
+        train_x=x[:32],
+        train_y=task.train_y[:32],
+        val_x=x[32:],
+        val_y=task.train_y[32:],
+        horizon=horizon,
+        batch_size=8,
+        seed=seed,
+        grad_clip=grad_clip,
+    )
+
+
+def tiny_schedule(counts: dict[str, int] | None = None) -> Schedule:
+    """A non-trivial schedule: distinct learning rates per segment, momentum 0.5, wd 0.01."""
+    counts = counts or {"lr": 3, "momentum": 2, "wd": 1}
+    vals = {
+        "lr": torch.linspace(0.3, 0.1, counts["lr"], dtype=torch.float64),
+        "momentum": torch.linspace(0.5, 0.7, counts["momentum"], dtype=torch.float64),
+        "wd": torch.full((counts["wd"],), 0.01, dtype=torch.float64),
+    }
+    return Schedule(vals)

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 
 import hpo
 from hpo import CompareConfig, ConfigError, RetrainConfig, RunConfig
-from hpo.callbacks import OuterRecord
 from hpo.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hpo.cli import cli
 from hpo.outer import OuterState
@@ -19,7 +18,7 @@ from hpo.registry import SEARCH_METHODS, resolve_method
 from hpo.search.base import SearchMethod
 from hpo.search.fds_search import FDSSearch
 
-FIXTURES = Path(__file__).parent / "hypergrad_fixtures.py"
+FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
 SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.25, "device": "cpu",
          "retrain_steps": 6}

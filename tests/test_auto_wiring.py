@@ -9,7 +9,7 @@ import torch
 from hpo.backend import run_inner
 from hpo.backends.auto_backend import AutoBackend
 from hpo.unroll import reverse_hypergradient
-from tests.helpers import max_rel_err, sgd_schedule, tiny_problem
+from tests.conftest import max_rel_err, sgd_schedule, tiny_problem
 
 
 def test_auto_is_exact_and_says_what_it_chose() -> None:

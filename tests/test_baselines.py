@@ -20,7 +20,7 @@ from hpo.baselines import (
 from hpo.fds import FDSConfig
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.schedule import Schedule
-from tests.hypergrad_fixtures import tiny_task
+from tests.conftest import tiny_task
 
 
 def test_parse_space():

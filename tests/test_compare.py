@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from hpo.cli import cli
 
-FIXTURES = Path(__file__).parent / "hypergrad_fixtures.py"
+FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
 METHODS = (
     "forward-manual,reverse-truncated,greedy,online-greedy,random-constant,random-schedule,tpe,tpe-schedule,hand-picked"

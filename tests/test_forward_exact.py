@@ -7,7 +7,7 @@ from hpo.backend import run_inner
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from tests.helpers import DT, max_rel_err, sgd_schedule, tiny_problem
+from tests.conftest import DT, max_rel_err, sgd_schedule, tiny_problem
 
 
 @pytest.fixture(scope="module")

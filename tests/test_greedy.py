@@ -12,7 +12,7 @@ from hpo.backends.greedy import GreedyBackend, validation_batches
 from hpo.online_greedy import online_greedy, summarise
 from hpo.schedule import Schedule, segment_index
 from hpo.unroll import reverse_hypergradient
-from tests.hypergrad_fixtures import tiny_problem, tiny_schedule
+from tests.conftest import tiny_schedule, tiny_task_problem
 
 
 def direct_greedy(problem, sched):
@@ -42,7 +42,7 @@ def direct_greedy(problem, sched):
 
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_greedy_equals_direct_autograd(batchnorm):
-    problem = tiny_problem(10, batchnorm=batchnorm)
+    problem = tiny_task_problem(10, batchnorm=batchnorm)
     sched = tiny_schedule()
     result = run_inner(GreedyBackend(), problem, sched)
     ref = direct_greedy(problem, sched)
@@ -54,7 +54,7 @@ def test_greedy_equals_direct_autograd(batchnorm):
 
 def test_one_step_greedy_equals_exact_hypergradient():
     """With T = 1 and the validation set one minibatch, greedy is the exact hypergradient."""
-    base = tiny_problem(1)
+    base = tiny_task_problem(1)
     problem = replace(base, val_x=base.val_x[:8], val_y=base.val_y[:8])
     sched = tiny_schedule({"lr": 1, "momentum": 1, "wd": 1})
     result = run_inner(GreedyBackend(), problem, sched)
@@ -64,7 +64,7 @@ def test_one_step_greedy_equals_exact_hypergradient():
 
 
 def test_greedy_differs_from_full_hypergradient():
-    problem = tiny_problem(12)
+    problem = tiny_task_problem(12)
     sched = tiny_schedule()
     greedy = run_inner(GreedyBackend(), problem, sched).hypergrad
     full = reverse_hypergradient(problem, sched.values)
@@ -72,7 +72,7 @@ def test_greedy_differs_from_full_hypergradient():
 
 
 def test_online_without_hyper_lr_keeps_values():
-    problem = tiny_problem(6)
+    problem = tiny_task_problem(6)
     start = Schedule.constant({"lr": 0.2, "momentum": 0.5, "wd": 0.01})
     out = online_greedy(problem, start, hyper_lr={"lr": 0.0, "momentum": 0.0, "wd": 0.0}, counts={"lr": 2})
     assert out.trajectory["lr"].tolist() == pytest.approx([0.2] * 6)
@@ -82,7 +82,7 @@ def test_online_without_hyper_lr_keeps_values():
 
 
 def test_online_first_update_is_hypergradient_descent():
-    problem = tiny_problem(2)
+    problem = tiny_task_problem(2)
     start = Schedule.constant({"lr": 0.2, "momentum": 0.5, "wd": 0.01})
     beta = {"lr": 0.05, "momentum": 0.01, "wd": 1e-3}
     out = online_greedy(problem, start, hyper_lr=beta)
@@ -96,7 +96,7 @@ def test_online_first_update_is_hypergradient_descent():
 
 
 def test_online_clamps_to_valid_range():
-    problem = tiny_problem(4)
+    problem = tiny_task_problem(4)
     start = Schedule.constant({"lr": 0.2, "momentum": 0.5, "wd": 0.0})
     out = online_greedy(problem, start, hyper_lr={"lr": 1e3, "momentum": 1e3, "wd": 1e3})
     assert float(out.trajectory["lr"].min()) >= 0.0
@@ -107,7 +107,7 @@ def test_online_clamps_to_valid_range():
 def test_online_rejects_unknown_hyperparameter():
     with pytest.raises(ValueError, match="no hyperparameter 'beta'"):
         online_greedy(
-            tiny_problem(2), Schedule.constant({"lr": 0.1, "momentum": 0.0, "wd": 0.0}), hyper_lr={"beta": 1.0}
+            tiny_task_problem(2), Schedule.constant({"lr": 0.1, "momentum": 0.0, "wd": 0.0}), hyper_lr={"beta": 1.0}
         )
 
 

@@ -25,7 +25,7 @@ from hpo.schedule import Schedule
 from hpo.tasks.augment import Augment
 from hpo.tasks.base import model_functions, split_state
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from tests import helpers, hypergrad_fixtures
+from tests import conftest as helpers
 
 F64 = torch.float64
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rmsprop_rule.py"
@@ -104,8 +104,8 @@ def fixed_statistics(problem: InnerProblem, buffers: dict[str, Tensor]) -> Inner
 
 
 def test_batchnorm_statistics_replayed_not_differentiated() -> None:
-    problem = hypergrad_fixtures.tiny_problem(horizon=12, batchnorm=True)
-    sched = hypergrad_fixtures.tiny_schedule({"lr": 3, "momentum": 2, "wd": 2})
+    problem = helpers.tiny_task_problem(horizon=12, batchnorm=True)
+    sched = helpers.tiny_schedule({"lr": 3, "momentum": 2, "wd": 2})
     backend = ReverseCheckpointedBackend()
     state = backend.init(problem, sched)
     for t, x, y in problem.batches():

@@ -12,7 +12,7 @@ from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.schedule import segment_index
 from hpo.step import tree_clamp
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from tests.hypergrad_fixtures import tiny_problem, tiny_schedule
+from tests.conftest import tiny_schedule, tiny_task_problem
 
 
 def rel_err(a: dict, b: dict) -> float:
@@ -41,7 +41,7 @@ def truncated_reference(problem, values, window):
 
 @pytest.mark.parametrize("batchnorm", [False, True])
 def test_full_window_equals_forward_and_reverse(batchnorm):
-    problem = tiny_problem(9, batchnorm=batchnorm)
+    problem = tiny_task_problem(9, batchnorm=batchnorm)
     sched = tiny_schedule()
     trunc = run_inner(ReverseTruncatedBackend(9), problem, sched)
     fwd = run_inner(ForwardManualBackend(), problem, sched)
@@ -54,7 +54,7 @@ def test_full_window_equals_forward_and_reverse(batchnorm):
 
 
 def test_full_window_equals_finite_differences():
-    problem = tiny_problem(6)
+    problem = tiny_task_problem(6)
     sched = tiny_schedule()
     trunc = run_inner(ReverseTruncatedBackend(), problem, sched)
     fd = finite_difference_hypergradient(problem, sched.values, eps=1e-6)
@@ -62,7 +62,7 @@ def test_full_window_equals_finite_differences():
 
 
 def test_full_window_with_grad_clip_equals_reverse():
-    problem = tiny_problem(8, grad_clip=0.05)
+    problem = tiny_task_problem(8, grad_clip=0.05)
     sched = tiny_schedule()
     trunc = run_inner(ReverseTruncatedBackend(8), problem, sched)
     assert rel_err(trunc.hypergrad, reverse_hypergradient(problem, sched.values)) < 1e-6
@@ -71,7 +71,7 @@ def test_full_window_with_grad_clip_equals_reverse():
 @pytest.mark.parametrize("batchnorm", [False, True])
 @pytest.mark.parametrize("window", [1, 6])
 def test_short_window_equals_detached_unroll(batchnorm, window):
-    problem = tiny_problem(12, batchnorm=batchnorm)
+    problem = tiny_task_problem(12, batchnorm=batchnorm)
     sched = tiny_schedule()
     trunc = run_inner(ReverseTruncatedBackend(window), problem, sched)
     ref = truncated_reference(problem, sched.values, window)
@@ -98,7 +98,7 @@ def test_window_must_be_positive():
 
 
 def test_weights_match_forward_mode_primal():
-    problem = tiny_problem(7, batchnorm=True)
+    problem = tiny_task_problem(7, batchnorm=True)
     sched = tiny_schedule()
     b1, b2 = ReverseTruncatedBackend(3), ForwardManualBackend()
     s1, s2 = b1.init(problem, sched), b2.init(problem, sched)

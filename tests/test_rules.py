@@ -33,7 +33,7 @@ from hpo.registry import BUILTIN_RULES, load_object, resolve_rule
 from hpo.schedule import Schedule, segment_index
 from hpo.torch_scheduler import ScheduleDriver
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
-from tests.helpers import tiny_problem
+from tests.conftest import tiny_problem
 
 F64 = torch.float64
 EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rmsprop_rule.py"

@@ -107,7 +107,7 @@ def test_retrain_torch_path_equals_functional_fallback():
     """The retrain through torch.optim + ScheduleDriver equals the rule's own step loop."""
     from hpo.retrain import retrain
     from hpo.tasks.base import Task
-    from tests.helpers import tiny_problem
+    from tests.conftest import tiny_problem
 
     class NoTorch(SGDMomentum):
         def torch_optimizer(self, params, hyper):

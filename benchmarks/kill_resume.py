@@ -1,0 +1,146 @@
+"""Kill ``hpo run`` at random moments with SIGKILL, resume it until it finishes, and check the result.
+
+Run by hand (it takes minutes); the count it prints is written up in ``docs/reliability.md``::
+
+    python benchmarks/kill_resume.py --trials 30 --seed 0
+
+First an uninterrupted reference run of a small configuration (MNIST-1D, ``--samples 600
+--outer-steps 4 --inner-steps 40``, CPU, one thread) measures the wall time ``W`` of a whole run,
+process start included.  Then each trial, in a fresh log directory (and a fresh data cache):
+
+1. draws how many times to kill (1 to ``--max-kills``);
+2. starts ``python -m hpo run`` (or ``hpo run --resume LOGDIR`` once a checkpoint exists) and
+   sends SIGKILL after a delay drawn uniformly from ``[0, W]`` (a process that finished first is
+   not killed);
+3. after the last kill, lets ``--resume`` (or a fresh start, if no checkpoint was written yet)
+   run to the end;
+4. compares the final ``schedule.json`` with the reference: the learned ``schedule`` (the count
+   printed last), and the whole file apart from times, versions and the log directory.
+
+Every random draw comes from ``random.Random(--seed)``, so the kill times are reproducible (what
+the process has done by then depends on the machine's speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ["--samples", "600", "--outer-steps", "4", "--inner-steps", "40", "--no-progress", "--device", "cpu",
+          "--threads", "1"]
+
+
+def environment(data: Path) -> dict[str, str]:
+    """One thread per process, the checkout importable, generated data cached in ``data``."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HPO_DATA": str(data), "PYTHONWARNINGS": "ignore",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def command(logdir: Path) -> list[str]:
+    """A fresh run into ``logdir``, or its resume once a checkpoint exists."""
+    if (logdir / "checkpoint.pt").exists():
+        return [sys.executable, "-m", "hpo", "run", "--resume", str(logdir), "--no-progress", "--threads", "1"]
+    return [sys.executable, "-m", "hpo", "run", *CONFIG, "--logdir", str(logdir)]
+
+
+def completed_steps(logdir: Path) -> int | None:
+    """Outer steps the checkpoint in ``logdir`` holds (None: no checkpoint)."""
+    path = logdir / "checkpoint.pt"
+    if not path.exists():
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["k"])
+
+
+def start(logdir: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start the next process of a trial, its output appended to ``log``."""
+    with open(log, "ab") as f:
+        return subprocess.Popen(command(logdir), env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def comparable(summary: dict[str, Any]) -> dict[str, Any]:
+    """``schedule.json`` without what differs between two identical runs (times, versions, log directory)."""
+    out = {k: v for k, v in summary.items() if k not in ("search_seconds", "versions")}
+    out["config"] = {k: v for k, v in summary["config"].items() if k != "logdir"}
+    out["history"] = [{k: v for k, v in r.items() if k != "seconds"} for r in summary["history"]]
+    return out
+
+
+def trial(i: int, rng: random.Random, wall: float, max_kills: int, work: Path) -> tuple[dict[str, Any], str]:
+    """One killed-and-resumed run; its ``schedule.json`` and a line describing the kills."""
+    logdir, data = work / f"trial-{i}", work / f"data-{i}"
+    env, log = environment(data), work / f"trial-{i}.log"
+    kills, notes, processes = rng.randint(1, max_kills), [], 0
+    while not (logdir / "schedule.json").exists():
+        proc = start(logdir, env, log)
+        processes += 1
+        if len(notes) < kills:
+            delay = rng.uniform(0.0, wall)
+            try:
+                proc.wait(timeout=delay)
+                notes.append(f"{delay:.1f}s (finished first)")
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                k = completed_steps(logdir)
+                notes.append(f"{delay:.1f}s ({'no checkpoint' if k is None else f'checkpoint k={k}'})")
+            continue
+        if proc.wait() != 0:
+            raise SystemExit(f"trial {i}: a process failed; see {log}")
+        if processes > max_kills + 3:
+            raise SystemExit(f"trial {i}: no schedule.json after {processes} processes; see {log}")
+    return json.loads((logdir / "schedule.json").read_text()), f"{processes} processes, killed at " + ", ".join(notes)
+
+
+def main() -> None:
+    """Parse the options, run the reference and the trials, print the counts."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the kill counts and kill times.")
+    p.add_argument("--max-kills", type=int, default=3, help="Kills per trial: 1 to this many.")
+    p.add_argument("--workdir", type=Path, default=None, help="Where the runs go (default: a temporary folder).")
+    p.add_argument("--keep", action="store_true", help="Keep the runs' folders.")
+    args = p.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="kill-resume-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(args.seed)
+
+    t0 = time.perf_counter()
+    ref_dir = work / "reference"
+    subprocess.run(command(ref_dir), env=environment(work / "data-reference"), check=True, capture_output=True)
+    wall = time.perf_counter() - t0
+    reference = json.loads((ref_dir / "schedule.json").read_text())
+    print(f"reference: {wall:.1f}s wall (process start included); schedule {reference['schedule']}", flush=True)
+
+    same_schedule = same_file = 0
+    for i in range(args.trials):
+        result, notes = trial(i, rng, wall, args.max_kills, work)
+        a, b = result["schedule"] == reference["schedule"], comparable(result) == comparable(reference)
+        same_schedule += a
+        same_file += b
+        print(f"trial {i + 1:3d}: {'identical' if a else 'DIFFERENT'} schedule, "
+              f"{'identical' if b else 'DIFFERENT'} schedule.json; {notes}", flush=True)
+        if not args.keep and a and b:
+            shutil.rmtree(work / f"trial-{i}")
+            shutil.rmtree(work / f"data-{i}", ignore_errors=True)
+            (work / f"trial-{i}.log").unlink()
+    print(f"schedule.json identical apart from times: {same_file} / {args.trials}")
+    print(f"learned schedule identical: {same_schedule} / {args.trials}")
+    if not args.keep and same_schedule == same_file == args.trials:
+        shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
