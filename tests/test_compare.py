@@ -14,7 +14,7 @@ from hpo.cli import cli
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
 METHODS = (
-    "forward-manual,reverse-truncated,greedy,online-greedy,random-constant,random-schedule,tpe,tpe-schedule,hand-picked"
+    "auto,forward-manual,reverse-checkpointed,reverse-truncated,greedy,online-greedy,random-constant,random-schedule,tpe,tpe-schedule,hand-picked"
 )
 
 
