@@ -201,3 +201,10 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_so(tmp_path: Path) -> None:
         hpo.run(RunConfig(**SMALL, outer_steps=3, logdir=str(tmp_path / "i")), callbacks=[StopInSecondStep()])
     assert info.value.done == 1 and str(tmp_path / "i") in str(info.value)
     assert len(hpo.resume(tmp_path / "i", {"task": TASK}).history) == 3
+
+
+def test_a_run_that_fails_validation_creates_nothing_on_disk(tmp_path: Path) -> None:
+    """Options and data are checked before the log directory exists (cwd is a fresh folder here)."""
+    r = CliRunner().invoke(cli, ["run", "--task", "cifar10-lenet", "--data-root", str(tmp_path / "nowhere")])
+    assert r.exit_code == 2 and "CIFAR-10 not found" in r.output
+    assert not Path("runs").exists() and not (tmp_path / "nowhere").exists()
