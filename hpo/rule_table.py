@@ -10,17 +10,21 @@ from hpo.optimizers.base import UpdateRule
 
 
 def describe_rule(rule: UpdateRule) -> str:
-    """A header line and one row per hyperparameter: range, init, outer step, count, hand-picked value."""
-    backends = "forward-manual, forward-jvp" if rule.hand_tangent else "forward-jvp"
+    """A header line and one row per hyperparameter: range, init, outer step, count, search range, hand-picked value."""
+    backends = ("reverse-checkpointed, forward-manual, forward-jvp" if rule.hand_tangent
+                else "reverse-checkpointed, forward-jvp")
     counterpart = type(rule).torch_optimizer is not UpdateRule.torch_optimizer
     header = (f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
               f"torch.optim counterpart: {'yes' if counterpart else 'no'})")
     lines = [header]
-    rows = [("name", "valid range", "init", "step", "count", "hand-picked", "on divergence", "description")]
+    rows = [("name", "valid range", "init", "step", "count", "search range", "hand-picked", "on divergence",
+             "description")]
     moves = {-1: "lower", 0: "keep", 1: "raise"}
     for s in rule.hyperparameters:
         hand = "" if rule.hand_picked is None else f"{rule.hand_picked.get(s.name, float('nan')):g}"
-        rows.append((s.name, s.range_text(), f"{s.init:g}", f"{s.step:g}", str(s.count), hand,
+        rng = s.search_range
+        search = "-" if rng is None else f"{rng[0]:g}..{rng[1]:g}{' log' if rng[2] else ''}"
+        rows.append((s.name, s.range_text(), f"{s.init:g}", f"{s.step:g}", str(s.count), search, hand,
                      moves.get(s.on_divergence, str(s.on_divergence)), s.description))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
