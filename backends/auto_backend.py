@@ -37,6 +37,12 @@ def free_memory(device: torch.device) -> int | None:
     """Free bytes on ``device``: the CUDA allocator's view, or the host's available pages (None if unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
+    try:  # MemAvailable counts reclaimable cache, as the kernel would give it to us
+        for line in open("/proc/meminfo").read().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
@@ -55,6 +61,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
     """
 
     name: ClassVar[str] = "auto"
+    supports_hz_clip: ClassVar[bool] = True  # it then picks forward mode
 
     def __init__(self, compile: str | None = None) -> None:
         self.compile = compile
@@ -67,7 +74,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
             return BackendChoice(name, "a Hessian-tangent clamp is set, which only forward mode has")
         return choose_backend(
             n_values=sum(schedule.counts.values()), n_params=sum(p.numel() for p in problem.params.values()),
-            device_type=ref.device.type, free_bytes=free_memory(ref.device), horizon=problem.horizon,
+            device_type="cuda" if ref.device.type == "cuda" else "cpu", free_bytes=free_memory(ref.device), horizon=problem.horizon,
             has_hand_tangent=problem.rule.hand_tangent, dtype_bytes=ref.element_size())
 
     def build(self, name: str) -> HypergradientBackend[Any]:

@@ -155,6 +155,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
     """
 
     name: ClassVar[str] = "forward"
+    supports_hz_clip: ClassVar[bool] = True
     tangent_fn: ClassVar[TangentFn]
 
     def __init__(self, compile: str | None = None) -> None:

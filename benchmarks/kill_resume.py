@@ -5,13 +5,17 @@ Run by hand (it takes minutes); the count it prints is written up in ``docs/reli
     python benchmarks/kill_resume.py --trials 30 --seed 0
 
 First an uninterrupted reference run of a small configuration (MNIST-1D, ``--samples 600
---outer-steps 4 --inner-steps 40``, CPU, one thread) measures the wall time ``W`` of a whole run,
-process start included.  Then each trial, in a fresh log directory (and a fresh data cache):
+--outer-steps 4 --inner-steps 40``, CPU, one thread) measures two times: ``S``, from the process
+start until it holds its log directory (Python and torch imports, the data generated), and ``W``,
+from then until it exits (the search, the retrains, the outputs).  Then each trial, in a fresh log
+directory (and a fresh data cache):
 
 1. draws how many times to kill (1 to ``--max-kills``);
 2. starts ``python -m hpo run`` (or ``hpo run --resume LOGDIR`` once a checkpoint exists) and
-   sends SIGKILL after a delay drawn uniformly from ``[0, W]`` (a process that finished first is
-   not killed);
+   sends SIGKILL at a random moment: with probability ``--startup-frac`` uniformly in ``[0, S]``
+   after the start, otherwise uniformly in ``[0, W]`` after the process took the log directory's
+   lock (so most kills land in the work, not in the imports); a process that finished first is
+   not killed;
 3. after the last kill, lets ``--resume`` (or a fresh start, if no checkpoint was written yet)
    run to the end;
 4. compares the final ``schedule.json`` with the reference: the learned ``schedule`` (the count
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,19 @@ def start(logdir: Path, env: dict[str, str], log: Path) -> subprocess.Popen[byte
         return subprocess.Popen(command(logdir), env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
+def wait_for_lock(proc: subprocess.Popen[bytes], logdir: Path) -> bool:
+    """Wait until ``proc`` holds ``logdir`` (its pid is in the lock file); False if it exited first."""
+    lock = logdir / ".hpo.lock"
+    while proc.poll() is None:
+        try:
+            if lock.read_text().strip() == str(proc.pid):
+                return True
+        except OSError:
+            pass
+        time.sleep(0.005)
+    return False
+
+
 def comparable(summary: dict[str, Any]) -> dict[str, Any]:
     """``schedule.json`` without what differs between two identical runs (times, versions, log directory)."""
     out = {k: v for k, v in summary.items() if k not in ("search_seconds", "versions")}
@@ -78,30 +96,65 @@ def comparable(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def trial(i: int, rng: random.Random, wall: float, max_kills: int, work: Path) -> tuple[dict[str, Any], str]:
-    """One killed-and-resumed run; its ``schedule.json`` and a line describing the kills."""
+def state_after_kill(logdir: Path) -> str:
+    """What a killed process left: no checkpoint, a checkpoint after k outer steps, or the finished result."""
+    if (logdir / "schedule.json").exists():
+        return "after schedule.json"
+    k = completed_steps(logdir)
+    return "no checkpoint" if k is None else f"checkpoint k={k}"
+
+
+def kill_at_random(proc: subprocess.Popen[bytes], logdir: Path, rng: random.Random, times: tuple[float, float],
+                   startup_frac: float, states: Counter[str]) -> str:
+    """SIGKILL ``proc`` at a random moment of its start-up or of its work; what it left, as a note."""
+    in_startup = rng.random() < startup_frac
+    delay = rng.uniform(0.0, times[0] if in_startup else times[1])
+    where = "after start" if in_startup else "into the work"
+    if in_startup or wait_for_lock(proc, logdir):
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            state = state_after_kill(logdir)
+            states[state] += 1
+            return f"{delay:.2f}s {where} ({state})"
+    return f"{delay:.2f}s {where} (finished first)"
+
+
+def trial(i: int, rng: random.Random, times: tuple[float, float], args: argparse.Namespace, work: Path,
+          states: Counter[str]) -> tuple[dict[str, Any], str]:
+    """One killed-and-resumed run; its ``schedule.json`` and a line describing the kills (counted in ``states``)."""
     logdir, data = work / f"trial-{i}", work / f"data-{i}"
     env, log = environment(data), work / f"trial-{i}.log"
-    kills, notes, processes = rng.randint(1, max_kills), [], 0
+    kills, notes, processes = rng.randint(1, args.max_kills), [], 0
     while not (logdir / "schedule.json").exists():
         proc = start(logdir, env, log)
         processes += 1
         if len(notes) < kills:
-            delay = rng.uniform(0.0, wall)
-            try:
-                proc.wait(timeout=delay)
-                notes.append(f"{delay:.1f}s (finished first)")
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                k = completed_steps(logdir)
-                notes.append(f"{delay:.1f}s ({'no checkpoint' if k is None else f'checkpoint k={k}'})")
+            notes.append(kill_at_random(proc, logdir, rng, times, args.startup_frac, states))
+            if proc.returncode not in (0, -signal.SIGKILL):
+                raise SystemExit(f"trial {i}: a process failed; see {log}")
             continue
         if proc.wait() != 0:
             raise SystemExit(f"trial {i}: a process failed; see {log}")
-        if processes > max_kills + 3:
+        if processes > args.max_kills + 3:
             raise SystemExit(f"trial {i}: no schedule.json after {processes} processes; see {log}")
-    return json.loads((logdir / "schedule.json").read_text()), f"{processes} processes, killed at " + ", ".join(notes)
+    return json.loads((logdir / "schedule.json").read_text()), f"{processes} processes, killed " + ", ".join(notes)
+
+
+def reference_run(work: Path) -> tuple[dict[str, Any], tuple[float, float]]:
+    """The uninterrupted run: its ``schedule.json``, and the seconds until it held its log directory and after."""
+    logdir = work / "reference"
+    t0 = time.perf_counter()
+    proc = start(logdir, environment(work / "data-reference"), work / "reference.log")
+    if not wait_for_lock(proc, logdir):
+        raise SystemExit(f"the reference run ended before it held its log directory; see {work / 'reference.log'}")
+    t1 = time.perf_counter()
+    if proc.wait() != 0:
+        raise SystemExit(f"the reference run failed; see {work / 'reference.log'}")
+    t2 = time.perf_counter()
+    return json.loads((logdir / "schedule.json").read_text()), (t1 - t0, t2 - t1)
 
 
 def main() -> None:
@@ -110,6 +163,8 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--seed", type=int, default=0, help="Seed of the kill counts and kill times.")
     p.add_argument("--max-kills", type=int, default=3, help="Kills per trial: 1 to this many.")
+    p.add_argument("--startup-frac", type=float, default=0.2,
+                   help="Fraction of kills aimed at the process start (imports, data) rather than its work.")
     p.add_argument("--workdir", type=Path, default=None, help="Where the runs go (default: a temporary folder).")
     p.add_argument("--keep", action="store_true", help="Keep the runs' folders.")
     args = p.parse_args()
@@ -117,16 +172,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
 
-    t0 = time.perf_counter()
-    ref_dir = work / "reference"
-    subprocess.run(command(ref_dir), env=environment(work / "data-reference"), check=True, capture_output=True)
-    wall = time.perf_counter() - t0
-    reference = json.loads((ref_dir / "schedule.json").read_text())
-    print(f"reference: {wall:.1f}s wall (process start included); schedule {reference['schedule']}", flush=True)
+    reference, times = reference_run(work)
+    print(f"reference: {times[0]:.1f}s until it held its log directory, then {times[1]:.1f}s of work; "
+          f"schedule {reference['schedule']}", flush=True)
 
     same_schedule = same_file = 0
+    states: Counter[str] = Counter()
     for i in range(args.trials):
-        result, notes = trial(i, rng, wall, args.max_kills, work)
+        result, notes = trial(i, rng, times, args, work, states)
         a, b = result["schedule"] == reference["schedule"], comparable(result) == comparable(reference)
         same_schedule += a
         same_file += b
@@ -136,6 +189,8 @@ def main() -> None:
             shutil.rmtree(work / f"trial-{i}")
             shutil.rmtree(work / f"data-{i}", ignore_errors=True)
             (work / f"trial-{i}.log").unlink()
+    print(f"{sum(states.values())} SIGKILLs, what each left: "
+          + ", ".join(f"{state} {n}" for state, n in sorted(states.items())))
     print(f"schedule.json identical apart from times: {same_file} / {args.trials}")
     print(f"learned schedule identical: {same_schedule} / {args.trials}")
     if not args.keep and same_schedule == same_file == args.trials:

@@ -58,6 +58,8 @@ class HypergradientBackend(ABC, Generic[S]):
     """Computes the hypergradient of the validation loss with respect to a shared schedule."""
 
     name: ClassVar[str]
+    #: Declared: whether the backend applies a clamp of the Hessian-tangent product (forward mode's ``hz_clip``).
+    supports_hz_clip: ClassVar[bool] = False
 
     def check_rule(self, rule: UpdateRule) -> None:
         """Raise ``ValueError`` (one line) if this backend cannot run ``rule``; by default any rule."""

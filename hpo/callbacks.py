@@ -31,8 +31,8 @@ class OuterRecord:
 class Callbacks(ABC):
     """No-op base class: override what you need."""
 
-    def on_run_start(self, outer_steps: int) -> None:
-        """A run of (at most) ``outer_steps`` outer steps starts (or resumes)."""
+    def on_run_start(self, horizons: tuple[int, ...]) -> None:
+        """A run starts (or resumes): outer step ``k`` will run ``horizons[k]`` inner steps."""
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Outer step ``k`` is about to run ``horizon`` inner steps."""
@@ -57,10 +57,10 @@ class CallbackList(Callbacks):
     def __init__(self, *callbacks: Callbacks) -> None:
         self.callbacks = callbacks
 
-    def on_run_start(self, outer_steps: int) -> None:
+    def on_run_start(self, horizons: tuple[int, ...]) -> None:
         """Forward to all."""
         for c in self.callbacks:
-            c.on_run_start(outer_steps)
+            c.on_run_start(horizons)
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Forward to all."""

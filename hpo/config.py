@@ -29,6 +29,7 @@ from hpo.optimizers.base import UpdateRule
 from hpo.registry import VISION_TASKS, check_task_name, make_backend, resolve_rule
 from hpo.schedule import Schedule
 from hpo.schedule_file import read_schedule
+from hpo.tasks.augment import Augment
 
 
 @final
@@ -191,7 +192,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
         "batch_size": checks.optional_integer("batch_size", c.batch_size),
         "samples": checks.optional_integer("samples", c.samples, checks.MIN_SAMPLES, checks.MAX_SAMPLES),
-        "data_root": str(checks.text("data_root", str(c.data_root))),
+        "data_root": str(checks.text("data_root", None if c.data_root is None else str(c.data_root))),
         "download": checks.flag("download", c.download),
         "augment": checks.text("augment", c.augment, optional=True),
         "retrain_steps": checks.optional_integer("retrain_steps", c.retrain_steps),
@@ -224,6 +225,10 @@ def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
         check_task_name(c.task)
     except ValueError as e:
         raise ConfigError("task", str(e)) from None
+    try:
+        Augment.parse(c.augment)
+    except ValueError as e:
+        raise ConfigError("augment", str(e)) from None
     if c.download or c.augment:
         if ":" not in c.task and c.task not in VISION_TASKS:  # a module:attr factory decides for itself
             raise ConfigError("download" if c.download else "augment",
@@ -232,4 +237,4 @@ def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
         pick_device(c.device)
     except ValueError as e:
         raise ConfigError("device", str(e)) from None
-    return make_backend(c.backend, rule, window=c.window, compile=c.compile)
+    return make_backend(c.backend, rule, window=c.window, compile=c.compile, hz_clip=c.hz_clip)

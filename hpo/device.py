@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -42,6 +44,17 @@ def cpu_threads(requested: int | None, device: torch.device | str) -> int:
     Give more (``threads``) for a large model running alone.
     """
     return int(requested) if requested is not None else 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, restoring the caller's count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def device_for_tests() -> torch.device:

@@ -17,7 +17,7 @@ import torch
 
 from hpo import checks
 from hpo.backend import HypergradientBackend, run_inner
-from hpo.callbacks import Callbacks, OuterRecord
+from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.outer import OuterState, converged, safe_direction, sign_update
@@ -172,9 +172,11 @@ def outer_step(
             "lowered": {n: [j for j, x in enumerate(h.tolist()) if x > 0] for n, h in hg.items() if (h > 0).any()},
             "raised": {n: [j for j, x in enumerate(h.tolist()) if x < 0] for n, h in hg.items() if (h < 0).any()},
         }
+    if result.info and "auto" in result.info:
+        extra = {**extra, "backend": result.info["auto"]}
     new = sign_update(state, hg, specs, config.decay)
     if diverged:
-        new = replace(new, values=halve_lowered(state.values, new.values, hg))
+        new = replace(new, values={n: specs[n].clamp(v) for n, v in halve_lowered(state.values, new.values, hg).items()})
     record = OuterRecord(
         k=k,
         horizon=problem.horizon,
@@ -222,7 +224,7 @@ def run_fds(
     draws are seeded from them), so a resumed run repeats an uninterrupted one exactly.
     """
     config.validate(rule)
-    callbacks = callbacks or Callbacks()
+    callbacks = callbacks or CallbackList()
     state = state or initial_state(rule, config)
     records = list(history)
     while state.k < config.outer_steps and not (records and records[-1].converged):

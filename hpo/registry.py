@@ -161,7 +161,8 @@ def resolve_backend(spec: str, **options: Any) -> HypergradientBackend:
     return _resolve("backend", spec, BUILTIN_BACKENDS, HypergradientBackend, **options)
 
 
-def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile: bool = False) -> HypergradientBackend:
+def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile: bool = False,
+                 hz_clip: float | None = None) -> HypergradientBackend:
     """The backend ``spec`` with its options, checked against ``rule``; ``ConfigError`` naming the field.
 
     ``window`` applies to ``reverse-truncated`` only, ``compile`` to the forward-mode backends.
@@ -179,6 +180,9 @@ def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile
             raise ConfigError("compile", f"applies to the forward-mode, reverse-checkpointed and auto backends, "
                                          f"not {backend.name!r}")
         backend = type(backend)(compile="inductor")
+    if hz_clip is not None and not backend.supports_hz_clip:
+        raise ConfigError("hz_clip", f"applies to forward mode (the forward-manual, forward-jvp and auto backends), "
+                                     f"not {backend.name!r}")
     try:
         backend.check_rule(rule)
     except ValueError as e:

@@ -10,18 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hpo.checkpoint import atomic_write
 from hpo.schedule import Schedule
 
 
 def schedule_figure(schedule: Schedule, title: str = "learned schedule") -> Any:
-    """A matplotlib figure, one panel per hyperparameter type: value against the fraction of training."""
-    import matplotlib
+    """A matplotlib figure, one panel per hyperparameter type: value against the fraction of training.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Built without pyplot, so the caller's matplotlib backend (e.g. in a notebook) is left alone.
+    """
+    from matplotlib.figure import Figure
 
     names = schedule.names
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+    fig = Figure(figsize=(4 * len(names), 3))
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
         values = [float(v) for v in schedule.values[name]]
         n = len(values)
@@ -42,9 +44,9 @@ def schedule_figure(schedule: Schedule, title: str = "learned schedule") -> Any:
 
 
 def save_schedule_figure(schedule: Schedule, path: str | Path, title: str) -> None:
-    """Write :func:`schedule_figure` to ``path`` (PNG)."""
-    import matplotlib.pyplot as plt
+    """Write :func:`schedule_figure` to ``path`` (PNG), atomically."""
+    import io
 
-    fig = schedule_figure(schedule, title)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    buf = io.BytesIO()
+    schedule_figure(schedule, title).savefig(buf, format="png", dpi=110)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))

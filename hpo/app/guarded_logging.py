@@ -34,9 +34,9 @@ class GuardedLogger(Callbacks):
             self.report(f"warning: {self.name} failed ({e.strerror or e}); it stops here, the run goes on "
                         f"(checkpoints are unaffected)")
 
-    def on_run_start(self, outer_steps: int) -> None:
+    def on_run_start(self, horizons: tuple[int, ...]) -> None:
         """Forward."""
-        self.call("on_run_start", outer_steps)
+        self.call("on_run_start", horizons)
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Forward."""

@@ -13,7 +13,7 @@ from typing import Any, final
 from hpo import checks
 from hpo.app.task_loading import load_task
 from hpo.config import cls_replace, resolve_rule_field
-from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
+from hpo.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS
@@ -25,34 +25,47 @@ from hpo.schedule_file import read_json, read_schedule
 @final
 @dataclass(frozen=True)
 class RetrainConfig:
-    """A retrain: the schedule file and what to train; None means "as the file records"."""
+    """A retrain: the schedule file and what to train; None means "as the file records".
+
+    A schedule.json of ``hpo run`` records the run's configuration: its task and optimizer (used
+    when they are built-in names), samples, data root, augmentation, seed and dtype, so the
+    retrain reproduces the run's own retrain unless a setting is given.
+    """
 
     schedule: str
     task: str | None = None
     optimizer: str | None = None
     steps: int | None = None
     samples: int | None = None
-    data_root: str = "data"
+    data_root: str | None = None
     augment: str | None = None
-    seed: int = 0
+    seed: int | None = None
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str | None = None
     resolved_rule: UpdateRule = field(init=False, repr=False, compare=False)
     resolved_schedule: Schedule = field(init=False, repr=False, compare=False)
     resolved_task: str = field(init=False, repr=False, compare=False)
     resolved_steps: int = field(init=False, repr=False, compare=False)
+    resolved: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check the fields, read the schedule file, and fill what the file records."""
         checks.text("schedule", str(self.schedule))
         object.__setattr__(self, "schedule", str(self.schedule))
         checks.optional_integer("steps", self.steps)
-        checks.optional_integer("samples", self.samples, checks.MIN_SAMPLES, checks.MAX_SAMPLES)
-        checks.seed("seed", self.seed)
-        checks.choice("device", self.device, DEVICE_CHOICES)
-        checks.choice("dtype", self.dtype, tuple(DTYPES))
         data = read_json(self.schedule, "schedule")
         recorded = data if isinstance(data, dict) and "schedule" in data else {}
+        run = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
+        given = {"samples": self.samples, "data_root": self.data_root, "augment": self.augment, "seed": self.seed,
+                 "dtype": self.dtype}
+        defaults = {"samples": None, "data_root": "data", "augment": None, "seed": 0, "dtype": "float32"}
+        settings = {k: v if v is not None else run.get(k, defaults[k]) for k, v in given.items()}
+        checks.optional_integer("samples", settings["samples"], checks.MIN_SAMPLES, checks.MAX_SAMPLES)
+        checks.text("data_root", settings["data_root"])
+        checks.text("augment", settings["augment"], optional=True)
+        checks.seed("seed", settings["seed"])
+        checks.choice("device", self.device, DEVICE_CHOICES)
+        checks.choice("dtype", settings["dtype"], tuple(DTYPES))
         optimizer = self.optimizer or recorded_name(recorded, "optimizer", BUILTIN_RULES) or "sgd"
         rule = resolve_rule_field(optimizer)
         schedule, meta = read_schedule(self.schedule, "schedule", rule)
@@ -68,7 +81,7 @@ class RetrainConfig:
         except ValueError as e:
             raise ConfigError("device", str(e)) from None
         for name, value in (("resolved_rule", rule), ("resolved_schedule", schedule), ("resolved_task", task),
-                            ("resolved_steps", int(steps))):
+                            ("resolved_steps", int(steps)), ("resolved", settings)):
             object.__setattr__(self, name, value)
 
     def replace(self, **changes: Any) -> RetrainConfig:
@@ -87,10 +100,13 @@ def recorded_name(recorded: dict[str, Any], key: str, builtins: Any) -> str | No
 
 def retrain_schedule(config: RetrainConfig) -> RetrainResult:
     """Retrain from scratch with the schedule of ``config`` (stretched to its steps); test metrics."""
-    options: dict[str, Any] = {"samples": config.samples} if config.samples is not None else {}
+    s = config.resolved
+    options: dict[str, Any] = {"samples": s["samples"]} if s["samples"] is not None else {}
     if config.resolved_task in VISION_TASKS:
-        options.update(data_root=config.data_root, augment=config.augment)
+        options.update(data_root=s["data_root"], augment=s["augment"])
     device = str(pick_device(config.device))
-    task = load_task(config.resolved_task, options, DTYPES[config.dtype], device)
-    return retrain(task, config.resolved_rule, config.resolved_schedule, config.resolved_steps,
-                   config.seed + RETRAIN_SEED_OFFSET, DTYPES[config.dtype], device)
+    dtype = DTYPES[s["dtype"]]
+    with torch_threads(cpu_threads(None, device)):
+        task = load_task(config.resolved_task, options, dtype, device)
+        return retrain(task, config.resolved_rule, config.resolved_schedule, config.resolved_steps,
+                       s["seed"] + RETRAIN_SEED_OFFSET, dtype, device)

@@ -20,6 +20,7 @@ from typing import Any, final
 
 import torch
 
+from hpo import checks
 from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
@@ -28,10 +29,10 @@ from hpo.backends.auto_backend import AutoBackend
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_checkpoint, remove_stale_temporaries
 from hpo.checkpoint_writer import CheckpointWriter
-from hpo.config import RunConfig
+from hpo.config import RunConfig, known_fields
 from hpo.determinism import use_deterministic_kernels
-from hpo.device import DTYPES, cpu_threads
-from hpo.errors import ConfigError, Interrupted
+from hpo.device import DTYPES, cpu_threads, torch_threads
+from hpo.errors import ConfigError, Interrupted, WriteError
 from hpo.fds import make_problem, run_fds
 from hpo.outer import OuterState
 from hpo.report import format_values
@@ -67,11 +68,15 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     (:meth:`Callbacks.on_message`); the run's own TensorBoard logger is added to them.  Nothing is
     written to disk before the configuration and the task's data have been checked.
     """
-    cb = CallbackList(*callbacks)
+    with torch_threads(cpu_threads(config.threads, config.resolved_device)):
+        return run_with_threads(config, CallbackList(*callbacks), checkpoint)
+
+
+def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint | None) -> RunResult:
+    """:func:`run` with the thread count set: load and check the data, then take the log directory."""
     fds = config.fds()
     if config.deterministic:
         use_deterministic_kernels()
-    torch.set_num_threads(cpu_threads(config.threads, fds.device))
     task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
     check_split(task.train_x.shape[0], fds.val_frac)
     logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
@@ -90,6 +95,7 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     logdir = Path(str(config.logdir))
     if checkpoint is None and checkpoint_path(logdir).exists():  # checked again under the lock
         raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
+    remove_stale_temporaries(logdir)  # under the lock: no other process is writing here
     state = checkpoint.state if checkpoint is not None else start_state(config)
     history = checkpoint.history if checkpoint is not None else ()
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
@@ -114,12 +120,20 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     writer = CheckpointWriter(checkpoint_path(logdir), config.to_dict(),
                               checkpoint.search_seconds if checkpoint is not None else 0.0)
     logged = CallbackList(cb, tb)
-    logged.on_run_start(config.outer_steps)
+    logged.on_run_start(tuple(fds.horizon(k) for k in range(config.outer_steps)))
     try:
-        result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
+        return search_and_retrain(config, cb, tb, task, state, history, writer, logged)
     except KeyboardInterrupt:
         done = load_checkpoint(checkpoint_path(logdir)).state.k if checkpoint_path(logdir).exists() else 0
         raise Interrupted(logdir, done) from None
+
+
+def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, task: Task, state: OuterState,
+                       history: tuple[OuterRecord, ...], writer: CheckpointWriter, logged: CallbackList) -> RunResult:
+    """The outer loop, the two retrains and the outputs (``schedule.json``, ``schedule.png``)."""
+    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+    logdir = Path(str(config.logdir))
+    result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
     search_seconds = writer.seconds()
     for line in zero_hypergradient_warnings(result.history):
         cb.on_message(line)
@@ -147,7 +161,11 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
         "history": [r.__dict__ for r in result.history],
     }
     text = json.dumps(out, indent=2) + "\n"
-    atomic_write(logdir / "schedule.json", lambda f: f.write(text.encode()))
+    try:
+        atomic_write(logdir / "schedule.json", lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise WriteError(f"cannot write {logdir / 'schedule.json'}: {e.strerror or e} (the search is in "
+                         f"{checkpoint_path(logdir)}; resume to write it again)") from None
     picture = logdir / "schedule.png"
     try:
         save_schedule_figure(result.schedule, picture, f"learned schedule after outer step {result.state.k}"
@@ -227,29 +245,52 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
         if isinstance(stored, str) and ":" in stored and (overrides or {}).get(key) != stored:
             raise ConfigError(key, f"the run being resumed used {stored!r}, code from outside hpo; name it again "
                                    f"to allow importing it (resuming never imports what a checkpoint names)")
+    overrides = known_fields(RunConfig, overrides or {})
+    if "outer_steps" in overrides and checks.is_int(overrides["outer_steps"]) and overrides["outer_steps"] < ckpt.state.k:
+        raise ConfigError("outer_steps", f"the run being resumed has done {ckpt.state.k} outer steps; ask for at "
+                                         f"least that many, got {overrides['outer_steps']}")
     merged = {**saved, "logdir": str(logdir)}
-    for name, value in (overrides or {}).items():
+    for name, value in overrides.items():
         if name == "logdir":
             if value is not None and Path(value).resolve() != logdir.resolve():
                 raise ConfigError("logdir", f"{value} is not the directory of the run being resumed ({logdir}); "
                                             f"a run resumes in its own directory")
         elif name in MAY_CHANGE_ON_RESUME:
             merged[name] = value
-        elif plain(value) != plain(effective(saved, name)):
+        elif plain(value) != plain(effective(saved, name)) and not same_resolved(saved, name, value):
             raise ConfigError(name, f"{show(value)} conflicts with the run being resumed (it has "
-                                    f"{show(saved.get(name))}); only {' and '.join(MAY_CHANGE_ON_RESUME)} may change")
+                                    f"{show(saved.get(name))}); only {', '.join(MAY_CHANGE_ON_RESUME)} may change")
     config = RunConfig.from_dict(merged)
     try:
         Schedule(dict(ckpt.state.values)).check(config.resolved_rule)
     except ValueError as e:
         raise ConfigError("resume", f"the checkpoint does not fit optimizer {config.resolved_rule.name!r}: {e}") from None
-    remove_stale_temporaries(logdir)
     return run(config, callbacks, checkpoint=ckpt)
+
+
+def same_resolved(saved: Mapping[str, Any], name: str, value: Any) -> bool:
+    """Whether ``counts``, ``init`` or ``steps`` given as ``value`` resolve as the stored ones do.
+
+    ``--counts lr=7`` and a stored ``{}`` mean the same for a rule whose default count is 7.
+    """
+    if name not in ("counts", "init", "steps"):
+        return False
+    try:
+        a = RunConfig.from_dict({**saved, "logdir": None}).fds()
+        b = RunConfig.from_dict({**saved, name: value, "logdir": None}).fds()
+    except ConfigError:
+        return False
+    rule = RunConfig.from_dict({**saved, "logdir": None}).resolved_rule
+    resolve = {"counts": "resolved_counts", "steps": "resolved_steps"}.get(name)
+    if resolve is None:
+        return {s.name: a.init.get(s.name, s.init) for s in rule.hyperparameters} == {
+            s.name: b.init.get(s.name, s.init) for s in rule.hyperparameters}
+    return getattr(a, resolve)(rule) == getattr(b, resolve)(rule)
 
 
 def effective(saved: Mapping[str, Any], name: str) -> Any:
     """The value a stored setting stands for (a stored None ``samples`` is MNIST-1D's default count)."""
-    value = saved.get(name, RunConfig.__dataclass_fields__[name].default)
+    value = saved.get(name, getattr(RunConfig(), name))
     if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
         return DEFAULT_SAMPLES
     return value

@@ -19,8 +19,8 @@ class ConsoleReporter(Callbacks):
     """Progress bars on a terminal; one block per outer step on stdout, with elapsed time and ETA.
 
     Bars are drawn only when stderr is a terminal: piped into a log, the output is plain lines
-    (no carriage-return updates).  The ETA assumes the remaining outer steps run the current
-    horizon at the speed measured so far.
+    (no carriage-return updates).  The ETA is the remaining outer steps' inner steps at the speed
+    (seconds per inner step) measured so far.
     """
 
     def __init__(self, show_progress: bool = True, out: TextIO | None = None, outer_steps: int = 0) -> None:
@@ -29,18 +29,19 @@ class ConsoleReporter(Callbacks):
         self.out = out
         self.bar: tqdm | None = None
         self.start = time.perf_counter()
-        self.horizon = 0
+        self.horizons: tuple[int, ...] = ()
         self.steps_done = 0
 
-    def on_run_start(self, outer_steps: int) -> None:
-        """Remember how many outer steps the run has; start the clock."""
-        self.outer_steps = outer_steps
+    def on_run_start(self, horizons: tuple[int, ...]) -> None:
+        """Remember the horizon of every outer step; start the clock."""
+        self.horizons = horizons
+        self.outer_steps = len(horizons)
         self.start = time.perf_counter()
 
     def eta_text(self, k: int) -> str:
         """``elapsed 12s, ETA 40s`` after outer step ``k`` (0-based)."""
         elapsed = time.perf_counter() - self.start
-        left = max(0, self.outer_steps - k - 1) * self.horizon
+        left = sum(self.horizons[k + 1:])
         eta = elapsed / self.steps_done * left if self.steps_done else 0.0
         return f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s"
 
@@ -50,7 +51,6 @@ class ConsoleReporter(Callbacks):
 
     def on_outer_start(self, k: int, horizon: int) -> None:
         """Open a progress bar for the inner run."""
-        self.horizon = horizon
         if self.show_progress:
             self.bar = tqdm(total=horizon, desc=f"outer {k + 1}/{self.outer_steps}", unit="step",
                             leave=False, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
@@ -82,6 +82,8 @@ class ConsoleReporter(Callbacks):
         if not self.show_progress:
             return
         if t == 0:
+            if self.bar is not None:  # the previous retrain stopped early (diverged)
+                self.bar.close()
             self.bar = tqdm(total=steps, desc=f"retrain {name}", unit="step", leave=False, file=sys.stderr,
                             dynamic_ncols=True, mininterval=0.5)
         if self.bar is not None:

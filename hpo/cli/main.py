@@ -73,7 +73,7 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--grad-clip", type=float, default=None, help="Clamp inner gradients to +-C (authors' code: 3). Off by default.")
 @click.option("--hz-clip", type=float, default=None, help="Clamp Hessian-tangent products to +-C (authors' code: 1). Off by default.")
 @click.option("--compile/--no-compile", default=False, show_default=True,
-              help="Forward-mode backends: torch.compile the inner step (worth it on a GPU for long runs).")
+              help="forward-manual, forward-jvp, reverse-checkpointed and auto: torch.compile the inner step (worth it on a GPU, and for small models on a CPU).")
 @click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisations, splits and batches.")
 @click.option("--device", type=click.Choice(list(DEVICE_CHOICES)), default="auto", show_default=True)
@@ -130,13 +130,13 @@ def optimizers_command(names: tuple[str, ...]) -> None:
               help=f"Update rule: {', '.join(BUILTIN_RULES)} or module:attr (default: as the file records).")
 @click.option("--steps", type=int, default=None,
               help="Training steps; the schedule is stretched to them (default: retrain_steps in the file).")
-@click.option("--samples", type=int, default=None, help="MNIST-1D: number of generated samples (default 5000).")
-@click.option("--data-root", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
-              help="Vision tasks: folder holding the datasets (see 'hpo run --data-root').")
-@click.option("--augment", default=None, help="Vision tasks: minibatch augmentation, e.g. crop,flip.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same meaning as 'hpo run --seed'.")
+@click.option("--samples", type=int, default=None, help="MNIST-1D: number of generated samples (default: as recorded).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Vision tasks: folder holding the datasets (default: as the file records, else data).")
+@click.option("--augment", default=None, help="Vision tasks: minibatch augmentation, e.g. crop,flip (default: as recorded).")
+@click.option("--seed", type=int, default=None, help="Same meaning as 'hpo run --seed' (default: as recorded, else 0).")
 @click.option("--device", type=click.Choice(list(DEVICE_CHOICES)), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None, help="float32 or float64 (default: as recorded).")
 def retrain_command(**options: Any) -> None:
     """Retrain from scratch with the schedule in FILE (stretched to --steps) and print test metrics."""
     config = RetrainConfig(**as_config_values(options))
