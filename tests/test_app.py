@@ -40,6 +40,8 @@ SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.2
     ({"task": "imagenet"}, "task"),
     ({"augment": "flip"}, "augment"),
     ({"baseline": {"speed": 3.0}}, "baseline"),
+    ({"hz_clip": 1.0, "backend": "reverse-checkpointed"}, "hz_clip"),
+    ({"task": "cifar10-lenet", "augment": "bogus"}, "augment"),
 ])
 def test_config_errors_name_the_field(changes: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -69,6 +71,23 @@ def test_run_then_resume_from_python_equals_a_straight_run(tmp_path: Path) -> No
     assert resumed.learned.test_acc == straight.learned.test_acc
     stored = load_checkpoint(tmp_path / "b" / "checkpoint.pt").config
     assert stored["outer_steps"] == 3 and stored["task"] == TASK
+
+
+def test_resume_accepts_settings_that_resolve_as_stored(tmp_path: Path) -> None:
+    hpo.run(RunConfig(**SMALL, outer_steps=1, logdir=str(tmp_path / "r")))
+    # counts lr=2 was given; momentum=1 is the rule's default count, so it is no conflict
+    out = hpo.resume(tmp_path / "r", {"task": TASK, "counts": {"lr": 2, "momentum": 1}, "outer_steps": 2})
+    assert len(out.history) == 2
+    with pytest.raises(ConfigError) as info:
+        hpo.resume(tmp_path / "r", {"task": TASK, "outer_steps": 1, "warp": 1})
+    assert info.value.field == "warp"
+
+
+def test_resume_refuses_fewer_outer_steps_than_done(tmp_path: Path) -> None:
+    hpo.run(RunConfig(**SMALL, outer_steps=2, logdir=str(tmp_path / "r")))
+    with pytest.raises(ConfigError) as info:
+        hpo.resume(tmp_path / "r", {"task": TASK, "outer_steps": 1})
+    assert info.value.field == "outer_steps"
 
 
 def test_resume_refuses_a_changed_setting(tmp_path: Path) -> None:
@@ -149,8 +168,9 @@ def test_every_search_method_shares_one_interface() -> None:
 def test_retrain_uses_what_schedule_json_records(tmp_path: Path) -> None:
     hpo.run(RunConfig(task="mnist1d-mlp", optimizer="adam", outer_steps=1, inner_steps=(8,), samples=200,
                       device="cpu", logdir=str(tmp_path / "a")))
-    cfg = RetrainConfig(schedule=str(tmp_path / "a" / "schedule.json"), samples=200, device="cpu")
+    cfg = RetrainConfig(schedule=str(tmp_path / "a" / "schedule.json"), device="cpu")
     assert cfg.resolved_rule.name == "adam" and cfg.resolved_task == "mnist1d-mlp" and cfg.resolved_steps == 8
+    assert cfg.resolved["samples"] == 200 and cfg.resolved["seed"] == 0  # as the run recorded them
     r = CliRunner().invoke(cli, ["retrain", "--schedule", str(tmp_path / "a" / "schedule.json"), "--samples", "200",
                                  "--device", "cpu"])
     assert r.exit_code == 0 and "test_acc=" in r.output, r.output
