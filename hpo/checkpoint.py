@@ -3,7 +3,7 @@
 A checkpoint is a plain dictionary saved with :func:`torch.save` and read back with
 ``torch.load(weights_only=True)``, so it holds only tensors, numbers, strings, lists and dicts::
 
-    {"format": "hpo-fds-checkpoint", "version": 1,
+    {"format": "hpo-fds-checkpoint", "version": 2,
      "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
      "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
