@@ -72,7 +72,7 @@ def online_greedy(
         if k not in specs:
             raise ValueError(f"optimizer {rule.name!r} has no hyperparameter {k!r}")
     ref = next(iter(problem.params.values()))
-    hyper = {k: v[0].to(dtype=ref.dtype, device=ref.device) for k, v in start.values.items()}
+    hyper = {k: v[0] for k, v in start.values_like(ref).items()}
     val_batches = validation_batches(problem)
     inner = InnerState(problem.params, problem.buffers, rule.init(problem.params), 0, ref.new_zeros(()))
     used: dict[str, list[Tensor]] = {k: [] for k in hyper}

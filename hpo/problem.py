@@ -43,7 +43,6 @@ class InnerProblem:
     grad_clip: float | None = None
     hz_clip: float | None = None
     eval_batch_size: int = 4096
-    extra: dict = field(default_factory=dict)
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
     order: Tensor = field(init=False, repr=False, compare=False)

@@ -92,17 +92,3 @@ def model_functions(model: nn.Module) -> tuple[LossFn, EvalFn]:
         return cross_entropy(logits, y), correct
 
     return loss_fn, eval_fn
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 4096) -> float:
-    """Fraction of ``x`` that ``model`` (in eval mode) classifies correctly."""
-    was = model.training
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, x.shape[0], chunk):
-            correct += int((model(x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum())
-    model.train(was)
-    return correct / max(1, x.shape[0])
-
-

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, final
 
+import torch
+
 from hpo import checks
 from hpo.app.task_loading import load_task
 from hpo.config import cls_replace, resolve_rule_field
@@ -69,6 +71,11 @@ class RetrainConfig:
         optimizer = self.optimizer or recorded_name(recorded, "optimizer", BUILTIN_RULES) or "sgd"
         rule = resolve_rule_field(optimizer)
         schedule, meta = read_schedule(self.schedule, "schedule", rule)
+        limit = float(torch.finfo(DTYPES[settings["dtype"]]).max)
+        for k, v in schedule.values.items():
+            if float(v.abs().max()) > limit:
+                raise ConfigError("schedule", f"{k} = {float(v.abs().max()):g} in {self.schedule} does not fit in "
+                                              f"{settings['dtype']} (largest {limit:g})")
         task = self.task or recorded_name(recorded, "task", BUILTIN_TASKS) or "mnist1d-mlp"
         if task not in BUILTIN_TASKS and ":" not in task:
             raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(sorted(BUILTIN_TASKS))} "
