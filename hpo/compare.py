@@ -44,6 +44,7 @@ from hpo.compare_checkpoint import (
 )
 from hpo.compare_config import CompareConfig
 from hpo.compare_outputs import csv_text, summary_table, write_csv, write_outputs
+from hpo.config import show
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
 from hpo.search.base import Incumbent
@@ -239,12 +240,3 @@ def refuse_foreign_code(saved: Mapping[str, Any], overrides: Mapping[str, Any]) 
             if isinstance(name, str) and ":" in name and name not in given_names:
                 raise ConfigError(key, f"the comparison being resumed used {name!r}, code from outside hpo; name it "
                                        f"again to allow importing it (resuming never imports what a checkpoint names)")
-
-
-def show(value: Any) -> str:
-    """A setting as a user would type it."""
-    if isinstance(value, Mapping):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "''"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)

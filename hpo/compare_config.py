@@ -8,14 +8,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
 from hpo import checks
 from hpo.baselines import SearchSpace, default_space, parse_space
-from hpo.config import cls_replace, known_fields, resolve_rule_field
+from hpo.config import cls_replace, known_fields, resolve_rule_field, settings_dict
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
@@ -142,12 +141,7 @@ class CompareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values (what the compare checkpoint stores)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.init:
-                v = getattr(self, f.name)
-                out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
-        return out
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompareConfig:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, final
 
 import torch
@@ -141,12 +142,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values (what a checkpoint and schedule.json store)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            if f.init:
-                v = getattr(self, f.name)
-                out[f.name] = list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v
-        return out
+        return settings_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -156,6 +152,31 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied and validated again."""
         return cls_replace(self, changes)
+
+
+def settings_dict(config: Any) -> dict[str, Any]:
+    """The init fields of a configuration dataclass as plain values (tuples as lists, mappings as dicts)."""
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config) if f.init}
+
+
+def plain(value: Any) -> Any:
+    """Tuples as lists and paths as strings, for comparing a given setting with a stored one."""
+    if isinstance(value, tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def show(value: Any) -> str:
+    """A setting as a user would type it."""
+    if isinstance(value, Mapping):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "''"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from hpo.backends.auto_backend import AutoBackend
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_checkpoint, remove_stale_temporaries
 from hpo.checkpoint_writer import CheckpointWriter
-from hpo.config import RunConfig, known_fields
+from hpo.config import RunConfig, known_fields, plain, show
 from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES, cpu_threads, torch_threads
 from hpo.errors import ConfigError, Interrupted, WriteError
@@ -294,23 +294,3 @@ def effective(saved: Mapping[str, Any], name: str) -> Any:
     if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
         return DEFAULT_SAMPLES
     return value
-
-
-def plain(value: Any) -> Any:
-    """Tuples as lists and paths as strings, for comparing a given setting with a stored one."""
-    if isinstance(value, tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def show(value: Any) -> str:
-    """A setting as a user would type it."""
-    if isinstance(value, Mapping):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "''"
-    if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
-    return str(value)
