@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ TASKS = {
 
 
 @pytest.mark.parametrize("name", list(TASKS))
-def test_batch_t_equals_the_stream_in_any_order(name: str, tmp_path) -> None:  # noqa: ANN001
+def test_batch_t_equals_the_stream_in_any_order(name: str, tmp_path: Path) -> None:
     task = TASKS[name](tmp_path)
     horizon = 3 * (task.train_x.shape[0] // task.batch_size) + 2  # several epochs and a partial one
     problem = make_problem(task, SGDMomentum(), FDSConfig(inner_steps=(horizon,), seed=5), k=1)
