@@ -72,8 +72,13 @@ def source_tree(root: Path) -> Path:
     return out
 
 
+def on_startup(command: str, dirty: bool) -> None:
+    """Build the source tree before any plugin starts: mkdocstrings drops ``paths`` that do not exist yet."""
+    source_tree(Path(__file__).resolve().parents[2])
+
+
 def on_config(config: Any) -> Any:
-    """Build the symlinked source tree that ``mkdocs.yml``'s mkdocstrings ``paths`` points to."""
+    """Rebuild the source tree that ``mkdocs.yml``'s mkdocstrings ``paths`` points to (``mkdocs serve`` reloads)."""
     source_tree(Path(config["config_file_path"]).parent)
     return config
 
