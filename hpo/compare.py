@@ -45,9 +45,10 @@ from hpo.compare_checkpoint import (
 from hpo.compare_config import CompareConfig
 from hpo.compare_outputs import csv_text, summary_table, write_csv, write_outputs
 from hpo.config import show
+from hpo.device import cpu_threads, torch_threads
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
-from hpo.search.base import Incumbent
+from hpo.search.base import Incumbent, SearchSettings
 from hpo.tasks.base import Task
 
 __all__ = ["Row", "compare", "csv_text", "incumbent", "resume_compare", "run_compare", "split_holdout",
@@ -113,11 +114,12 @@ def run_compare(cfg: CompareConfig, task: Task, log: Log = print, done: CompareC
                 point = incumbent(points, budget)
                 if point is None:
                     continue
-                r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device)
+                r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device,
+                            grad_clip=settings.grad_clip)
                 val = None
                 if budget == cfg.max_budget:
                     val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
-                                  dtype, device).test_acc
+                                  dtype, device, grad_clip=settings.grad_clip).test_acc
                 pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
                                 steps, r.diverged, point.schedule.to_dict()))
             rows += pair
@@ -139,6 +141,13 @@ def compare(cfg: CompareConfig, log: Log = print, checkpoint: CompareCheckpoint 
     comparison runs, and a checkpoint is written after every (seed, method) pair.
     """
     settings = cfg.settings()
+    with torch_threads(cpu_threads(None, settings.device)):
+        return compare_with_threads(cfg, settings, log, checkpoint)
+
+
+def compare_with_threads(cfg: CompareConfig, settings: SearchSettings, log: Log,
+                         checkpoint: CompareCheckpoint | None) -> tuple[list[Row], dict[str, Path]]:
+    """:func:`compare` with the thread count set (one per process, as ``hpo run``)."""
     task = load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device)
     logdir = Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare")
     if checkpoint is None:

@@ -105,7 +105,12 @@ class RunConfig:
                     raise ConfigError(name, f"{k} = {x:g} does not fit in {self.dtype} (largest {limit:g})")
         object.__setattr__(self, "resolved_rule", rule)
         object.__setattr__(self, "initial_schedule", initial)
-        self.fds().validate(rule)
+        try:
+            self.fds().validate(rule)
+        except ConfigError as e:
+            if initial is not None and e.field == "counts":  # the counts came from the starting schedule
+                raise ConfigError("schedule_init", e.message) from None
+            raise
         object.__setattr__(self, "resolved_backend", make_backend_field(self, rule))
 
     @property

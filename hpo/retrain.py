@@ -40,12 +40,14 @@ def retrain(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
+    grad_clip: float | None = None,
 ) -> RetrainResult:
     """Train ``task``'s model from scratch on its whole train set for ``steps`` steps.
 
     The schedule is stretched to ``steps`` (segment of step t is ``floor(n t / steps)``).  Rules
     with a ``torch.optim`` counterpart train through it and :class:`ScheduleDriver`; others fall
-    back to the rule's own ``step``.
+    back to the rule's own ``step``.  ``grad_clip`` clamps every gradient to ``[-c, c]``, as the
+    search did (:func:`hpo.step.tree_clamp`).
     """
     model = init_model(task, seed, dtype, device)
     x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
@@ -64,6 +66,8 @@ def retrain(
             opt.zero_grad(set_to_none=True)
             loss = cross_entropy(model(batch_x(t, idx)), y_all[idx])
             loss.backward()
+            if grad_clip is not None:  # the clamp the search trained under (hpo.step.tree_clamp)
+                torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
             opt.step()
             driver.advance()
             if on_step is not None:
@@ -79,7 +83,8 @@ def retrain(
         values = schedule.values_like(next(iter(params.values())))
         for t, idx in enumerate(stream):
             params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, steps), t, batch_x(t, idx), y_all[idx])
+                                                         hyper_at_step(values, t, steps), t, batch_x(t, idx), y_all[idx],
+                                                         grad_clip)
             if on_step is not None:
                 on_step(t, loss.detach())
             if not torch.isfinite(loss):

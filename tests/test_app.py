@@ -228,3 +228,26 @@ def test_a_run_that_fails_validation_creates_nothing_on_disk(tmp_path: Path) -> 
     r = CliRunner().invoke(cli, ["run", "--task", "cifar10-lenet", "--data-root", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "CIFAR-10 not found" in r.output
     assert not Path("runs").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_retrain_clamps_gradients_as_the_search_did(tmp_path: Path) -> None:
+    """With the clamp at 1e-12 the weights barely move: the result equals not training at all."""
+    from hpo.retrain import retrain
+    from hpo.schedule import Schedule
+    from tests.conftest import tiny_task
+
+    task, rule = tiny_task(), hpo.registry.resolve_rule("sgd")
+    sched = Schedule.constant({"lr": 1.0, "momentum": 0.0, "wd": 0.0})
+    still = retrain(task, rule, Schedule.constant({"lr": 0.0, "momentum": 0.0, "wd": 0.0}), 30, 0, torch.float64, "cpu")
+    free = retrain(task, rule, sched, 30, 0, torch.float64, "cpu")
+    clamped = retrain(task, rule, sched, 30, 0, torch.float64, "cpu", grad_clip=1e-12)
+    assert abs(free.test_loss - still.test_loss) > 1e-3
+    assert abs(clamped.test_loss - still.test_loss) < 1e-9
+
+
+def test_schedule_init_whose_counts_exceed_the_horizon_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"lr": [0.1] * 9, "momentum": [0.5], "wd": [0.0]}))
+    with pytest.raises(ConfigError) as info:
+        RunConfig(inner_steps=(5,), schedule_init=str(path))
+    assert info.value.field == "schedule_init"

@@ -141,7 +141,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     steps = config.resolved_retrain_steps
     seed = config.seed + RETRAIN_SEED_OFFSET
     final = retrain(task, rule, result.schedule, steps, seed, DTYPES[config.dtype], fds.device,
-                    on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss))
+                    on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss), grad_clip=fds.grad_clip)
     lines = [f"learned schedule   test_acc={final.test_acc:.4f}  test_loss={final.test_loss:.4f}  "
              f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
     results: dict[str, Any] = {"learned": final.__dict__}
@@ -149,7 +149,8 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     hand = config.resolved_baseline
     if hand is not None:
         base = retrain(task, rule, Schedule.constant(hand), steps, seed, DTYPES[config.dtype], fds.device,
-                       on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss))
+                       on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss),
+                       grad_clip=fds.grad_clip)
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
         lines.append(f"hand-picked ({desc})  test_acc={base.test_acc:.4f}  test_loss={base.test_loss:.4f}  "
                      f"({steps} steps{', DIVERGED' if base.diverged else ''})")

@@ -8,7 +8,7 @@ from typing import Any, final
 
 import click
 
-from hpo.errors import ConfigError, Interrupted, RunError
+from hpo.errors import CompareInterrupted, ConfigError, Interrupted, RunError
 
 
 def flag_of(group: click.Group, field: str) -> str | None:
@@ -39,6 +39,10 @@ class OneLineErrors(click.Group):
             where = f"Invalid value for '{flag}': " if flag else f"{e.field}: "
             click.echo(f"Error: {where}{e.message}", err=True)
             sys.exit(2)
+        except CompareInterrupted as e:
+            click.echo(f"Interrupted after {e.done} finished (seed, method) pairs; continue with: "
+                       f"hpo compare --resume {e.logdir}", err=True)
+            sys.exit(130)
         except Interrupted as e:
             click.echo(f"Interrupted after {e.done} completed outer steps; continue with: "
                        f"hpo run --resume {e.logdir}", err=True)

@@ -16,7 +16,7 @@ from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
 from hpo.cli.errors import OneLineErrors
 from hpo.cli.types import IntList, KeyValues
-from hpo.compare import compare
+from hpo.compare import compare, resume_compare
 from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
 from hpo.device import DEVICE_CHOICES, DTYPES
@@ -187,25 +187,17 @@ def compare_command(seeds: str, methods: str, resume_dir: Path | None = None, **
 
     A checkpoint is written to LOGDIR/compare-checkpoint.json after every (seed, method) pair.
     """
-    from hpo.compare import resume_compare
-    from hpo.errors import CompareInterrupted
-
-    try:
-        if resume_dir is not None:
-            given = given_on_command_line({"seeds": seeds, "methods": methods, **options})
-            if "seeds" in given:
-                given["seeds"] = parse_list(seeds, "--seeds", int)
-            if "methods" in given:
-                given["methods"] = parse_list(methods, "--methods", str)
-            _, paths = resume_compare(resume_dir, as_config_values(given), log=click.echo)
-        else:
-            config = CompareConfig(seeds=parse_list(seeds, "--seeds", int),
-                                   methods=parse_list(methods, "--methods", str), **as_config_values(options))
-            _, paths = compare(config, log=click.echo)
-    except CompareInterrupted as e:
-        click.echo(f"Interrupted after {e.done} finished (seed, method) pairs; continue with: "
-                   f"hpo compare --resume {e.logdir}", err=True)
-        raise click.exceptions.Exit(130) from None
+    if resume_dir is not None:
+        given = given_on_command_line({"seeds": seeds, "methods": methods, **options})
+        if "seeds" in given:
+            given["seeds"] = parse_list(seeds, "--seeds", int)
+        if "methods" in given:
+            given["methods"] = parse_list(methods, "--methods", str)
+        _, paths = resume_compare(resume_dir, as_config_values(given), log=click.echo)
+    else:
+        config = CompareConfig(seeds=parse_list(seeds, "--seeds", int),
+                               methods=parse_list(methods, "--methods", str), **as_config_values(options))
+        _, paths = compare(config, log=click.echo)
     click.echo(paths["md"].read_text().split("\n\n", 1)[1])
     click.echo(f"wrote {', '.join(str(p) for p in paths.values())} and TensorBoard logs "
                f"(tensorboard --logdir {paths['md'].parent})")
