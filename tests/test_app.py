@@ -251,3 +251,13 @@ def test_schedule_init_whose_counts_exceed_the_horizon_names_it(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         RunConfig(inner_steps=(5,), schedule_init=str(path))
     assert info.value.field == "schedule_init"
+
+
+def test_the_default_sample_count_typed_out_is_no_resume_conflict(tmp_path: Path) -> None:
+    """A stored ``samples`` of None means MNIST-1D's 5000; giving 5000 on resume is the same setting."""
+    from hpo.app.run import effective, same_resolved
+    from hpo.tasks.mnist1d import DEFAULT_SAMPLES
+
+    saved = RunConfig(task="mnist1d-mlp").to_dict()
+    assert effective(saved, "samples") == DEFAULT_SAMPLES == 5000
+    assert same_resolved(saved, "counts", {"lr": 7}) and not same_resolved(saved, "counts", {"lr": 6})
