@@ -261,3 +261,14 @@ def test_the_default_sample_count_typed_out_is_no_resume_conflict(tmp_path: Path
     saved = RunConfig(task="mnist1d-mlp").to_dict()
     assert effective(saved, "samples") == DEFAULT_SAMPLES == 5000
     assert same_resolved(saved, "counts", {"lr": 7}) and not same_resolved(saved, "counts", {"lr": 6})
+
+
+def test_resume_does_not_need_the_starting_schedule_file_again(tmp_path: Path) -> None:
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps({"lr": [0.1, 0.2], "momentum": [0.5], "wd": [0.0]}))
+    settings = {k: v for k, v in SMALL.items() if k != "counts"}
+    straight = hpo.run(RunConfig(**settings, outer_steps=2, schedule_init=str(start), logdir=str(tmp_path / "a")))
+    hpo.run(RunConfig(**settings, outer_steps=1, schedule_init=str(start), logdir=str(tmp_path / "b")))
+    start.unlink()  # moved away after the first outer step
+    resumed = hpo.resume(tmp_path / "b", {"task": TASK, "outer_steps": 2})
+    assert resumed.schedule.to_dict() == straight.schedule.to_dict()

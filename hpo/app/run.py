@@ -261,6 +261,11 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
         elif plain(value) != plain(effective(saved, name)) and not same_resolved(saved, name, value):
             raise ConfigError(name, f"{show(value)} conflicts with the run being resumed (it has "
                                     f"{show(saved.get(name))}); only {', '.join(MAY_CHANGE_ON_RESUME)} may change")
+    if merged.get("schedule_init") is not None:
+        # The starting schedule is in the checkpoint's outer state already: resuming must not need the
+        # file again (it may have moved).  Its counts become explicit.
+        merged = {**merged, "schedule_init": None, "init": {},
+                  "counts": {n: int(v.numel()) for n, v in ckpt.state.values.items()}}
     config = RunConfig.from_dict(merged)
     try:
         Schedule(dict(ckpt.state.values)).check(config.resolved_rule)
