@@ -142,7 +142,8 @@ class Trial:
         return (self.val_acc, -self.val_loss)
 
 
-TrialCallback = Callable[[Trial], None]
+#: Asked after every trial: true means start no further trial.
+Stop = Callable[[], bool]
 
 
 def _evaluate(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule: Schedule) -> Trial:
@@ -158,16 +159,18 @@ def random_search(
     space: SearchSpace,
     trials: int,
     counts: Mapping[str, int] | None = None,
-    on_trial: TrialCallback | None = None,
+    stop: Stop | None = None,
 ) -> list[Trial]:
-    """``trials`` random candidates; ``counts=None`` samples constants, else shared-segment schedules."""
+    """``trials`` random candidates; ``counts=None`` samples constants, else shared-segment schedules.
+
+    ``stop()`` is asked after every trial; when it is true no further trial starts (a time budget).
+    """
     gen = torch.Generator().manual_seed(int(config.seed) * 7_919 + 17)
     out = []
     for k in range(trials):
-        trial = _evaluate(task, rule, config, k, sample_schedule(space, counts or {}, gen))
-        out.append(trial)
-        if on_trial is not None:
-            on_trial(trial)
+        out.append(_evaluate(task, rule, config, k, sample_schedule(space, counts or {}, gen)))
+        if stop is not None and stop():
+            break
     return out
 
 
@@ -178,9 +181,12 @@ def tpe_search(
     space: SearchSpace,
     trials: int,
     counts: Mapping[str, int] | None = None,
-    on_trial: TrialCallback | None = None,
+    stop: Stop | None = None,
 ) -> list[Trial]:
-    """``trials`` candidates proposed by optuna's TPE sampler (seeded), maximising validation accuracy."""
+    """``trials`` candidates proposed by optuna's TPE sampler (seeded), maximising validation accuracy.
+
+    ``stop()`` is asked after every trial, as in :func:`random_search`.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,11 +205,13 @@ def tpe_search(
             )
         trial = _evaluate(task, rule, config, len(out), Schedule(vals))
         out.append(trial)
-        if on_trial is not None:
-            on_trial(trial)
         return trial.val_acc - 1e-6 * min(trial.val_loss, 1e6)
 
-    study.optimize(objective, n_trials=trials)
+    def maybe_stop(study: optuna.Study, _: optuna.trial.FrozenTrial) -> None:
+        if stop is not None and stop():
+            study.stop()
+
+    study.optimize(objective, n_trials=trials, callbacks=[maybe_stop])
     return out
 
 

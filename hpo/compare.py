@@ -24,7 +24,10 @@ comparison (same device; CPU runs are deterministic).
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,7 @@ AfterPair = Callable[[tuple[tuple[int, str], ...], tuple[Row, ...]], None]
 #: Files that mark a directory as holding a comparison.
 RESULT_NAMES = ("results.csv", "results.md")
 #: Settings that may differ from the stored ones on resume (the new value is used).
-MAY_CHANGE_ON_RESUME = ("device",)
+MAY_CHANGE_ON_RESUME = ("device", "jobs")
 
 
 def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
@@ -86,50 +89,79 @@ def incumbent(points: list[Incumbent], budget: int) -> Incumbent | None:
     return fit[-1] if fit else None
 
 
+def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list[Row], list[str]]:
+    """Search with method ``name`` and ``seed``, retrain each budget point's incumbent; its rows and log lines."""
+    rule, settings, steps = cfg.resolved_rule, cfg.settings(), cfg.resolved_retrain_steps
+    dtype, device = settings.dtype, settings.device
+    search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
+    points = cfg.resolved_methods[name].search(search_task, rule, settings, seed)
+    last = points[-1] if points else None
+    lines = [f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
+             f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU"]
+    pair: list[Row] = []
+    for budget in sorted(cfg.budget):
+        point = incumbent(points, budget)
+        if point is None:
+            continue
+        r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device,
+                    grad_clip=settings.grad_clip)
+        val = None
+        if budget == cfg.max_budget:
+            val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
+                          dtype, device, grad_clip=settings.grad_clip).test_acc
+        pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
+                        steps, r.diverged, point.schedule.to_dict()))
+    if pair:
+        val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
+        lines.append(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")
+    return pair, lines
+
+
+def pair_job(config: dict[str, Any], seed: int, name: str, threads: int) -> tuple[list[Row], list[str]]:
+    """:func:`run_pair` in a worker process: rebuild the configuration and the task, with ``threads`` threads."""
+    torch.set_num_threads(threads)
+    cfg = CompareConfig.from_dict(config)
+    settings = cfg.settings()
+    return run_pair(cfg, load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device), seed, name)
+
+
 def run_compare(cfg: CompareConfig, task: Task, log: Log = print, done: CompareCheckpoint | None = None,
                 after_pair: AfterPair | None = None) -> list[Row]:
     """Search with every method and seed, retrain every incumbent; one :class:`Row` each.
 
     Pairs that ``done`` lists as finished are not run again: their stored rows take their place.
-    ``after_pair`` sees the finished pairs and the rows after each pair (the checkpoint).
+    ``after_pair`` sees the finished pairs and the rows after each pair (the checkpoint).  With
+    ``cfg.jobs > 1`` the pairs run in that many worker processes (spawned, ``cores // jobs``
+    threads each); the rows come out in the same order as with one job.
     """
-    rule, settings, steps = cfg.resolved_rule, cfg.settings(), cfg.resolved_retrain_steps
-    dtype, device = settings.dtype, settings.device
-    search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
-    rows: list[Row] = []
+    order = [(seed, name) for seed in cfg.seeds for name in cfg.methods]
+    by_pair: dict[tuple[int, str], list[Row]] = {}
     finished: list[tuple[int, str]] = []
-    for seed in cfg.seeds:
-        for name, method in cfg.resolved_methods.items():
-            if done is not None and (seed, name) in done.done:
-                rows += done.rows_of(seed, name)
-                finished.append((seed, name))
-                log(f"seed {seed}  {name:<18} finished before (rows from the checkpoint)")
-                continue
-            points = method.search(search_task, rule, settings, seed)
-            last = points[-1] if points else None
-            log(f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
-                f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU")
-            pair: list[Row] = []
-            for budget in sorted(cfg.budget):
-                point = incumbent(points, budget)
-                if point is None:
-                    continue
-                r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device,
-                            grad_clip=settings.grad_clip)
-                val = None
-                if budget == cfg.max_budget:
-                    val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
-                                  dtype, device, grad_clip=settings.grad_clip).test_acc
-                pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
-                                steps, r.diverged, point.schedule.to_dict()))
-            rows += pair
-            finished.append((seed, name))
-            if after_pair is not None:
-                after_pair(tuple(finished), tuple(rows))
-            if pair:
-                val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
-                log(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")
-    return rows
+
+    def finish(key: tuple[int, str], rows: list[Row], lines: list[str]) -> None:
+        by_pair[key] = rows
+        finished.append(key)
+        for line in lines:
+            log(line)
+        if after_pair is not None:
+            after_pair(tuple(finished), tuple(r for k in finished for r in by_pair[k]))
+
+    todo = []
+    for key in order:
+        if done is not None and key in done.done:
+            finish(key, done.rows_of(*key), [f"seed {key[0]}  {key[1]:<18} finished before (rows from the checkpoint)"])
+        else:
+            todo.append(key)
+    if cfg.jobs == 1:
+        for seed, name in todo:
+            finish((seed, name), *run_pair(cfg, task, seed, name))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+        with ProcessPoolExecutor(max_workers=cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(pair_job, cfg.to_dict(), seed, name, threads): (seed, name) for seed, name in todo}
+            for future in as_completed(futures):
+                finish(futures[future], *future.result())
+    return [r for key in order for r in by_pair[key]]
 
 
 def compare(cfg: CompareConfig, log: Log = print, checkpoint: CompareCheckpoint | None = None

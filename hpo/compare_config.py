@@ -28,7 +28,12 @@ DEFAULT_METHODS = ("auto", "greedy", "reverse-truncated", "online-greedy", "rand
 @final
 @dataclass(frozen=True)
 class CompareConfig:
-    """Methods, budget points, horizon, seeds and the data settings shared by every method."""
+    """Methods, budget points, horizon, seeds and the data settings shared by every method.
+
+    ``budget`` is in inner steps; ``budget_seconds`` also caps each method's search wall-clock
+    time (the same for every method: equal time as well as equal steps).  ``jobs`` runs that many
+    (seed, method) pairs at once in separate processes, each with ``cores // jobs`` threads.
+    """
 
     task: str = "mnist1d-mlp"
     optimizer: str = "sgd"
@@ -46,6 +51,8 @@ class CompareConfig:
     batch_size: int | None = None
     samples: int | None = None
     grad_clip: float | None = None
+    budget_seconds: float | None = None
+    jobs: int = 1
     device: str = "auto"
     dtype: str = "float32"
     logdir: str | None = None
@@ -83,6 +90,8 @@ class CompareConfig:
         set_(self, "batch_size", checks.optional_integer("batch_size", self.batch_size))
         set_(self, "samples", checks.optional_integer("samples", self.samples, checks.MIN_SAMPLES, checks.MAX_SAMPLES))
         set_(self, "grad_clip", checks.optional_positive("grad_clip", self.grad_clip))
+        set_(self, "budget_seconds", checks.optional_positive("budget_seconds", self.budget_seconds))
+        set_(self, "jobs", checks.integer("jobs", self.jobs, 1, 256))
         checks.choice("device", self.device, DEVICE_CHOICES)
         checks.choice("dtype", self.dtype, tuple(DTYPES))
         try:
@@ -133,7 +142,8 @@ class CompareConfig:
         space = getattr(self, "resolved_space", {})
         return SearchSettings(horizon=self.inner_steps, budget=max(self.budget), space=space, counts=dict(self.counts),
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
-                              grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)))
+                              grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
+                              seconds=self.budget_seconds)
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

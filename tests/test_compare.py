@@ -122,3 +122,29 @@ def test_run_window_needs_reverse_truncated(tmp_path):
     assert r.exit_code == 2
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--window" in lines[0] and "reverse-truncated" in lines[0]
+
+
+def _rows_without_times(path: Path) -> list[dict[str, str]]:
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    return [{k: v for k, v in r.items() if k not in ("search_seconds", "cpu_seconds")} for r in rows]
+
+
+def test_jobs_give_the_same_rows_as_one_process(tmp_path: Path) -> None:
+    common = ["compare", "--task", TASK, "--methods", "auto,random-constant,hand-picked", "--budget", "8",
+              "--inner-steps", "4", "--seeds", "0,1", "--counts", "lr=2", "--retrain-steps", "4", "--val-frac", "0.25",
+              "--device", "cpu"]
+    one = invoke(*common, "--logdir", str(tmp_path / "one"))
+    two = invoke(*common, "--jobs", "2", "--logdir", str(tmp_path / "two"))
+    assert one.exit_code == 0 and two.exit_code == 0, (one.output, two.output)
+    assert _rows_without_times(tmp_path / "one" / "results.csv") == _rows_without_times(tmp_path / "two" / "results.csv")
+
+
+def test_a_time_budget_stops_every_method_after_its_first_unit(tmp_path: Path) -> None:
+    """1 ms of wall clock: each method finishes the unit it started (an outer step, a trial) and stops."""
+    from hpo import CompareConfig, compare
+
+    cfg = CompareConfig(task=TASK, methods=("forward-jvp", "online-greedy", "random-constant", "tpe"), budget=(16,),
+                        inner_steps=4, seeds=(0,), counts={"lr": 2}, retrain_steps=4, val_frac=0.25, device="cpu",
+                        budget_seconds=0.001, logdir=str(tmp_path / "t"))
+    rows, _ = compare(cfg, log=lambda _: None)
+    assert {r.method: r.steps for r in rows} == {m: 4 for m in cfg.methods}  # one unit of 4 steps, not 16

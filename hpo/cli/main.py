@@ -161,6 +161,10 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
               help=f"Comma-separated: hypergradient backends (FDS outer loop) and {', '.join(SEARCH_METHODS)}.")
 @click.option("--budget", type=IntList(), default="1000", show_default=True,
               help="Search budget in inner training steps; several values give accuracy-vs-budget points.")
+@click.option("--budget-seconds", type=float, default=None,
+              help="Also stop each method's search after this many seconds of wall-clock time (equal time).")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Run this many (seed, method) pairs at once, in separate processes with cores/jobs threads each.")
 @click.option("--inner-steps", type=int, default=100, show_default=True, help="Horizon T of every inner run (one outer step or trial).")
 @click.option("--retrain-steps", type=int, default=None, help="Steps of each retrain from scratch (default: --inner-steps).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Seeds to repeat the whole comparison with.")

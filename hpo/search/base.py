@@ -27,7 +27,11 @@ from hpo.tasks.base import Task
 @final
 @dataclass(frozen=True)
 class SearchSettings:
-    """What every method of one comparison shares: horizon, budget, sharing, spaces, data settings."""
+    """What every method of one comparison shares: horizon, budget, sharing, spaces, data settings.
+
+    ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
+    has run that long: it starts no further unit of work (outer step, trial, online run) after it.
+    """
 
     horizon: int
     budget: int
@@ -39,6 +43,7 @@ class SearchSettings:
     grad_clip: float | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    seconds: float | None = None
 
     @property
     def units(self) -> int:
@@ -71,6 +76,10 @@ class Stopwatch:
 
     wall0: float = field(default_factory=time.perf_counter)
     cpu0: float = field(default_factory=time.process_time)
+
+    def out_of_time(self, seconds: float | None) -> bool:
+        """Whether ``seconds`` of wall-clock time have passed (never, when None)."""
+        return seconds is not None and time.perf_counter() - self.wall0 >= seconds
 
     def stamp(self, steps: int, schedule: Schedule, val_acc: float) -> Incumbent:
         """An incumbent stamped with the time spent so far."""

@@ -17,15 +17,23 @@ from hpo.tasks.base import Task
 class _Recorder(Callbacks):
     """Stamps the schedule after every outer step."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float | None = None) -> None:
         self.watch = Stopwatch()
+        self.seconds = seconds
         self.steps = 0
         self.points: list[Incumbent] = []
 
     def on_outer_step(self, record: OuterRecord) -> None:
-        """Record the values after the step."""
+        """Record the values after the step; past the time budget, stop the search."""
         self.steps += record.steps_run
         self.points.append(self.watch.stamp(self.steps, Schedule.from_dict(record.values), record.val_acc))
+        if self.watch.out_of_time(self.seconds):
+            raise TimeUp
+
+
+@final
+class TimeUp(Exception):
+    """Raised by the recorder to end an FDS search at its time budget (caught by :class:`FDSSearch`)."""
 
 
 @final
@@ -43,6 +51,9 @@ class FDSSearch(SearchMethod):
 
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
         """Run ``budget // T`` outer steps."""
-        rec = _Recorder()
-        run_fds(task, rule, self.backend, settings.fds(seed), rec)
+        rec = _Recorder(settings.seconds)
+        try:
+            run_fds(task, rule, self.backend, settings.fds(seed), rec)
+        except TimeUp:
+            pass
         return rec.points

@@ -39,4 +39,6 @@ class OnlineGreedySearch(SearchMethod):
                 sched = Schedule.constant({n: float(v[-1]) for n, v in out.trajectory.items()})
             best = points[-1].schedule if out.diverged and points else out.schedule
             points.append(watch.stamp(steps, best, out.val_acc))
+            if watch.out_of_time(settings.seconds):
+                break
         return points

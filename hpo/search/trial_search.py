@@ -55,7 +55,9 @@ class RandomSearch(TrialSearch):
     def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
                counts: Mapping[str, int] | None) -> list[Trial]:
         """Random candidates."""
-        return random_search(task, rule, config, settings.space, settings.units, counts)
+        watch = Stopwatch()
+        return random_search(task, rule, config, settings.space, settings.units, counts,
+                             stop=lambda: watch.out_of_time(settings.seconds))
 
 
 @final
@@ -67,4 +69,6 @@ class TPESearch(TrialSearch):
     def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
                counts: Mapping[str, int] | None) -> list[Trial]:
         """TPE candidates."""
-        return tpe_search(task, rule, config, settings.space, settings.units, counts)
+        watch = Stopwatch()
+        return tpe_search(task, rule, config, settings.space, settings.units, counts,
+                          stop=lambda: watch.out_of_time(settings.seconds))
