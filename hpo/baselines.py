@@ -144,6 +144,8 @@ class Trial:
 
 #: Asked after every trial: true means start no further trial.
 Stop = Callable[[], bool]
+#: Turns a drawn schedule into the schedule a trial evaluates.
+Shape = Callable[[Schedule], Schedule]
 
 
 def _evaluate(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule: Schedule) -> Trial:
@@ -160,15 +162,20 @@ def random_search(
     trials: int,
     counts: Mapping[str, int] | None = None,
     stop: Stop | None = None,
+    shape: Shape | None = None,
 ) -> list[Trial]:
     """``trials`` random candidates; ``counts=None`` samples constants, else shared-segment schedules.
+
+    ``shape`` turns each drawn schedule into the one evaluated (e.g. a cosine schedule around a
+    drawn peak learning rate, :mod:`hpo.search.cosine`).
 
     ``stop()`` is asked after every trial; when it is true no further trial starts (a time budget).
     """
     gen = torch.Generator().manual_seed(int(config.seed) * 7_919 + 17)
     out = []
     for k in range(trials):
-        out.append(_evaluate(task, rule, config, k, sample_schedule(space, counts or {}, gen)))
+        drawn = sample_schedule(space, counts or {}, gen)
+        out.append(_evaluate(task, rule, config, k, shape(drawn) if shape is not None else drawn))
         if stop is not None and stop():
             break
     return out
@@ -182,6 +189,7 @@ def tpe_search(
     trials: int,
     counts: Mapping[str, int] | None = None,
     stop: Stop | None = None,
+    shape: Shape | None = None,
 ) -> list[Trial]:
     """``trials`` candidates proposed by optuna's TPE sampler (seeded), maximising validation accuracy.
 
@@ -203,7 +211,8 @@ def tpe_search(
                 [ot.suggest_float(f"{name}_{j}" if n > 1 else name, r.low, r.high, log=r.log) for j in range(n)],
                 dtype=torch.float64,
             )
-        trial = _evaluate(task, rule, config, len(out), Schedule(vals))
+        drawn = Schedule(vals)
+        trial = _evaluate(task, rule, config, len(out), shape(drawn) if shape is not None else drawn)
         out.append(trial)
         return trial.val_acc - 1e-6 * min(trial.val_loss, 1e6)
 

@@ -29,6 +29,7 @@ from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.search.base import SearchMethod
+from hpo.search.cosine import CosineWarmup
 from hpo.search.fds_search import FDSSearch
 from hpo.search.hand_picked import HandPicked
 from hpo.search.online_greedy_search import OnlineGreedySearch
@@ -86,6 +87,8 @@ SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
     "random-schedule": partial(RandomSearch, schedules=True),
     "tpe": partial(TPESearch, schedules=False),
     "tpe-schedule": partial(TPESearch, schedules=True),
+    "cosine-random": partial(RandomSearch, shape=CosineWarmup()),
+    "cosine-tpe": partial(TPESearch, shape=CosineWarmup()),
     "hand-picked": HandPicked,
 })
 """Search methods of ``hpo compare`` by name; a new method is one file in ``hpo/search`` and one line here."""

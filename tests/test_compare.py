@@ -148,3 +148,34 @@ def test_a_time_budget_stops_every_method_after_its_first_unit(tmp_path: Path) -
                         budget_seconds=0.001, logdir=str(tmp_path / "t"))
     rows, _ = compare(cfg, log=lambda _: None)
     assert {r.method: r.steps for r in rows} == {m: 4 for m in cfg.methods}  # one unit of 4 steps, not 16
+
+
+def test_cosine_baselines_search_the_peak_of_a_warm_up_cosine_schedule(tmp_path: Path) -> None:
+    from hpo import CompareConfig, compare
+    from hpo.search.cosine import CosineWarmup
+
+    cfg = CompareConfig(task=TASK, methods=("cosine-random", "cosine-tpe"), budget=(12,), inner_steps=4, seeds=(0,),
+                        counts={"lr": 2},
+                        retrain_steps=4, val_frac=0.25, device="cpu", logdir=str(tmp_path / "c"))
+    rows, _ = compare(cfg, log=lambda _: None)
+    shape = CosineWarmup()
+    for r in rows:
+        lr = r.schedule["lr"]
+        assert len(lr) == shape.segments and r.steps == 12
+        peak = lr[len(lr) // 2 - 1] / shape.factor((len(lr) // 2 - 1 + 0.5) / shape.segments)
+        assert 1e-3 <= peak <= 1.0  # the SGD search range of lr
+        expected = [peak * shape.factor((j + 0.5) / shape.segments) for j in range(shape.segments)]
+        assert lr == pytest.approx(expected, rel=1e-9)
+        assert len(r.schedule["momentum"]) == 1 and len(r.schedule["wd"]) == 1
+
+
+def test_cosine_needs_a_learning_rate_called_lr(tmp_path: Path) -> None:
+    from hpo import CompareConfig, ConfigError
+
+    rule_file = tmp_path / "nolr.py"
+    rule_file.write_text("from hpo.optimizers import SGDMomentum, HyperSpec\n"
+                         "class NoLr(SGDMomentum):\n"
+                         "    hyperparameters = (HyperSpec('eta', search_low=0.01, search_high=1.0),)\n")
+    with pytest.raises(ConfigError, match="needs a hyperparameter 'lr'"):
+        CompareConfig(task=TASK, optimizer=f"{rule_file}:NoLr", methods=("cosine-random",), budget=(4,),
+                      inner_steps=4, seeds=(0,), device="cpu")

@@ -10,20 +10,25 @@ from hpo.baselines import Trial, best_so_far, random_search, tpe_search
 from hpo.fds import FDSConfig
 from hpo.optimizers.base import UpdateRule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
+from hpo.search.cosine import CosineWarmup
 from hpo.tasks.base import Task
 
 
 class TrialSearch(SearchMethod):
     """``budget // T`` trials; the incumbent is the best validation accuracy so far.
 
-    ``schedules`` False draws constants; True draws a value per shared segment.
+    ``schedules`` False draws constants; True draws a value per shared segment.  ``shape``, if
+    given, turns each draw into the schedule evaluated (e.g. :class:`~hpo.search.cosine.CosineWarmup`).
     """
 
-    def __init__(self, schedules: bool = False) -> None:
+    def __init__(self, schedules: bool = False, shape: CosineWarmup | None = None) -> None:
         self.schedules = schedules
+        self.shape = shape
 
     def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
-        """Every hyperparameter of the rule needs a range."""
+        """Every hyperparameter of the rule needs a range (and the shape its hyperparameters)."""
+        if self.shape is not None:
+            self.shape.check(rule)
         missing = [n for n in rule.hyper_names if n not in settings.space]
         if missing:
             raise ValueError(f"give a search range for {', '.join(missing)} (optimizer {rule.name!r} has no default)")
@@ -57,7 +62,7 @@ class RandomSearch(TrialSearch):
         """Random candidates."""
         watch = Stopwatch()
         return random_search(task, rule, config, settings.space, settings.units, counts,
-                             stop=lambda: watch.out_of_time(settings.seconds))
+                             stop=lambda: watch.out_of_time(settings.seconds), shape=self.shape)
 
 
 @final
@@ -71,4 +76,4 @@ class TPESearch(TrialSearch):
         """TPE candidates."""
         watch = Stopwatch()
         return tpe_search(task, rule, config, settings.space, settings.units, counts,
-                          stop=lambda: watch.out_of_time(settings.seconds))
+                          stop=lambda: watch.out_of_time(settings.seconds), shape=self.shape)
