@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import final
 
 from hpo.baselines import Trial, best_so_far, random_search, tpe_search
-from hpo.fds import FDSConfig
+
+#: A trial loop: ``(task, rule, config, space, trials, counts, stop=..., shape=...) -> trials``.
+Sampler = Callable[..., list[Trial]]
 from hpo.optimizers.base import UpdateRule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
 from hpo.search.cosine import CosineWarmup
@@ -38,7 +40,8 @@ class TrialSearch(SearchMethod):
         watch = Stopwatch()
         config = settings.fds(seed)
         counts = config.resolved_counts(rule) if self.schedules else None
-        trials = self.trials(task, rule, config, settings, counts)
+        trials = self.sampler()(task, rule, config, settings.space, settings.units, counts,
+                                stop=lambda: watch.out_of_time(settings.seconds), shape=self.shape)
         points, steps = [], 0
         for trial, best in zip(trials, best_so_far(trials)):
             steps += trial.steps
@@ -46,34 +49,27 @@ class TrialSearch(SearchMethod):
         return watch.spread(points)
 
     @abstractmethod
-    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
-               counts: Mapping[str, int] | None) -> list[Trial]:
-        """The evaluated trials, in order."""
+    def sampler(self) -> Sampler:
+        """The trial loop: :func:`~hpo.baselines.random_search` or :func:`~hpo.baselines.tpe_search`."""
 
 
 @final
 class RandomSearch(TrialSearch):
-    """``random-constant`` / ``random-schedule``: independent uniform (or log-uniform) draws."""
+    """``random-constant`` / ``random-schedule`` / ``cosine-random``: independent uniform (or log-uniform) draws."""
 
     name = "random"
 
-    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
-               counts: Mapping[str, int] | None) -> list[Trial]:
+    def sampler(self) -> Sampler:
         """Random candidates."""
-        watch = Stopwatch()
-        return random_search(task, rule, config, settings.space, settings.units, counts,
-                             stop=lambda: watch.out_of_time(settings.seconds), shape=self.shape)
+        return random_search
 
 
 @final
 class TPESearch(TrialSearch):
-    """``tpe`` / ``tpe-schedule``: optuna's TPE sampler, seeded."""
+    """``tpe`` / ``tpe-schedule`` / ``cosine-tpe``: optuna's TPE sampler, seeded."""
 
     name = "tpe"
 
-    def trials(self, task: Task, rule: UpdateRule, config: FDSConfig, settings: SearchSettings,
-               counts: Mapping[str, int] | None) -> list[Trial]:
+    def sampler(self) -> Sampler:
         """TPE candidates."""
-        watch = Stopwatch()
-        return tpe_search(task, rule, config, settings.space, settings.units, counts,
-                          stop=lambda: watch.out_of_time(settings.seconds), shape=self.shape)
+        return tpe_search
