@@ -62,6 +62,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
 
     name: ClassVar[str] = "auto"
     supports_hz_clip: ClassVar[bool] = True  # it then picks forward mode
+    supports_data_parallel: ClassVar[bool] = True  # both exact backends it picks do
 
     def __init__(self, compile: str | None = None) -> None:
         self.compile = compile
@@ -86,6 +87,8 @@ class AutoBackend(HypergradientBackend[AutoState]):
     def init(self, problem: InnerProblem, schedule: Schedule) -> AutoState:
         """Choose, then start the chosen backend."""
         choice = self.choose(problem, schedule)
+        if problem.comm is not None:  # free memory may differ between ranks: every rank takes rank 0's choice
+            choice = problem.comm.from_rank0(choice)
         backend = self.build(choice.name)
         return AutoState(backend, choice, backend.init(problem, schedule))
 

@@ -25,6 +25,7 @@ from abc import ABC
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, ClassVar, final
 
 import torch
@@ -33,6 +34,8 @@ from torch.func import grad, jvp, vmap
 
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.backends.columns import ColumnLayout
+from hpo.backends.data_parallel import parallel_step_core
+from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
 from hpo.schedule import Schedule
@@ -156,6 +159,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
 
     name: ClassVar[str] = "forward"
     supports_hz_clip: ClassVar[bool] = True
+    supports_data_parallel: ClassVar[bool] = True
     tangent_fn: ClassVar[TangentFn]
 
     def __init__(self, compile: str | None = None) -> None:
@@ -173,7 +177,12 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         ref = next(iter(p0.values()))
         values = schedule.values_like(ref)
         loss0 = ref.new_zeros(())
-        core = step_core if self.compile is None else torch.compile(step_core, backend=self.compile)
+        if problem.comm is not None:  # data-parallel: one all_reduce per step (backends/data_parallel.py)
+            if self.compile is not None:
+                raise ConfigError("compile", "a data-parallel run steps eagerly; leave it off")
+            core: Callable[..., Any] = partial(parallel_step_core, problem.comm)
+        else:
+            core = step_core if self.compile is None else torch.compile(step_core, backend=self.compile)
         return ForwardState(InnerState(p0, problem.buffers, opt0, 0, loss0), dp, ds, layout, values,
                             build_phases(layout, values), core)
 

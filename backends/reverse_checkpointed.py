@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import ClassVar, final
 
 import torch
@@ -40,6 +41,8 @@ from torch import Tensor
 from torch.func import grad, vjp
 
 from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step
+from hpo.distributed import Communicator
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
@@ -158,6 +161,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
     """
 
     name: ClassVar[str] = "reverse-checkpointed"
+    supports_data_parallel: ClassVar[bool] = True
 
     def __init__(self, every: int | None = None, compile: str | None = None) -> None:
         if every is not None and every < 1:
@@ -165,8 +169,12 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         self.every = every
         self.compile = compile
 
-    def functions(self) -> StepFunctions:
-        """The step functions, compiled with ``self.compile`` if set."""
+    def functions(self, comm: Communicator | None = None) -> StepFunctions:
+        """The step functions, compiled with ``self.compile`` if set; data-parallel ones with ``comm``."""
+        if comm is not None:  # backends/data_parallel.py: the gradient and vector-Hessian products averaged
+            if self.compile is not None:
+                raise ConfigError("compile", "a data-parallel run steps eagerly; leave it off")
+            return StepFunctions(partial(parallel_plain_step, comm), partial(parallel_adjoint_step, comm))
         if self.compile is None:
             return StepFunctions(plain_step, adjoint_step)
         options = {"fallback_random": True} if self.compile == "inductor" else None
@@ -182,7 +190,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
         return CheckpointedState(inner, schedule.values_like(ref), checkpoint_interval(self.every, problem.horizon),
-                                 (), self.functions())
+                                 (), self.functions(problem.comm))
 
     def inner(self, state: CheckpointedState) -> InnerState:
         """The primal inner state."""

@@ -60,6 +60,8 @@ class HypergradientBackend(ABC, Generic[S]):
     name: ClassVar[str]
     #: Declared: whether the backend applies a clamp of the Hessian-tangent product (forward mode's ``hz_clip``).
     supports_hz_clip: ClassVar[bool] = False
+    #: Declared: whether the backend runs data-parallel (``problem.comm`` set, see :mod:`hpo.distributed`).
+    supports_data_parallel: ClassVar[bool] = False
 
     def check_rule(self, rule: UpdateRule) -> None:
         """Raise ``ValueError`` (one line) if this backend cannot run ``rule``; by default any rule."""

@@ -7,7 +7,8 @@ A checkpoint is a plain dictionary saved with :func:`torch.save` and read back w
      "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
      "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
-     "search_seconds": float}
+     "search_seconds": float,
+     "processes": int}                        # data-parallel processes (absent: 1)
 
 Writing goes to a temporary file in the same directory, which is flushed, ``fsync``-ed and then
 renamed over the old checkpoint with :func:`os.replace` (atomic on POSIX and Windows), so a crash
@@ -71,6 +72,8 @@ class Checkpoint:
     history: tuple[OuterRecord, ...]
     config: dict[str, Any] = field(default_factory=dict)
     search_seconds: float = 0.0
+    #: Number of data-parallel processes of the run (``torchrun --nproc-per-node``); resume needs as many.
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """The plain dictionary that is saved (loadable with ``weights_only=True``)."""
@@ -87,6 +90,7 @@ class Checkpoint:
             "history": [to_plain(r.__dict__) for r in self.history],
             "config": to_plain(self.config),
             "search_seconds": float(self.search_seconds),
+            "processes": int(self.processes),
         }
 
     @classmethod
@@ -116,7 +120,10 @@ class Checkpoint:
         seconds = d.get("search_seconds", 0.0)
         if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
             raise ValueError("its search time is not a number")
-        return cls(state, tuple(records), config, float(seconds))
+        processes = d.get("processes", 1)
+        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+            raise ValueError("its number of processes is not a positive whole number")
+        return cls(state, tuple(records), config, float(seconds), processes)
 
 
 def v1_config(options: Any) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ from hpo.outer import OuterState
 class CheckpointWriter:
     """Atomically replaces ``path`` with the outer state, history, configuration and search time."""
 
-    def __init__(self, path: Path, config: dict[str, Any], seconds_before: float = 0.0) -> None:
+    def __init__(self, path: Path, config: dict[str, Any], seconds_before: float = 0.0, processes: int = 1) -> None:
         self.path = path
+        self.processes = processes
         self.config = config
         self.seconds_before = seconds_before
         self.start = time.perf_counter()
@@ -29,6 +30,6 @@ class CheckpointWriter:
     def __call__(self, state: OuterState, history: tuple[OuterRecord, ...]) -> None:
         """Write the checkpoint; a write error is a one-line :class:`~hpo.errors.WriteError`."""
         try:
-            save_checkpoint(self.path, Checkpoint(state, history, self.config, self.seconds()))
+            save_checkpoint(self.path, Checkpoint(state, history, self.config, self.seconds(), self.processes))
         except OSError as e:
             raise WriteError(f"cannot write checkpoint {self.path}: {e.strerror or e}") from None

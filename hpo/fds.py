@@ -18,6 +18,7 @@ import torch
 from hpo import checks
 from hpo.backend import HypergradientBackend, run_inner
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.distributed import Communicator
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.outer import OuterState, converged, safe_direction, sign_update
@@ -32,7 +33,8 @@ class FDSConfig:
     """Settings of the outer loop.  Empty ``counts``/``init``/``steps`` take the rule's defaults.
 
     ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats), e.g.
-    ``(62, 620)`` for one epoch, then ten.
+    ``(62, 620)`` for one epoch, then ten.  ``comm`` (a data-parallel run's place in its process
+    group, :mod:`hpo.distributed`; None in one process) is not a setting: the run sets it.
     """
 
     outer_steps: int = 10
@@ -49,6 +51,7 @@ class FDSConfig:
     hz_clip: float | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    comm: Communicator | None = field(default=None, compare=False, repr=False)
 
     def horizon(self, k: int) -> int:
         """Inner steps of outer step ``k``."""
@@ -120,7 +123,7 @@ def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> Inn
         train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
         horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
         seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
-        augment=task.augment,
+        augment=task.augment, comm=config.comm,
     )
 
 
@@ -154,7 +157,8 @@ def outer_step(
     schedule = Schedule({n: v.clone() for n, v in state.values.items()})
     callbacks.on_outer_start(k, problem.horizon)
     start = time.perf_counter()
-    with seeded_rng(config.seed * 1000 + k + 500_009, config.device):  # e.g. dropout: same draws on resume
+    rank = config.comm.rank if config.comm is not None else 0  # each rank's shard gets its own dropout masks
+    with seeded_rng(config.seed * 1000 + k + 500_009 + 7919 * rank, config.device):  # the same draws on resume
         result = run_inner(backend, problem, schedule,
                            on_step=lambda t, inner: callbacks.on_inner_step(k, t, inner.loss))
     hg = result.hypergrad

@@ -9,6 +9,7 @@ from typing import final
 import torch
 from torch import Tensor
 
+from hpo.distributed import Communicator
 from hpo.optimizers.base import Params, UpdateRule
 
 Buffers = dict[str, Tensor]
@@ -26,6 +27,10 @@ class InnerProblem:
     ``grad_clip`` clamps the inner gradient to ``[-c, c]`` and ``hz_clip`` the Hessian-tangent
     product to ``[-c, c]``, as in the authors' code; both are None (off) by default, and with
     either on the hypergradient is no longer exact.
+
+    ``comm`` (set only in a data-parallel run, see :mod:`hpo.distributed`) makes :meth:`batch`
+    return this rank's shard of every minibatch; the backends then average gradients and their
+    derivatives over ranks.  The validation set is not sharded: every rank evaluates all of it.
     """
 
     loss_fn: LossFn
@@ -44,6 +49,7 @@ class InnerProblem:
     hz_clip: float | None = None
     eval_batch_size: int = 4096
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    comm: Communicator | None = None
 
     order: Tensor = field(init=False, repr=False, compare=False)
 
@@ -56,13 +62,17 @@ class InnerProblem:
         """Minibatch ``t`` exactly as :meth:`batches` yields it, augmentation included, in O(1).
 
         The reverse sweep recomputes segments from checkpoints and needs any batch again without
-        replaying the steps before it.
+        replaying the steps before it.  With ``comm`` set, the whole minibatch is drawn (and
+        augmented) as in one process and this rank keeps its shard of it.
         """
         idx = self.order[t]
         x = self.train_x[idx]
         if self.augment is not None:
             x = self.augment(x, augment_generator(self.train_x.device, self.seed, t))
-        return x, self.train_y[idx]
+        y = self.train_y[idx]
+        if self.comm is not None:
+            return self.comm.shard(x), self.comm.shard(y)
+        return x, y
 
     def batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         """Yield ``(t, x_t, y_t)`` for ``t = 0..horizon-1``: epochs of shuffled minibatches.

@@ -22,7 +22,7 @@ from tests.conftest import REPO, library_modules, module_path
 
 #: The layers, lowest first; a module may import only from its own layer or below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism")),
+    ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism", "hpo.distributed")),
     ("rules", ("hpo.optimizers",)),
     ("core", ("hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
               "hpo.unroll", "hpo.torch_scheduler", "hpo.schedule_file", "hpo.report")),

@@ -24,6 +24,7 @@ from hpo import checks
 from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
+from hpo.app.ranks import StartSignal, check_launch, check_processes, follow, follower_logdir, sharded
 from hpo.app.task_loading import check_split, load_task
 from hpo.backends.auto_backend import AutoBackend
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
@@ -32,8 +33,9 @@ from hpo.checkpoint_writer import CheckpointWriter
 from hpo.config import RunConfig, known_fields, plain, show
 from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES, cpu_threads, torch_threads
+from hpo.distributed import Communicator, RankError, join, launched_world_size, leave
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.fds import make_problem, run_fds
+from hpo.fds import FDSConfig, make_problem, run_fds
 from hpo.outer import OuterState
 from hpo.report import format_values
 from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
@@ -49,12 +51,15 @@ MAY_CHANGE_ON_RESUME = ("outer_steps", "device", "threads")
 @final
 @dataclass(frozen=True)
 class RunResult:
-    """What a run learned and how the learned schedule and the baseline did when retrained."""
+    """What a run learned and how the learned schedule and the baseline did when retrained.
+
+    On ranks other than 0 of a data-parallel run, which retrain nothing, ``learned`` is None.
+    """
 
     config: RunConfig
     schedule: Schedule
     history: tuple[OuterRecord, ...]
-    learned: RetrainResult
+    learned: RetrainResult | None
     baseline: RetrainResult | None
     search_seconds: float
     logdir: Path
@@ -67,31 +72,60 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     ``callbacks`` see every outer step, inner step and retrain step, and every message line
     (:meth:`Callbacks.on_message`); the run's own TensorBoard logger is added to them.  Nothing is
     written to disk before the configuration and the task's data have been checked.
+
+    Launched by ``torchrun`` with ``N > 1`` processes, the run is data-parallel (docs/distributed.md):
+    every rank searches on its shard of each minibatch, and only rank 0 writes and retrains.
     """
     with torch_threads(cpu_threads(config.threads, config.resolved_device)):
-        return run_with_threads(config, CallbackList(*callbacks), checkpoint)
+        comm = join(config.resolved_device)
+        try:
+            return run_with_threads(config, CallbackList(*callbacks), checkpoint, comm)
+        finally:
+            leave(comm)
 
 
-def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint | None) -> RunResult:
+def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint | None,
+                     comm: Communicator | None = None) -> RunResult:
     """:func:`run` with the thread count set: load and check the data, then take the log directory."""
     fds = config.fds()
+    if comm is not None:
+        check_launch(config, comm)
+    check_processes(checkpoint, comm.world_size if comm is not None else 1)
     if config.deterministic:
         use_deterministic_kernels()
-    task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
+    try:
+        task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
+    except ConfigError as e:
+        if comm is None or comm.rank == 0:
+            raise
+        raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
     check_split(task.train_x.shape[0], fds.val_frac)
-    logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
-    if checkpoint is None and checkpoint_path(logdir).exists():
-        raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
-    if checkpoint is None and (logdir / "schedule.json").exists():
-        raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
-    ensure_writable_dir(logdir)
-    with LogdirLock(logdir):
-        return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint)
+    if comm is not None:
+        fds = sharded(fds, task, comm)
+        if comm.rank != 0:
+            start = checkpoint.state if checkpoint is not None else start_state(config)
+            schedule = follow(config, task, fds, start, checkpoint)
+            return RunResult(config, schedule, (), None, None, 0.0, follower_logdir(config))
+    signal = StartSignal(comm)
+    try:
+        logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
+        if checkpoint is None and checkpoint_path(logdir).exists():
+            raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
+        if checkpoint is None and (logdir / "schedule.json").exists():
+            raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
+        ensure_writable_dir(logdir)
+        with LogdirLock(logdir):
+            return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint, fds, signal)
+    except ConfigError as e:
+        signal.fail(e)
+        raise
 
 
-def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Checkpoint | None) -> RunResult:
-    """The body of :func:`run`, holding the log directory."""
-    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Checkpoint | None,
+               fds: FDSConfig | None = None, signal: StartSignal | None = None) -> RunResult:
+    """The body of :func:`run`, holding the log directory; ``signal`` starts the other ranks' search."""
+    rule, backend = config.resolved_rule, config.resolved_backend
+    fds = fds or config.fds()
     logdir = Path(str(config.logdir))
     if checkpoint is None and checkpoint_path(logdir).exists():  # checked again under the lock
         raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
@@ -117,21 +151,29 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
                                      global_step=sum(r.steps_run for r in history))
     except OSError as e:
         cb.on_message(f"warning: TensorBoard logging could not start ({e.strerror or e}); the run goes on")
+    processes = fds.comm.world_size if fds.comm is not None else 1
+    if processes > 1:
+        cb.on_message(f"data-parallel over {processes} processes: each takes {(fds.batch_size or task.batch_size) // processes} "
+                      f"rows of every minibatch; rank 0 writes")
     writer = CheckpointWriter(checkpoint_path(logdir), config.to_dict(),
-                              checkpoint.search_seconds if checkpoint is not None else 0.0)
+                              checkpoint.search_seconds if checkpoint is not None else 0.0, processes)
     logged = CallbackList(cb, tb)
     logged.on_run_start(tuple(fds.horizon(k) for k in range(config.outer_steps)))
+    if signal is not None:
+        signal.go()
     try:
-        return search_and_retrain(config, cb, tb, task, state, history, writer, logged)
+        return search_and_retrain(config, cb, tb, task, state, history, writer, logged, fds)
     except KeyboardInterrupt:
         done = load_checkpoint(checkpoint_path(logdir)).state.k if checkpoint_path(logdir).exists() else 0
         raise Interrupted(logdir, done) from None
 
 
 def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, task: Task, state: OuterState,
-                       history: tuple[OuterRecord, ...], writer: CheckpointWriter, logged: CallbackList) -> RunResult:
+                       history: tuple[OuterRecord, ...], writer: CheckpointWriter, logged: CallbackList,
+                       fds: FDSConfig | None = None) -> RunResult:
     """The outer loop, the two retrains and the outputs (``schedule.json``, ``schedule.png``)."""
-    rule, backend, fds = config.resolved_rule, config.resolved_backend, config.fds()
+    rule, backend = config.resolved_rule, config.resolved_backend
+    fds = fds or config.fds()
     logdir = Path(str(config.logdir))
     result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
     search_seconds = writer.seconds()
@@ -236,6 +278,7 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
         ckpt = load_checkpoint(checkpoint_path(logdir))
     except ValueError as e:
         raise ConfigError("resume", str(e)) from None
+    check_processes(ckpt, launched_world_size())
     saved = dict(ckpt.config)
     unknown = sorted(set(saved) - set(RunConfig().to_dict()))
     if unknown:

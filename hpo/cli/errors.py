@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, final
 
 import click
 
+from hpo.distributed import RankError
 from hpo.errors import CompareInterrupted, ConfigError, Interrupted, RunError
 
 
@@ -19,6 +21,11 @@ def flag_of(group: click.Group, field: str) -> str | None:
             if param.name == field or dashed in param.opts:
                 return param.opts[0] if isinstance(param, click.Option) else param.human_readable_name
     return None
+
+
+def follower_rank() -> bool:
+    """Whether this process is a rank other than 0 of a ``torchrun`` launch with several processes."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get("RANK", "0") not in ("", "0")
 
 
 @final
@@ -35,6 +42,8 @@ class OneLineErrors(click.Group):
             click.echo(f"Error: {e.format_message()}{hint}", err=True)
             sys.exit(2)
         except ConfigError as e:
+            if follower_rank():  # every rank meets a configuration error alike: rank 0 says it once
+                sys.exit(2)
             flag = flag_of(self, e.field)
             where = f"Invalid value for '{flag}': " if flag else f"{e.field}: "
             click.echo(f"Error: {where}{e.message}", err=True)
@@ -47,6 +56,9 @@ class OneLineErrors(click.Group):
             click.echo(f"Interrupted after {e.done} completed outer steps; continue with: "
                        f"hpo run --resume {e.logdir}", err=True)
             sys.exit(130)
+        except RankError as e:  # one rank's own trouble in a data-parallel run: each says its own line
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
         except RunError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(1)

@@ -1,0 +1,152 @@
+"""Data-parallel hypergradients: N = 2 gloo ranks equal one process on the concatenated batch.
+
+Two processes are spawned once per module (``torch.multiprocessing``, a file store); each runs
+every case and saves its weights and hypergradients; the tests compare them in float64 with the
+single-process hypergradient on the whole minibatch (relative error 1e-10) and across ranks (bit
+for bit).  BatchNorm: each rank normalises with its own shard's statistics (as DDP), and the
+running statistics are averaged over ranks; the single-process reference is then a "ghost batch"
+loss that normalises each half of the minibatch separately and averages the running statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hpo.backend import HypergradientBackend
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+from hpo.distributed import Communicator
+from hpo.optimizers.adam import Adam
+from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.problem import Buffers, InnerProblem, LossFn
+from hpo.tiny import tiny_schedule
+from tests.conftest import max_rel_err, tiny_task_problem
+
+WORLD = 2
+HORIZON = 9
+BACKENDS = ("forward-manual", "forward-jvp", "reverse-checkpointed")
+RULES = ("sgd", "adam")
+#: (case name, backend, rule, batchnorm, grad_clip)
+CASES = [(f"{b}/{r}", b, r, False, None) for b in BACKENDS for r in RULES] + [
+    (f"{b}/sgd/batchnorm", b, "sgd", True, None) for b in ("forward-jvp", "reverse-checkpointed")] + [
+    ("reverse-checkpointed/sgd/clip", "reverse-checkpointed", "sgd", False, 0.05),
+    ("forward-jvp/sgd/clip", "forward-jvp", "sgd", False, 0.05)]
+
+
+def make_backend(name: str) -> HypergradientBackend[Any]:
+    """A fresh backend by name (reverse mode with three checkpoint segments)."""
+    if name == "reverse-checkpointed":
+        return ReverseCheckpointedBackend(every=4)
+    return {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}[name]()
+
+
+def make_rule(name: str) -> UpdateRule:
+    """SGD-momentum or Adam."""
+    return {"sgd": SGDMomentum(), "adam": Adam()}[name]
+
+
+def problem_for(rule: str, batchnorm: bool, grad_clip: float | None, comm: Communicator | None) -> InnerProblem:
+    """The float64 tiny-task problem (batch 8) with ``rule``, on ``comm``'s shards if given."""
+    base = tiny_task_problem(horizon=HORIZON, batchnorm=batchnorm, grad_clip=grad_clip)
+    return dataclasses.replace(base, rule=make_rule(rule), comm=comm)
+
+
+def ghost_batch(loss_fn: LossFn, parts: int) -> LossFn:
+    """The loss of ``parts`` equal slices of the minibatch, each normalised on its own, averaged;
+    the new buffers are the average of the slices' buffers (what N ranks compute together)."""
+    def loss(params: dict[str, torch.Tensor], buffers: Buffers, x: torch.Tensor,
+             y: torch.Tensor) -> tuple[torch.Tensor, Buffers]:
+        per = x.shape[0] // parts
+        outs = [loss_fn(params, buffers, x[i * per:(i + 1) * per], y[i * per:(i + 1) * per]) for i in range(parts)]
+        total = sum(o[0] for o in outs) / parts
+        new = {n: (sum(o[1][n] for o in outs) / parts if v.is_floating_point() else outs[0][1][n])
+               for n, v in buffers.items()}
+        return total, new
+    return loss
+
+
+def run_case(backend_name: str, rule: str, batchnorm: bool, grad_clip: float | None,
+             comm: Communicator | None, ghost: bool = False) -> dict[str, Any]:
+    """Weights, buffers and hypergradient after ``HORIZON`` steps of one case."""
+    problem = problem_for(rule, batchnorm, grad_clip, comm)
+    if ghost:
+        problem = dataclasses.replace(problem, loss_fn=ghost_batch(problem.loss_fn, WORLD))
+    schedule = tiny_schedule(problem.rule, HORIZON)
+    backend = make_backend(backend_name)
+    state = backend.init(problem, schedule)
+    for t, x, y in problem.batches():
+        state = backend.step(problem, schedule, state, t, x, y)
+    inner = backend.inner(state)
+    result = backend.hypergradient(problem, schedule, state)
+    return {"params": inner.params, "buffers": inner.buffers, "hypergrad": result.hypergrad,
+            "loss": inner.loss, "val_loss": result.val_loss}
+
+
+def worker(rank: int, store: str, out: str) -> None:
+    """One rank: join the group through a file store, run every case, save the results."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        comm = Communicator(rank, WORLD)
+        results = {name: run_case(b, r, bn, clip, comm) for name, b, r, bn, clip in CASES}
+        torch.save(results, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Every case's results on rank 0 and rank 1 of a 2-process gloo group."""
+    out = tmp_path_factory.mktemp("ranks")
+    mp.start_processes(worker, args=(str(out / "store"), str(out)), nprocs=WORLD, start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_two_ranks_equal_one_process_on_the_whole_batch(ranks: list[dict[str, Any]], case: str) -> None:
+    _, backend, rule, batchnorm, clip = next(c for c in CASES if c[0] == case)
+    single = run_case(backend, rule, batchnorm, clip, None, ghost=batchnorm)
+    got = ranks[0][case]
+    assert max_rel_err(got["hypergrad"], single["hypergrad"]) < 1e-10
+    assert max_rel_err(got["params"], single["params"]) < 1e-10
+    assert abs(float(got["loss"]) - float(single["loss"])) < 1e-10 * abs(float(single["loss"]))
+    assert any(float(v.abs().max()) > 1e-6 for v in got["hypergrad"].values())  # not a trivially zero case
+
+
+@pytest.mark.parametrize("case", [c[0] for c in CASES])
+def test_every_rank_ends_identical(ranks: list[dict[str, Any]], case: str) -> None:
+    a, b = ranks[0][case], ranks[1][case]
+    for key in ("params", "buffers", "hypergrad"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_batchnorm_uses_each_ranks_own_statistics(ranks: list[dict[str, Any]]) -> None:
+    """The chosen semantics differ from normalising the whole batch: the test above is not vacuous."""
+    whole = run_case("reverse-checkpointed", "sgd", True, None, None, ghost=False)
+    got = ranks[0]["reverse-checkpointed/sgd/batchnorm"]
+    assert max_rel_err(got["hypergrad"], whole["hypergrad"]) > 1e-6
+    running = [n for n in got["buffers"] if n.endswith("running_mean")]
+    assert running and not torch.equal(got["buffers"][running[0]], whole["buffers"][running[0]])
+
+
+def test_a_shard_is_a_contiguous_slice_per_rank() -> None:
+    x = torch.arange(8)
+    assert Communicator(0, 2).shard(x).tolist() == [0, 1, 2, 3]
+    assert Communicator(1, 2).shard(x).tolist() == [4, 5, 6, 7]
+    assert Communicator(2, 4).shard(x).tolist() == [4, 5]
+
+
+def test_one_process_never_creates_a_process_group() -> None:
+    assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
+    run_case("forward-jvp", "sgd", False, None, None)
+    assert not dist.is_initialized()
