@@ -48,6 +48,7 @@ from hpo.compare_checkpoint import (
 from hpo.compare_config import CompareConfig
 from hpo.compare_outputs import csv_text, summary_table, write_csv, write_outputs
 from hpo.config import show
+from hpo.distributed import launched_world_size
 from hpo.device import cpu_threads, torch_threads
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
@@ -172,6 +173,9 @@ def compare(cfg: CompareConfig, log: Log = print, checkpoint: CompareCheckpoint 
     ``checkpoint`` continues it (see :func:`resume_compare`).  The directory is locked while the
     comparison runs, and a checkpoint is written after every (seed, method) pair.
     """
+    if launched_world_size() > 1:  # each rank would run the whole comparison into the same directory
+        raise ConfigError("jobs", "hpo compare runs in one process and spreads its pairs with jobs; launch it "
+                                  "without torchrun")
     settings = cfg.settings()
     with torch_threads(cpu_threads(None, settings.device)):
         return compare_with_threads(cfg, settings, log, checkpoint)

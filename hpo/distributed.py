@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -128,6 +129,8 @@ def config_hash(settings: Mapping[str, Any]) -> str:
 def lost_message(rank: int, cause: BaseException) -> str:
     """The one line a rank prints when the group broke under it."""
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[source/file.cc:561] " prefix
+    first = first.split(". ")[0].rstrip(".")
     return f"rank {rank}: another process of the data-parallel run stopped answering ({first[:160]}); stopping"
 
 
