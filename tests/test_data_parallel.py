@@ -21,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpo.backend import HypergradientBackend
+from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.distributed import Communicator
@@ -150,3 +151,64 @@ def test_one_process_never_creates_a_process_group() -> None:
     assert "WORLD_SIZE" not in os.environ or os.environ["WORLD_SIZE"] == "1"
     run_case("forward-jvp", "sgd", False, None, None)
     assert not dist.is_initialized()
+
+
+@pytest.fixture
+def group_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A gloo group of one process (this one) whose ``all_reduce`` calls are counted."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    calls: list[int] = []
+    real = dist.all_reduce
+
+    def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(tensor.numel())
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", counted)
+    yield Communicator(0, 1), calls
+    dist.destroy_process_group()
+
+
+def test_forward_mode_sends_one_flat_buffer_per_step(group_of_one: Any) -> None:
+    comm, calls = group_of_one
+    problem = problem_for("sgd", False, None, comm)
+    schedule = tiny_schedule(problem.rule, HORIZON)
+    run_case("forward-manual", "sgd", False, None, comm)
+    n_params = sum(p.numel() for p in problem.params.values())
+    assert len(calls) == HORIZON  # one all_reduce per inner step, not one per tensor
+    started = [sum(1 for s in ColumnLayout.build(schedule.counts, HORIZON).starts if s <= t) for t in range(HORIZON)]
+    assert calls == [n_params * (1 + k) + 1 for k in started]  # gradient, k columns, the loss
+
+
+def test_reverse_mode_sends_the_gradient_and_one_vector_hessian_product(group_of_one: Any) -> None:
+    comm, calls = group_of_one
+    run_case("reverse-checkpointed", "sgd", False, None, comm)
+    n_params = sum(p.numel() for p in problem_for("sgd", False, None, None).params.values())
+    segments = -(-HORIZON // 4)  # every = 4
+    replayed = HORIZON - segments  # the last step of each segment is not recomputed
+    assert len(calls) == HORIZON + replayed + 2 * HORIZON
+    assert sorted(set(calls)) == [n_params, n_params + 1]  # plain steps also send the loss
+
+
+def test_a_run_not_launched_by_torchrun_never_joins_a_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpo import RunConfig, run
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("init_process_group called in a one-process run")
+
+    monkeypatch.setattr(dist, "init_process_group", refuse)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1 sets this: still one process
+    result = run(RunConfig(outer_steps=1, inner_steps=(6,), samples=300, retrain_steps=6, logdir=str(tmp_path / "r")))
+    assert result.learned is not None and (tmp_path / "r" / "schedule.json").exists()
+
+
+def test_launch_environment_is_read_and_checked() -> None:
+    from hpo.distributed import launched_world_size, timeout_seconds
+    from hpo.errors import ConfigError
+
+    assert launched_world_size({}) == 1 and launched_world_size({"WORLD_SIZE": "4"}) == 4
+    assert timeout_seconds({}) == 120.0 and timeout_seconds({"HPO_DIST_TIMEOUT": "7.5"}) == 7.5
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not a whole number"):
+        launched_world_size({"WORLD_SIZE": "two"})
+    with pytest.raises(ConfigError, match="HPO_DIST_TIMEOUT must be positive, got 0"):
+        timeout_seconds({"HPO_DIST_TIMEOUT": "0"})
