@@ -198,7 +198,7 @@ def test_a_run_not_launched_by_torchrun_never_joins_a_group(tmp_path: Path, monk
 
     monkeypatch.setattr(dist, "init_process_group", refuse)
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc-per-node 1 sets this: still one process
-    result = run(RunConfig(outer_steps=1, inner_steps=(6,), samples=300, retrain_steps=6, logdir=str(tmp_path / "r")))
+    result = run(RunConfig(outer_steps=1, inner_steps=(8,), samples=300, retrain_steps=6, logdir=str(tmp_path / "r")))
     assert result.learned is not None and (tmp_path / "r" / "schedule.json").exists()
 
 
