@@ -6,6 +6,7 @@ the ``all_reduce`` alone for the buffer each backend sends per step.  Run by han
 
     python benchmarks/data_parallel.py --model mlp --batch-size 128 --processes 1 --processes 2
     python benchmarks/data_parallel.py --model cnn --batch-size 256 --processes 1 --processes 2
+    python benchmarks/data_parallel.py --device cuda --model cnn --batch-size 1024   # NCCL, one GPU per process
 """
 
 from __future__ import annotations
@@ -37,35 +38,50 @@ BACKENDS = {"forward-manual": ForwardManualBackend, "reverse-checkpointed": Reve
 def measure(rank: int, world: int, store: str, out: str, args: dict[str, Any]) -> None:
     """One process: seconds per inner step of each backend, and of one all_reduce of its buffer."""
     torch.set_num_threads(1)
+    cuda = args["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
     comm = None
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{store}", rank=rank,
+                                world_size=world)
         comm = Communicator(rank, world)
     task = mnist1d_task(args["model"], num_samples=args["samples"])
     rule = SGDMomentum()
-    config = FDSConfig(inner_steps=(args["horizon"],), batch_size=args["batch_size"], comm=comm)
+    config = FDSConfig(inner_steps=(args["horizon"],), batch_size=args["batch_size"], comm=comm,
+                       device=args["device"])
     problem = make_problem(task, rule, config, 0)
     n_params = sum(p.numel() for p in problem.params.values())
     schedule = Schedule.initial(rule, {"lr": 7}, {"lr": 0.1, "momentum": 0.9})
     rows = {}
     for name, cls in BACKENDS.items():
         run_inner(cls(), dataclasses.replace(problem, horizon=min(10, args["horizon"])), schedule)  # warm-up
+        sync(cuda)
         t0 = time.perf_counter()
         run_inner(cls(), problem, schedule)
+        sync(cuda)
         rows[name] = (time.perf_counter() - t0) / args["horizon"]
     comm_s = {}
     if comm is not None:
         columns = sum(schedule.counts.values())
         for label, size in (("gradient", n_params), (f"gradient + {columns} columns", n_params * (1 + columns))):
-            buf = [torch.zeros(size)]
+            buf = [torch.zeros(size, device=problem.train_x.device)]
             comm.mean(buf)
+            sync(cuda)
             t0 = time.perf_counter()
             for _ in range(50):
                 comm.mean(buf)
+            sync(cuda)
             comm_s[label] = (time.perf_counter() - t0) / 50
         dist.destroy_process_group()
     if rank == 0:
         torch.save({"rows": rows, "comm": comm_s, "params": n_params}, Path(out) / f"n{world}.pt")
+
+
+def sync(cuda: bool) -> None:
+    """Wait for queued GPU work (timings on CUDA)."""
+    if cuda:
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -75,10 +91,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--horizon", type=int, default=100)
     ap.add_argument("--samples", type=int, default=4000)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--processes", type=int, action="append", help="process counts (default: 1 and 2)")
     args = ap.parse_args()
     counts = args.processes or [1, 2]
-    settings = {"model": args.model, "batch_size": args.batch_size, "horizon": args.horizon, "samples": args.samples}
+    settings = {"device": args.device, "model": args.model, "batch_size": args.batch_size, "horizon": args.horizon, "samples": args.samples}
     os.environ["OMP_NUM_THREADS"] = "1"
     results = {}
     with tempfile.TemporaryDirectory() as d:
