@@ -113,6 +113,7 @@ def test_torchrun_two_ranks_match_one_process_in_float64(tmp_path: Path) -> None
             for x, y in zip(ra["hypergrad"][name], hg, strict=True):
                 assert abs(x - y) <= 1e-10 * max(abs(y), 1e-8), (name, x, y)
     assert a["schedule"] == b["schedule"]
+    assert (a["processes"], b["processes"]) == (2, 1)
     assert two.stdout.count("learned schedule:") == 1  # rank 0 alone reports
     assert "data-parallel over 2 processes" in two.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # rank 1 wrote nothing anywhere

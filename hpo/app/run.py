@@ -74,7 +74,8 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
     written to disk before the configuration and the task's data have been checked.
 
     Launched by ``torchrun`` with ``N > 1`` processes, the run is data-parallel (docs/distributed.md):
-    every rank searches on its shard of each minibatch, and only rank 0 writes and retrains.
+    every rank searches on its shard of each minibatch, and only rank 0 writes, retrains and calls
+    ``callbacks``; the other ranks return a result with ``learned=None``.
     """
     with torch_threads(cpu_threads(config.threads, config.resolved_device)):
         comm = join(config.resolved_device)
@@ -201,6 +202,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
         "schedule": result.schedule.to_dict(), "retrain_steps": steps,
         "search_seconds": search_seconds, "results": results, "config": config.to_dict(), "versions": versions(),
+        "processes": fds.comm.world_size if fds.comm is not None else 1,
         "history": [r.__dict__ for r in result.history],
     }
     text = json.dumps(out, indent=2) + "\n"

@@ -95,6 +95,8 @@ def run_command(resume_dir: Path | None = None, progress: bool = True, **options
     """Learn a hyperparameter schedule with FDS, then retrain and report test accuracy.
 
     A checkpoint is written to LOGDIR/checkpoint.pt after every outer step (docs/checkpoint-resume.md).
+    Launched as `torchrun --nproc-per-node N -m hpo run ...`, the inner loop runs data-parallel
+    over N processes (docs/distributed.md).
     """
     console = ConsoleReporter(show_progress=progress)
     values = as_config_values(options)
