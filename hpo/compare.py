@@ -48,8 +48,8 @@ from hpo.compare_checkpoint import (
 from hpo.compare_config import CompareConfig
 from hpo.compare_outputs import csv_text, summary_table, write_csv, write_outputs
 from hpo.config import show
-from hpo.distributed import launched_world_size
 from hpo.device import cpu_threads, torch_threads
+from hpo.distributed import launched_world_size
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
 from hpo.search.base import Incumbent, SearchSettings

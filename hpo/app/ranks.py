@@ -18,9 +18,8 @@ from hpo.checkpoint import Checkpoint
 from hpo.config import RunConfig
 from hpo.distributed import Communicator
 from hpo.errors import ConfigError
-from hpo.fds import FDSConfig, run_fds
+from hpo.fds import FDSConfig, FDSResult, run_fds
 from hpo.outer import OuterState
-from hpo.schedule import Schedule
 from hpo.tasks.base import Task
 
 #: Settings that may differ between ranks (each process's own thread count).
@@ -82,7 +81,7 @@ def wait_for_rank0(comm: Communicator) -> None:
         raise ConfigError(field, message)
 
 
-def follow(config: RunConfig, task: Task, fds: FDSConfig, start: OuterState, checkpoint: Checkpoint | None) -> Schedule:
+def follow(config: RunConfig, task: Task, fds: FDSConfig, start: OuterState, checkpoint: Checkpoint | None) -> FDSResult:
     """A rank other than 0: the outer loop of rank 0, on this rank's shards, silent and writing nothing.
 
     Every collective of rank 0's search happens here in the same order, so the schedules agree bit
@@ -91,9 +90,8 @@ def follow(config: RunConfig, task: Task, fds: FDSConfig, start: OuterState, che
     if fds.comm is not None:
         wait_for_rank0(fds.comm)
     history = checkpoint.history if checkpoint is not None else ()
-    result = run_fds(task, config.resolved_rule, config.resolved_backend, fds, CallbackList(), state=start,
-                     history=history)
-    return result.schedule
+    return run_fds(task, config.resolved_rule, config.resolved_backend, fds, CallbackList(), state=start,
+                   history=history)
 
 
 def follower_logdir(config: RunConfig) -> Path:

@@ -105,8 +105,8 @@ def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint
         fds = sharded(fds, task, comm)
         if comm.rank != 0:
             start = checkpoint.state if checkpoint is not None else start_state(config)
-            schedule = follow(config, task, fds, start, checkpoint)
-            return RunResult(config, schedule, (), None, None, 0.0, follower_logdir(config))
+            followed = follow(config, task, fds, start, checkpoint)
+            return RunResult(config, followed.schedule, followed.history, None, None, 0.0, follower_logdir(config))
     signal = StartSignal(comm)
     try:
         logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
