@@ -8,9 +8,13 @@ Every method searches on the task's training set minus a fixed hold-out set, spe
 * ``online-greedy``: ``B // T`` runs of online hypergradient descent, each starting from the values
   the last run ended with (its incumbent: the last run's per-segment means);
 * ``random-constant`` / ``random-schedule`` / ``tpe`` / ``tpe-schedule``: ``B // T`` trials;
+* ``cosine-random`` / ``cosine-tpe``: ``B // T`` trials of a cosine schedule with warm-up;
+* ``schedule-free``: ``B // T`` trials of schedule-free SGD (retrained with it, not with the rule);
+* ``pbt``: Ray Tune's PBT with ``B // T`` members, its best member's trajectory replayed;
 * ``hand-picked``: the rule's constant hand-picked setting (no search, 0 steps).
 
-At each budget point the incumbent schedule is retrained from scratch on the whole training set
+At each budget point the incumbent schedule is retrained from scratch (by the method's
+:meth:`~hpo.search.base.SearchMethod.retrain`) on the whole training set
 for ``retrain_steps`` and tested; at the final budget it is also retrained on the training set
 minus the hold-out and scored on the hold-out ("val acc").  Wall-clock time of each search is
 reported next to its steps: a forward-mode step costs several plain steps.
