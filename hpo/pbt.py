@@ -38,7 +38,7 @@ import torch
 from hpo.baselines import SearchSpace
 from hpo.fds import FDSConfig, make_problem
 from hpo.optimizers.base import UpdateRule
-from hpo.problem import evaluate
+from hpo.problem import InnerProblem, evaluate
 from hpo.schedule import Schedule, segment_starts
 from hpo.tasks.base import Task, cross_entropy, init_model, split_state
 
@@ -126,7 +126,7 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: Any, steps: range) -> bool:
+def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: InnerProblem, steps: range) -> bool:
     """Train ``model`` in place on ``problem``'s batches of ``steps``; whether the loss stopped being finite."""
     model.train()
     for t in steps:
@@ -147,14 +147,16 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
     """Run synchronous PBT with ``population`` members for ``fds.inner_steps[0]`` steps; every member's reports.
 
     The initial values are drawn from ``space`` (seeded by ``fds.seed``), and so are resampled
-    ones; perturbed values are clamped into it.  ``seconds`` stops every member once that much
-    time has passed since this call (starting Ray included).  Ray is started (one CPU, no dashboard, logs in a temporary
+    ones; perturbed values are clamped into it.  Once ``seconds`` have passed since this call
+    (starting Ray included), a member stops after the interval it is in, and all stop once every
+    member has reported at least one interval.  Ray is started (one CPU, no dashboard, logs in a temporary
     directory) unless it already runs, and shut down afterwards.
     """
     import ray
     from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.stopper import Stopper
 
     domains = {n: (tune.loguniform if r.log else tune.uniform)(r.low, r.high) for n, r in space.items()
                if n in rule.hyper_names}
@@ -162,12 +164,30 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
     def clamp(config: dict[str, Any]) -> dict[str, Any]:
         return {**config, **{n: min(max(float(config[n]), space[n].low), space[n].high) for n in domains}}
 
+    start = time.perf_counter()
+
+    @final
+    class Deadline(Stopper):
+        """Past ``seconds``: a member stops after the interval it is in; all stop once each has reported one."""
+
+        def __init__(self) -> None:
+            self.reported: set[str] = set()
+
+        def late(self) -> bool:
+            return seconds is not None and time.perf_counter() - start >= seconds
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            self.reported.add(trial_id)
+            return self.late()
+
+        def stop_all(self) -> bool:
+            return self.late() and len(self.reported) >= population
+
     scheduler = PopulationBasedTraining(time_attr="interval", metric="val_acc", mode="max", perturbation_interval=1,
                                         hyperparam_mutations=domains, custom_explore_fn=clamp, synch=True)
     gpus = 1 if torch.device(fds.device).type == "cuda" else 0
     trainable = tune.with_resources(tune.with_parameters(train_member, task=task, rule=rule, fds=fds,
                                                          intervals=intervals), {"cpu": 1, "gpu": gpus})
-    start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="hpo-pbt-"))
     started = not ray.is_initialized()
     rng_state = random.getstate()
@@ -180,10 +200,8 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
             trainable,
             param_space=domains,
             tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=population, reuse_actors=True,
-                                        search_alg=BasicVariantGenerator(random_state=int(fds.seed)),
-                                        time_budget_s=None if seconds is None else
-                                        max(1e-3, seconds - (time.perf_counter() - start))),
-            run_config=tune.RunConfig(name="pbt", storage_path=str(tmp / "results"), verbose=0),
+                                        search_alg=BasicVariantGenerator(random_state=int(fds.seed))),
+            run_config=tune.RunConfig(name="pbt", storage_path=str(tmp / "results"), verbose=0, stop=Deadline()),
         )
         with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its experiment's table even at verbose=0
             grid = tuner.fit()

@@ -112,3 +112,13 @@ def test_replay_schedule_holds_the_last_values_of_a_short_trajectory() -> None:
     assert s.to_dict() == {"lr": [0.1, 0.2, 0.2, 0.2], "momentum": [0.5, 0.6, 0.6, 0.6], "wd": [0.0] * 4}
     assert interval_bounds(10, 4) == [0, 3, 5, 8, 10]
     assert [int(x) for x in s.dense(10)["lr"].mul(10).round()] == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+
+
+def test_pbt_stops_at_its_time_budget_after_one_interval_of_every_member(tmp_path: Path) -> None:
+    """1 ms: every member finishes the interval it is in (one step here), and none starts another."""
+    cfg = CompareConfig(task=TASK, methods=("pbt",), budget=(12,), inner_steps=4, seeds=(0,), counts={"lr": 2},
+                        retrain_steps=4, val_frac=0.25, device="cpu", budget_seconds=0.001,
+                        logdir=str(tmp_path / "t"))
+    rows, _ = compare(cfg, log=lambda _: None)
+    assert [r.steps for r in rows] == [3]  # 3 members x 1 step, not 3 x 4
+    assert all(len(v) == 4 and len(set(v)) == 1 for v in rows[0].schedule.values())  # one interval, held to the end
