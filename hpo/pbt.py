@@ -50,13 +50,19 @@ Trajectory = list[dict[str, float]]
 @final
 @dataclass(frozen=True)
 class Report:
-    """One member's report after perturbation interval ``interval`` (1-based): its score and trajectory so far."""
+    """One member's report after perturbation interval ``interval`` (1-based): its score and trajectory so far.
+
+    ``wall`` is the time of the report (``time.time()``, the same clock in every process) and
+    ``cpu`` the CPU seconds the member's process spent on the interval (training and evaluation).
+    """
 
     member: str
     interval: int
     val_acc: float
     val_loss: float
     trajectory: tuple[tuple[tuple[str, float], ...], ...]
+    wall: float = 0.0
+    cpu: float = 0.0
 
     def score(self) -> tuple[float, float]:
         """Sort key, larger is better: validation accuracy, then lower loss."""
@@ -110,6 +116,7 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
         group.update(rule.torch_group(hyper))
     bounds = interval_bounds(problem.horizon, intervals)
     for j in range(start, intervals):
+        cpu0 = time.process_time()
         trajectory.append(hyper)
         diverged = train_interval(model, opt, problem, range(bounds[j], bounds[j + 1]))
         params, buffers = split_state(model)
@@ -122,7 +129,8 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
         with tempfile.TemporaryDirectory() as d:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "interval": j + 1,
                         "trajectory": json.dumps(trajectory)}, Path(d) / STATE_FILE)
-            tune.report({"val_acc": vacc, "val_loss": vloss, "interval": j + 1, "trajectory": json.dumps(trajectory)},
+            tune.report({"val_acc": vacc, "val_loss": vloss, "interval": j + 1, "trajectory": json.dumps(trajectory),
+                         "wall": time.time(), "cpu": time.process_time() - cpu0},
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
@@ -216,7 +224,7 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
                 steps = tuple(tuple(sorted((str(k), float(v)) for k, v in h.items()))
                               for h in json.loads(row["trajectory"]))
                 reports.append(Report(str(row["trial_id"]), int(row["interval"]), float(row["val_acc"]),
-                                      float(row["val_loss"]), steps))
+                                      float(row["val_loss"]), steps, float(row["wall"]), float(row["cpu"])))
         return reports
     finally:
         random.setstate(rng_state)

@@ -73,6 +73,11 @@ def test_pbt_spends_the_budget_with_a_population_of_budget_over_horizon(pbt_run)
     assert len(reports) == 3 * 4  # every member reported after every interval
     assert [(r.budget, r.steps) for r in rows] == [(8, 6), (12, 12)]  # 3 members x 2 steps <= 8; 3 x 4 = 12
     assert all(r.steps <= r.budget for r in rows)
+    # stamped when the interval's last member reported: later for the later point, within the search
+    assert 0 < rows[0].search_seconds < rows[1].search_seconds
+    assert rows[1].search_seconds - rows[0].search_seconds == pytest.approx(
+        max(r.wall for r in reports if r.interval == 4) - max(r.wall for r in reports if r.interval == 2))
+    assert rows[1].cpu_seconds >= sum(r.cpu for r in reports) > 0  # the members' CPU time is counted
 
 
 def test_pbt_incumbent_is_the_best_final_members_trajectory_piecewise_constant(pbt_run) -> None:

@@ -12,12 +12,14 @@ ordinary retrain, like any learned schedule.  Needs the ``baselines`` extra
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
 from typing import final
 
 from hpo.extras import require
 from hpo.optimizers.base import UpdateRule
 from hpo.pbt import Report, interval_bounds, replay_schedule, run_pbt
-from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
+from hpo.search.base import Incumbent, SearchMethod, SearchSettings
 from hpo.tasks.base import Task
 
 
@@ -56,12 +58,17 @@ class PBTSearch(SearchMethod):
             raise ValueError(f"give a search range for {', '.join(missing)} (optimizer {rule.name!r} has no default)")
 
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
-        """Run the population; the incumbent after each perturbation interval (time spread evenly over them)."""
+        """Run the population; the incumbent after each perturbation interval, stamped when its last member reported.
+
+        Its CPU seconds are this process's (starting Ray, the scheduler) and the members' (training).
+        """
         self.check(rule, settings)
-        watch = Stopwatch()
+        wall0, cpu0 = time.time(), time.process_time()
         population, n = self.size(settings), self.segments(settings)
         reports = run_pbt(task, rule, settings.fds(seed), settings.space, population, n, settings.seconds)
-        return watch.spread(incumbents(reports, rule.hyper_names, population, settings.horizon, n))
+        driver_cpu = time.process_time() - cpu0
+        return [replace(p, seconds=p.seconds - wall0, cpu_seconds=p.cpu_seconds + driver_cpu)
+                for p in incumbents(reports, rule.hyper_names, population, settings.horizon, n)]
 
 
 def incumbents(reports: list[Report], names: tuple[str, ...], population: int, horizon: int,
@@ -69,7 +76,9 @@ def incumbents(reports: list[Report], names: tuple[str, ...], population: int, h
     """After each interval ``j`` reached: the best report's trajectory as a schedule, and the steps spent.
 
     Steps after interval ``j``: each member that reported ``j`` trained ``s_j`` steps, the others
-    ``s_{j-1}`` (the members take turns between the synchronised perturbations).
+    ``s_{j-1}`` (the members take turns between the synchronised perturbations).  ``seconds`` is
+    the time of the last report of interval ``j`` (``time.time()``) and ``cpu_seconds`` the
+    members' CPU seconds up to it.
     """
     bounds = interval_bounds(horizon, intervals)
     points = []
@@ -79,5 +88,7 @@ def incumbents(reports: list[Report], names: tuple[str, ...], population: int, h
             break
         best = max(at, key=Report.score)
         steps = len(at) * bounds[j] + (population - len(at)) * bounds[j - 1]
-        points.append(Incumbent(steps, 0.0, replay_schedule(best.values(), names, intervals), best.val_acc))
+        cpu = sum(r.cpu for r in reports if r.interval <= j)
+        points.append(Incumbent(steps, max(r.wall for r in at), replay_schedule(best.values(), names, intervals),
+                                best.val_acc, cpu))
     return points
