@@ -127,3 +127,15 @@ def test_pbt_stops_at_its_time_budget_after_one_interval_of_every_member(tmp_pat
     rows, _ = compare(cfg, log=lambda _: None)
     assert [r.steps for r in rows] == [3]  # 3 members x 1 step, not 3 x 4
     assert all(len(v) == 4 and len(set(v)) == 1 for v in rows[0].schedule.values())  # one interval, held to the end
+
+
+def test_pbt_needs_a_budget_of_two_members_and_says_so_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    r = CliRunner().invoke(cli, ["compare", "--task", TASK, "--methods", "pbt", "--budget", "7", "--inner-steps", "4",
+                                 "--counts", "lr=2", "--logdir", str(tmp_path / "x")])
+    assert r.exit_code == 2
+    assert r.output == ("Error: Invalid value for '--methods': pbt: a population of 2 needs a budget of at least 2 "
+                        "inner runs (8 steps), got 7\n")
