@@ -90,6 +90,13 @@ def replay_schedule(trajectory: Sequence[Mapping[str, float]], names: Sequence[s
     return Schedule({n: torch.tensor([float(v[n]) for v in full], dtype=torch.float64) for n in names})
 
 
+def report_of(member: str, result: Mapping[str, Any]) -> Report:
+    """The :class:`Report` in a result that :func:`train_member` reported."""
+    steps = tuple(tuple(sorted((str(k), float(v)) for k, v in h.items())) for h in json.loads(result["trajectory"]))
+    return Report(member, int(result["interval"]), float(result["val_acc"]), float(result["val_loss"]), steps,
+                  float(result["wall"]), float(result["cpu"]))
+
+
 def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSConfig, intervals: int) -> None:
     """A Ray Tune function trainable: one member, from its checkpoint (if any) to the end of the horizon.
 
@@ -191,6 +198,16 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
         def stop_all(self) -> bool:
             return self.late() and len(self.reported) >= population
 
+    reports: list[Report] = []
+
+    @final
+    class Collect(tune.Callback):
+        """Every member's every report, as it arrives (not read back from Tune's result files afterwards)."""
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                            **info: Any) -> None:
+            reports.append(report_of(str(trial.trial_id), result))
+
     scheduler = PopulationBasedTraining(time_attr="interval", metric="val_acc", mode="max", perturbation_interval=1,
                                         hyperparam_mutations=domains, custom_explore_fn=clamp, synch=True)
     gpus = 1 if torch.device(fds.device).type == "cuda" else 0
@@ -209,22 +226,13 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
             param_space=domains,
             tune_config=tune.TuneConfig(scheduler=scheduler, num_samples=population, reuse_actors=True,
                                         search_alg=BasicVariantGenerator(random_state=int(fds.seed))),
-            run_config=tune.RunConfig(name="pbt", storage_path=str(tmp / "results"), verbose=0, stop=Deadline()),
+            run_config=tune.RunConfig(name="pbt", storage_path=str(tmp / "results"), verbose=0, stop=Deadline(),
+                                      callbacks=[Collect()]),
         )
         with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its experiment's table even at verbose=0
             grid = tuner.fit()
         if grid.errors:
             raise RuntimeError(f"a PBT member failed: {grid.errors[0]}")
-        reports = []
-        for result in grid:
-            frame = result.metrics_dataframe
-            if frame is None:
-                continue
-            for row in frame.to_dict("records"):
-                steps = tuple(tuple(sorted((str(k), float(v)) for k, v in h.items()))
-                              for h in json.loads(row["trajectory"]))
-                reports.append(Report(str(row["trial_id"]), int(row["interval"]), float(row["val_acc"]),
-                                      float(row["val_loss"]), steps, float(row["wall"]), float(row["cpu"])))
         return reports
     finally:
         random.setstate(rng_state)
