@@ -8,9 +8,13 @@ Every method searches on the task's training set minus a fixed hold-out set, spe
 * ``online-greedy``: ``B // T`` runs of online hypergradient descent, each starting from the values
   the last run ended with (its incumbent: the last run's per-segment means);
 * ``random-constant`` / ``random-schedule`` / ``tpe`` / ``tpe-schedule``: ``B // T`` trials;
+* ``cosine-random`` / ``cosine-tpe``: ``B // T`` trials of a cosine schedule with warm-up;
+* ``schedule-free``: ``B // T`` trials of schedule-free SGD (retrained with it, not with the rule);
+* ``pbt``: Ray Tune's PBT with ``B // T`` members, its best member's trajectory replayed;
 * ``hand-picked``: the rule's constant hand-picked setting (no search, 0 steps).
 
-At each budget point the incumbent schedule is retrained from scratch on the whole training set
+At each budget point the incumbent schedule is retrained from scratch (by the method's
+:meth:`~hpo.search.base.SearchMethod.retrain`) on the whole training set
 for ``retrain_steps`` and tested; at the final budget it is also retrained on the training set
 minus the hold-out and scored on the hold-out ("val acc").  Wall-clock time of each search is
 reported next to its steps: a forward-mode step costs several plain steps.
@@ -51,7 +55,7 @@ from hpo.config import show
 from hpo.device import cpu_threads, torch_threads
 from hpo.distributed import launched_world_size
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
-from hpo.retrain import RETRAIN_SEED_OFFSET, retrain
+from hpo.retrain import RETRAIN_SEED_OFFSET
 from hpo.search.base import Incumbent, SearchSettings
 from hpo.tasks.base import Task
 
@@ -95,7 +99,8 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
     rule, settings, steps = cfg.resolved_rule, cfg.settings(), cfg.resolved_retrain_steps
     dtype, device = settings.dtype, settings.device
     search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
-    points = cfg.resolved_methods[name].search(search_task, rule, settings, seed)
+    method = cfg.resolved_methods[name]
+    points = method.search(search_task, rule, settings, seed)
     last = points[-1] if points else None
     lines = [f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
              f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU"]
@@ -104,14 +109,15 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
         point = incumbent(points, budget)
         if point is None:
             continue
-        r = retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device,
-                    grad_clip=settings.grad_clip)
+        r = method.retrain(task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET, dtype, device,
+                           grad_clip=settings.grad_clip)
         val = None
         if budget == cfg.max_budget:
-            val = retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
-                          dtype, device, grad_clip=settings.grad_clip).test_acc
+            val = method.retrain(holdout_task, rule, point.schedule, steps, seed + RETRAIN_SEED_OFFSET,
+                                 dtype, device, grad_clip=settings.grad_clip).test_acc
+        searched = point.search_val_acc if math.isfinite(point.search_val_acc) else None
         pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
-                        steps, r.diverged, point.schedule.to_dict()))
+                        steps, r.diverged, point.schedule.to_dict(), searched))
     if pair:
         val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
         lines.append(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")

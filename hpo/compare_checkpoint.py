@@ -32,7 +32,12 @@ MAX_BYTES = 256 * 2**20
 @final
 @dataclass(frozen=True)
 class Row:
-    """One retrained result (one method, seed and budget point)."""
+    """One retrained result (one method, seed and budget point).
+
+    ``search_seconds`` is the search's wall-clock time when it found this incumbent,
+    ``search_val_acc`` the validation accuracy the search measured for it (None where it measured
+    none, e.g. ``hand-picked``): the best so far at that time.  ``test_acc`` is its retrain's.
+    """
 
     method: str
     seed: int
@@ -45,17 +50,24 @@ class Row:
     retrain_steps: int
     diverged: bool
     schedule: dict[str, list[float]]
+    search_val_acc: float | None = None
 
     @classmethod
     def from_dict(cls, d: Any) -> Row:
-        """A row from plain values; a one-line ``ValueError`` on any missing or ill-typed entry."""
+        """A row from plain values; a one-line ``ValueError`` on any missing or ill-typed entry.
+
+        ``search_val_acc`` may be missing (a checkpoint written before it was recorded).
+        """
         names = [f.name for f in fields(cls)]
+        if isinstance(d, dict) and "search_val_acc" not in d:
+            d = {**d, "search_val_acc": None}
         if not isinstance(d, dict) or sorted(d) != sorted(names):
             raise ValueError("a row does not have the fields of a result")
         ok = (isinstance(d["method"], str) and all(checks.is_int(d[k]) for k in ("seed", "budget", "steps",
                                                                                   "retrain_steps"))
               and all(checks.is_number(d[k]) for k in ("search_seconds", "cpu_seconds", "test_acc"))
-              and (d["val_acc"] is None or checks.is_number(d["val_acc"])) and isinstance(d["diverged"], bool)
+              and all(d[k] is None or checks.is_number(d[k]) for k in ("val_acc", "search_val_acc"))
+              and isinstance(d["diverged"], bool)
               and isinstance(d["schedule"], dict) and all(
                   isinstance(k, str) and isinstance(v, list) and all(checks.is_number(x) for x in v)
                   for k, v in d["schedule"].items()))

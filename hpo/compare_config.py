@@ -17,6 +17,7 @@ from hpo.baselines import SearchSpace, default_space, parse_space
 from hpo.config import cls_replace, known_fields, resolve_rule_field, settings_dict
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
+from hpo.extras import MissingExtra
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import check_task_name, resolve_method
 from hpo.search.base import SearchMethod, SearchSettings
@@ -122,6 +123,8 @@ class CompareConfig:
             try:
                 method = resolve_method(name, window=self.window)
                 method.check(rule, self.settings())
+            except MissingExtra as e:
+                raise ConfigError("methods", f"{name} {e}") from None
             except ValueError as e:
                 raise ConfigError("methods", f"{name}: {e}") from None
             methods[name] = method

@@ -1,4 +1,4 @@
-"""The outputs of ``hpo compare``: table, CSV, two figures and TensorBoard events, each written atomically.
+"""The outputs of ``hpo compare``: table, CSV, three figures and TensorBoard events, each written atomically.
 
 Every file is rendered to bytes (or into a temporary file in the same directory) and renamed over
 its name with :func:`hpo.checkpoint.atomic_write`, so a full disk or a kill never leaves a torn
@@ -24,9 +24,9 @@ from hpo.errors import WriteError
 from hpo.schedule import Schedule
 
 Log = Callable[[str], None]
-PICTURES = {"schedules": "schedules.png", "accuracy": "accuracy_vs_budget.png"}
-CSV_COLUMNS = ("method", "seed", "budget", "steps", "search_seconds", "cpu_seconds", "val_acc", "test_acc",
-               "retrain_steps", "diverged", "schedule")
+PICTURES = {"schedules": "schedules.png", "accuracy": "accuracy_vs_budget.png", "seconds": "accuracy_vs_seconds.png"}
+CSV_COLUMNS = ("method", "seed", "budget", "steps", "search_seconds", "cpu_seconds", "search_val_acc", "val_acc",
+               "test_acc", "retrain_steps", "diverged", "schedule")
 
 
 def _std(xs: list[float]) -> float:
@@ -65,12 +65,17 @@ def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str
 
 
 def csv_text(rows: list[Row]) -> str:
-    """Every row (method, seed, budget point) as CSV; the schedule as JSON text."""
+    """Every row (method, seed, budget point) as CSV; the schedule as JSON text.
+
+    Against ``search_seconds`` each row gives the incumbent's validation accuracy as the search
+    measured it (``search_val_acc``) and its test accuracy after retraining (``test_acc``).
+    """
     out = io.StringIO(newline="")
     w = csv.writer(out)
     w.writerow(CSV_COLUMNS)
     for r in rows:
         w.writerow([r.method, r.seed, r.budget, r.steps, f"{r.search_seconds:.3f}", f"{r.cpu_seconds:.3f}",
+                    "" if r.search_val_acc is None else f"{r.search_val_acc:.4f}",
                     "" if r.val_acc is None else f"{r.val_acc:.4f}", f"{r.test_acc:.4f}", r.retrain_steps,
                     int(r.diverged), json.dumps(r.schedule)])
     return out.getvalue()
@@ -83,18 +88,22 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 
 def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, seed: int) -> Any:
-    """One panel per hyperparameter type: each method's final schedule (one seed) over the horizon."""
+    """One panel per hyperparameter type: each method's final schedule (one seed) over the horizon.
+
+    The panels are every type any method has (schedule-free adds ``warmup``); a method is drawn in
+    the panels of its own types.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     final = {r.method: r for r in rows if r.budget == budget and r.seed == seed}
-    names = list(next(iter(final.values())).schedule) if final else []
+    names = list(dict.fromkeys(name for m in methods if m in final for name in final[m].schedule))
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.5 * max(1, len(names)), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names):
         for m in methods:
-            if m not in final:
+            if m not in final or name not in final[m].schedule:
                 continue
             dense = Schedule.from_dict(final[m].schedule).dense(1000)[name]
             ax.plot([i / 1000 for i in range(1000)], dense.numpy(), drawstyle="steps-post", label=m)
@@ -134,6 +143,38 @@ def accuracy_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
     return fig
 
 
+def seconds_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
+    """Best-so-far test accuracy against search seconds: one line per method through its budget points.
+
+    At each budget point, x is the mean search wall-clock time at which the incumbent was found
+    and y the mean ± sample std of its test accuracy after retraining, over seeds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in methods:
+        rs = [r for r in rows if r.method == m]
+        budgets = sorted({r.budget for r in rs})
+        if not budgets:
+            continue
+        if m == "hand-picked":
+            ax.axhline(statistics.mean(r.test_acc for r in rs if r.budget == budgets[-1]), ls="--", color="gray",
+                       label=m)
+            continue
+        secs = [statistics.mean(r.search_seconds for r in rs if r.budget == b) for b in budgets]
+        means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
+        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
+        ax.errorbar(secs, means, yerr=stds, marker="o", capsize=3, label=m)
+    ax.set_xlabel("search wall-clock time (s)")
+    ax.set_ylabel("best-so-far test accuracy after retraining")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Any, path: Path) -> None:
     """Render ``fig`` as PNG into a temporary file next to ``path``, then rename it over ``path``."""
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
@@ -141,7 +182,7 @@ def save_figure(fig: Any, path: Path) -> None:
 
 def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str,
                   log: Log = print) -> dict[str, Path]:
-    """``results.md``, ``results.csv``, ``schedules.png``, ``accuracy_vs_budget.png`` and TensorBoard events.
+    """``results.md``, ``results.csv``, the three pictures of :data:`PICTURES` and TensorBoard events.
 
     Returns the paths written; a picture that could not be written is left out (and logged).
     """
@@ -157,6 +198,7 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
     makers = {
         "schedules": lambda: schedules_figure(rows, cfg.methods, cfg.max_budget, cfg.seeds[0]),
         "accuracy": lambda: accuracy_figure(rows, cfg.methods),
+        "seconds": lambda: seconds_figure(rows, cfg.methods),
     }
     figs = {}
     for key, make in makers.items():

@@ -33,6 +33,8 @@ from hpo.search.cosine import CosineWarmup
 from hpo.search.fds_search import FDSSearch
 from hpo.search.hand_picked import HandPicked
 from hpo.search.online_greedy_search import OnlineGreedySearch
+from hpo.search.pbt import PBTSearch
+from hpo.search.schedule_free import ScheduleFreeSearch
 from hpo.search.trial_search import RandomSearch, TPESearch
 from hpo.tasks.base import Task
 
@@ -89,6 +91,8 @@ SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
     "tpe-schedule": partial(TPESearch, schedules=True),
     "cosine-random": partial(RandomSearch, shape=CosineWarmup()),
     "cosine-tpe": partial(TPESearch, shape=CosineWarmup()),
+    "schedule-free": ScheduleFreeSearch,
+    "pbt": PBTSearch,
     "hand-picked": HandPicked,
 })
 """Search methods of ``hpo compare`` by name; a new method is one file in ``hpo/search`` and one line here."""

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import final
 
 import torch
 
-from hpo.optimizers.base import UpdateRule
-from hpo.problem import augment_generator, batch_order, evaluate
+from hpo.optimizers.base import Params, UpdateRule
+from hpo.problem import Buffers, augment_generator, batch_order, evaluate
 from hpo.schedule import Schedule
 from hpo.step import hyper_at_step, train_step
 from hpo.tasks.base import Task, cross_entropy, init_model, model_functions, split_state
@@ -50,21 +50,16 @@ def retrain(
     search did (:func:`hpo.step.tree_clamp`).
     """
     model = init_model(task, seed, dtype, device)
-    x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
-    stream = batch_order(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
-
-    def batch_x(t: int, idx: torch.Tensor) -> torch.Tensor:
-        return x_all[idx] if task.augment is None else task.augment(x_all[idx], augment_generator(x_all.device, seed + 1, t))
-
+    batches = retrain_batches(task, steps, seed, dtype, device)
     opt = rule.torch_optimizer(model.parameters(), schedule.at(0, steps))
     loss = torch.zeros((), device=device)
     diverged = False
     if opt is not None:
         driver = ScheduleDriver(opt, rule, schedule, steps)
-        for t, idx in enumerate(stream):
+        for t, x, y in batches:
             driver.apply()
             opt.zero_grad(set_to_none=True)
-            loss = cross_entropy(model(batch_x(t, idx)), y_all[idx])
+            loss = cross_entropy(model(x), y)
             loss.backward()
             if grad_clip is not None:  # the clamp the search trained under (hpo.step.tree_clamp)
                 torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
@@ -81,15 +76,34 @@ def retrain(
         params, buffers = split_state(model)
         state = rule.init(params)
         values = schedule.values_like(next(iter(params.values())))
-        for t, idx in enumerate(stream):
+        for t, x, y in batches:
             params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, steps), t, batch_x(t, idx), y_all[idx],
-                                                         grad_clip)
+                                                         hyper_at_step(values, t, steps), t, x, y, grad_clip)
             if on_step is not None:
                 on_step(t, loss.detach())
             if not torch.isfinite(loss):
                 diverged = True
                 break
+    return tested(task, model, params, buffers, loss, steps, diverged)
+
+
+def retrain_batches(task: Task, steps: int, seed: int, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(t, x_t, y_t)`` for ``t = 0..steps-1``: the minibatches (augmented) of a retrain seeded ``seed``.
+
+    Every retrain from scratch sees these batches, whatever optimizer it trains with.
+    """
+    x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
+    stream = batch_order(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
+    for t, idx in enumerate(stream):
+        x = x_all[idx] if task.augment is None else task.augment(x_all[idx], augment_generator(x_all.device, seed + 1, t))
+        yield t, x, y_all[idx]
+
+
+def tested(task: Task, model: torch.nn.Module, params: Params, buffers: Buffers, loss: torch.Tensor, steps: int,
+           diverged: bool) -> RetrainResult:
+    """The :class:`RetrainResult` of weights ``(params, buffers)`` of ``model``: loss and accuracy on the test set."""
+    device, dtype = next(iter(params.values())).device, next(iter(params.values())).dtype
     _, eval_fn = model_functions(model)
     with torch.no_grad():
         test_loss, test_acc = evaluate(eval_fn, params, buffers, task.test_x.to(device, dtype), task.test_y.to(device))

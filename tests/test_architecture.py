@@ -22,13 +22,14 @@ from tests.conftest import REPO, library_modules, module_path
 
 #: The layers, lowest first; a module may import only from its own layer or below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism", "hpo.distributed")),
+    ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism", "hpo.distributed", "hpo.extras")),
     ("rules", ("hpo.optimizers",)),
     ("core", ("hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
               "hpo.unroll", "hpo.torch_scheduler", "hpo.schedule_file", "hpo.report")),
     ("tasks and backends", ("hpo.tasks", "hpo.backends")),
     ("outer loop and retrain", ("hpo.fds", "hpo.retrain", "hpo.online_greedy", "hpo.baselines", "hpo.checkpoint",
-                                "hpo.checkpoint_writer", "hpo.tiny", "hpo.check_rule", "hpo.schedule_plot")),
+                                "hpo.checkpoint_writer", "hpo.tiny", "hpo.check_rule", "hpo.schedule_plot",
+                                "hpo.schedule_free", "hpo.pbt")),
     ("search methods", ("hpo.search",)),
     ("registry", ("hpo.registry", "hpo.rule_table")),
     ("configuration", ("hpo.config", "hpo.compare_config")),

@@ -179,3 +179,40 @@ def test_cosine_needs_a_learning_rate_called_lr(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs a hyperparameter 'lr'"):
         CompareConfig(task=TASK, optimizer=f"{rule_file}:NoLr", methods=("cosine-random",), budget=(4,),
                       inner_steps=4, seeds=(0,), device="cpu")
+
+
+def test_rows_record_best_so_far_validation_and_test_accuracy_against_seconds(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from hpo import CompareConfig, compare
+    from hpo.baselines import best_so_far, random_search
+    from hpo.compare import split_holdout
+    from hpo.compare_outputs import seconds_figure
+    from tests.conftest import tiny_task
+
+    cfg = CompareConfig(task=TASK, methods=("random-constant", "hand-picked"), budget=(4, 8, 12), inner_steps=4,
+                        seeds=(0, 1), counts={"lr": 2}, retrain_steps=4, val_frac=0.25, device="cpu",
+                        logdir=str(tmp_path / "s"))
+    rows, paths = compare(cfg, log=lambda _: None)
+    search_task, _ = split_holdout(tiny_task(), cfg.holdout_frac)
+    for seed in (0, 1):
+        trials = random_search(search_task, cfg.resolved_rule, cfg.settings().fds(seed), cfg.resolved_space, 3)
+        ours = [r for r in rows if r.method == "random-constant" and r.seed == seed]
+        assert [r.search_val_acc for r in ours] == pytest.approx([t.val_acc for t in best_so_far(trials)])
+        assert [r.schedule for r in ours] == [t.schedule.to_dict() for t in best_so_far(trials)]
+        assert 0 < ours[0].search_seconds < ours[1].search_seconds < ours[2].search_seconds
+    assert all(r.search_val_acc is None for r in rows if r.method == "hand-picked")
+    csv_rows = list(csv.DictReader(paths["csv"].read_text().splitlines()))
+    assert [float(r["search_val_acc"]) for r in csv_rows if r["method"] == "random-constant"] == pytest.approx(
+        [r.search_val_acc for r in rows if r.method == "random-constant"], abs=1e-4)
+    assert paths["seconds"] == tmp_path / "s" / "accuracy_vs_seconds.png" and paths["seconds"].stat().st_size > 1000
+    fig = seconds_figure(rows, cfg.methods)
+    (line, hand) = fig.axes[0].lines[0], fig.axes[0].lines[-1]
+    xs, ys = line.get_data()
+    for b, x, y in zip((4, 8, 12), xs, ys):
+        at = [r for r in rows if r.method == "random-constant" and r.budget == b]
+        assert x == pytest.approx(sum(r.search_seconds for r in at) / 2)
+        assert y == pytest.approx(sum(r.test_acc for r in at) / 2)
+    hand_acc = sum(r.test_acc for r in rows if r.method == "hand-picked" and r.budget == 12) / 2
+    assert list(hand.get_ydata()) == pytest.approx([hand_acc] * 2)  # hand-picked: a horizontal line
+    plt.close(fig)

@@ -5,6 +5,12 @@ after each unit of work (one FDS outer step, one trial, one online run), with th
 seconds spent so far, so every method is scored at the same budget points::
 
     incumbents = method.search(task, rule, settings, seed)
+    result = method.retrain(task, rule, incumbents[-1].schedule, steps, seed)
+
+A method whose incumbent is a schedule of the rule's hyperparameters retrains with the rule
+(:func:`hpo.retrain.retrain`, the default); a method that trains with another optimizer (schedule-free
+SGD) overrides :meth:`SearchMethod.retrain`, so ``hpo compare`` retrains every incumbent the
+way its search trained it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from hpo.baselines import SearchSpace
 from hpo.fds import FDSConfig
 from hpo.optimizers.base import UpdateRule
+from hpo.retrain import RetrainResult, retrain
 from hpo.schedule import Schedule
 from hpo.tasks.base import Task
 
@@ -103,3 +110,13 @@ class SearchMethod(ABC):
     @abstractmethod
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
         """Spend ``settings.budget`` inner steps; the incumbent after each unit of work."""
+
+    def retrain(self, task: Task, rule: UpdateRule, schedule: Schedule, steps: int, seed: int,
+                dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                grad_clip: float | None = None) -> RetrainResult:
+        """Train a fresh model on ``task`` for ``steps`` steps with an incumbent ``schedule`` and test it.
+
+        By default the schedule drives ``rule`` (:func:`hpo.retrain.retrain`, through its
+        ``torch.optim`` counterpart); a method whose incumbent sets another optimizer overrides this.
+        """
+        return retrain(task, rule, schedule, steps, seed, dtype, device, grad_clip=grad_clip)
