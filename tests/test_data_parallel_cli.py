@@ -87,9 +87,9 @@ def error_lines(results: list[subprocess.CompletedProcess[str]]) -> list[str]:
 
 
 def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 -m hpo run ARGS``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(free_port()), "-m", "hpo", "run", *args]
+    """``torchrun --standalone --nproc-per-node 2 -m hpo run ARGS`` (standalone: it binds a free port itself)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "hpo", "run",
+           *args]
     return subprocess.run(cmd, env=environment(), text=True, capture_output=True, timeout=timeout)
 
 
@@ -103,9 +103,9 @@ def test_torchrun_two_ranks_match_one_process_in_float64(tmp_path: Path) -> None
     common = ["--samples", "600", "--dtype", "float64", "--outer-steps", "2", "--inner-steps", "10,16",
               "--no-progress", "--retrain-steps", "10"]
     two = torchrun([*common, "--logdir", str(tmp_path / "two")])
-    assert two.returncode == 0, two.stderr
+    assert two.returncode == 0, two.stdout + two.stderr
     one = one_process([*common, "--logdir", str(tmp_path / "one")])
-    assert one.returncode == 0, one.stderr
+    assert one.returncode == 0, one.stdout + one.stderr
     a = json.loads((tmp_path / "two" / "schedule.json").read_text())
     b = json.loads((tmp_path / "one" / "schedule.json").read_text())
     for ra, rb in zip(a["history"], b["history"], strict=True):
@@ -122,14 +122,14 @@ def test_torchrun_two_ranks_match_one_process_in_float64(tmp_path: Path) -> None
 def test_resume_needs_the_same_number_of_processes(tmp_path: Path) -> None:
     run = torchrun(["--samples", "600", "--outer-steps", "1", "--inner-steps", "12", "--no-progress",
                     "--logdir", str(tmp_path / "r")])
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
     single = one_process(["--resume", str(tmp_path / "r"), "--outer-steps", "2", "--no-progress"])
     assert single.returncode == 2
     assert single.stderr.strip().splitlines() == [
         "Error: Invalid value for '--resume': the run was made by 2 process(es) and this launch has 1; resume it "
         "with torchrun --nproc-per-node 2"]
     again = torchrun(["--resume", str(tmp_path / "r"), "--outer-steps", "2", "--no-progress"])
-    assert again.returncode == 0, again.stderr
+    assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout and len(json.loads((tmp_path / "r" / "schedule.json").read_text())["history"]) == 2
 
 
