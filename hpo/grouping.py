@@ -7,9 +7,16 @@ Each type has one rule, given as text (``--groups lr=layer,wd=bias-vs-rest`` on 
     One group: the type's values are shared by every parameter (a 1-D ``(segments,)`` tensor,
     today's behaviour, bit for bit).
 ``layer``
-    One group per top-level module: the part of the parameter name before the first ``.``
-    (``conv1.weight`` and ``conv1.bias`` are group ``conv1``; ``features.0.weight`` is group
-    ``features``).  Groups are named after the modules, in the order of ``named_parameters()``.
+    One group per layer: the module that owns the parameter, i.e. the parameter name without its
+    last component (``conv1.weight`` and ``conv1.bias`` are group ``conv1``;
+    ``features.0.weight`` is group ``features.0``; a parameter of the root module itself is group
+    ``(root)``).  Every ``Linear``, ``Conv`` and normalisation layer is its own group, also inside
+    an ``nn.Sequential``.
+``top-level``
+    One group per top-level module: the part of the name before the first ``.``
+    (``features.0.weight`` and ``features.2.weight`` are both group ``features``).
+``param``
+    One group per parameter tensor, named by the parameter.
 ``bias-vs-rest``
     Two groups: ``bias-norm``, every parameter with at most one dimension (biases, the weights
     and biases of normalisation layers, scalars), and ``rest``, every parameter with two or more
@@ -23,7 +30,12 @@ patterns, e.g. ``conv*,fc*,bias``
     parameter that no pattern matches is an error naming it, and so is a pattern that matches
     no parameter (add a catch-all ``*`` last to take the rest).
 
-A grouped type's values form a ``(groups, segments)`` table (see :mod:`hpo.optimizers.grouped`).
+Groups are listed in the order of ``named_parameters()`` (of their first parameter).  A grouped
+type's values form a ``(groups, segments)`` table (see :mod:`hpo.optimizers.grouped`).
+
+Why ``layer`` is the owning module and not the top-level module: models commonly hold their
+layers in an ``nn.Sequential`` (MNIST-1D's MLP is ``net.0``, ``net.2``, ``net.4``), where the
+top-level module would put every layer into one group.
 
 Example:
     >>> import torch
@@ -31,6 +43,8 @@ Example:
     >>> g = resolve_grouping({"lr": "layer", "wd": "bias-vs-rest"}, params)
     >>> g.names["lr"], g.names["wd"], dict(g.index["wd"])
     (('conv1', 'fc'), ('bias-norm', 'rest'), {'conv1.weight': 1, 'conv1.bias': 0, 'fc.weight': 1})
+    >>> resolve_grouping({"lr": "layer"}, {"net.0.weight": torch.zeros(2, 2), "net.2.weight": torch.zeros(2, 2)}).names
+    {'lr': ('net.0', 'net.2')}
 """
 
 from __future__ import annotations
@@ -47,10 +61,23 @@ from hpo.optimizers.grouped import GroupedRule, ParamGrouping
 
 ALL = "all"
 LAYER = "layer"
+TOP_LEVEL = "top-level"
+PARAM = "param"
 BIAS_VS_REST = "bias-vs-rest"
 #: Group names of ``bias-vs-rest``: parameters with at most one dimension, then the others.
 BIAS_GROUPS = ("bias-norm", "rest")
-KEYWORDS = (ALL, LAYER, BIAS_VS_REST)
+#: The group of a parameter that the root module holds itself, under ``layer``.
+ROOT = "(root)"
+KEYWORDS = (ALL, LAYER, TOP_LEVEL, PARAM, BIAS_VS_REST)
+
+
+def layer_of(param: str) -> str:
+    """The module owning ``param``: its name without the last component (``(root)`` for none)."""
+    return param.rpartition(".")[0] or ROOT
+
+
+#: Keyword rules that name each parameter's group by a function of its name.
+BY_NAME = {LAYER: layer_of, TOP_LEVEL: lambda p: p.split(".")[0], PARAM: lambda p: p}
 
 
 def normalize_rule(field: str, name: str, text: Any) -> str:
@@ -58,7 +85,7 @@ def normalize_rule(field: str, name: str, text: Any) -> str:
     if isinstance(text, (list, tuple)):
         text = ",".join(str(t) for t in text)
     if not isinstance(text, str):
-        raise ConfigError(field, f"the grouping of {name} must be text (all, layer, bias-vs-rest or patterns), "
+        raise ConfigError(field, f"the grouping of {name} must be text ({', '.join(KEYWORDS)} or patterns), "
                                  f"got {text!r}")
     parts = [p.strip() for p in text.split(",")]
     if not parts or any(not p for p in parts):
@@ -105,9 +132,10 @@ def matches(pattern: str, param: str) -> bool:
 
 def assign(name: str, rule: str, params: Mapping[str, Tensor], field: str = "groups") -> tuple[tuple[str, ...], dict[str, int]]:
     """``(group names, parameter -> group index)`` of one type's rule; ``ConfigError`` naming a stray parameter."""
-    if rule == LAYER:
-        modules = list(dict.fromkeys(p.split(".")[0] for p in params))
-        return tuple(modules), {p: modules.index(p.split(".")[0]) for p in params}
+    if rule in BY_NAME:
+        of = BY_NAME[rule]
+        groups = {g: i for i, g in enumerate(dict.fromkeys(of(p) for p in params))}
+        return tuple(groups), {p: groups[of(p)] for p in params}
     if rule == BIAS_VS_REST:
         index = {p: 0 if v.dim() <= 1 else 1 for p, v in params.items()}
         for g, group in enumerate(BIAS_GROUPS):
