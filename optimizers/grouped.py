@@ -90,7 +90,10 @@ class ParamGrouping:
             >>> [g["hpo_groups"] for g in opt.param_groups]
             [{'lr': 0}, {'lr': 1}]
         """
-        named = dict(named_params.items() if isinstance(named_params, Mapping) else named_params)
+        items = list(named_params.items() if isinstance(named_params, Mapping) else named_params)
+        if not all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str) for i in items):
+            raise TypeError("param groups of a grouping need named parameters: pass model.named_parameters()")
+        named = dict(items)
         if set(named) != set(self.params):
             missing = sorted(set(self.params) - set(named))
             unknown = sorted(set(named) - set(self.params))

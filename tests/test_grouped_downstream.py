@@ -137,6 +137,9 @@ def test_schedule_driver_with_param_groups_equals_the_functional_rule(make) -> N
 
 def test_schedule_driver_refuses_param_groups_without_group_indices() -> None:
     model, _ = model_and_data()
+    grouping = resolve_grouping({"lr": "layer"}, dict(model.named_parameters()))
+    with pytest.raises(TypeError, match="need named parameters"):
+        grouping.param_groups(model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(ValueError, match="param group 0 has no group index for lr"):
         ScheduleDriver(opt, SGDMomentum(), grouped_schedule(), 9).apply()
