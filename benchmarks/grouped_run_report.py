@@ -4,10 +4,13 @@ Give one ``NAME=GLOB`` per configuration; each glob matches the log directories 
 (each holding the ``schedule.json`` of a finished ``hpo run``).  Prints a Markdown table of the
 learned schedule's retrain test accuracy (mean ± sample std over seeds, and every seed), the
 hand-picked baseline's, and writes the learned ``lr`` of the first seed of every configuration
-as a heat map (groups x segments; a shared type is one row, ``all``) to ``--out``::
+as a heat map (groups x segments; a shared type is one row, ``all``) to ``--out``.  With
+``--retrain-seeds``, every learned schedule is also retrained from scratch with each of those
+seeds (``hpo retrain --seed``), which separates the spread of the search from that of one
+retrain::
 
     python benchmarks/grouped_run_report.py shared='runs/cnn-shared-*' per-layer='runs/cnn-layer-*' \\
-        --out docs/results/per-group
+        --out docs/results/per-group --retrain-seeds 10,11,12,13,14
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hpo.app.retrain import RetrainConfig, retrain_schedule
 from hpo.schedule import Schedule
 from hpo.schedule_plot import heatmap_figure
 
@@ -36,9 +40,12 @@ def main() -> None:
     ap.add_argument("configs", nargs="+", help="NAME=GLOB of the log directories of one configuration")
     ap.add_argument("--out", type=Path, default=None, help="Folder for the heat maps (<NAME>-lr.png).")
     ap.add_argument("--type", default="lr", help="Hyperparameter type to draw (default lr).")
+    ap.add_argument("--retrain-seeds", default="", help="Also retrain every learned schedule with these seeds.")
     a = ap.parse_args()
-    print("| configuration | seeds | learned: test acc (%) | per seed | hand-picked: test acc (%) | search (s) |")
-    print("|---|---|---|---|---|---|")
+    retrain_seeds = [int(x) for x in a.retrain_seeds.split(",") if x.strip()]
+    extra = f" learned, {len(retrain_seeds)} retrain seeds each: test acc (%) |" if retrain_seeds else ""
+    print(f"| configuration | seeds | learned: test acc (%) | per seed | hand-picked: test acc (%) | search (s) |{extra}")
+    print("|---|---|---|---|---|---|" + ("---|" if retrain_seeds else ""))
     for spec in a.configs:
         name, _, pattern = spec.partition("=")
         runs = sorted(Path(p) for p in glob(pattern) if (Path(p) / "schedule.json").exists())
@@ -49,8 +56,13 @@ def main() -> None:
         hand = [d["results"]["hand_picked"]["test_acc"] for d in data if "hand_picked" in d["results"]]
         seconds = statistics.mean(d["search_seconds"] for d in data)
         seeds = ", ".join(f"{100 * x:.1f}" for x in learned)
+        more = ""
+        if retrain_seeds:
+            accs = [retrain_schedule(RetrainConfig(schedule=str(r / "schedule.json"), seed=s, device="cpu")).test_acc
+                    for r in runs for s in retrain_seeds]
+            more = f" {mean_std(accs)} |"
         print(f"| {name} | {len(runs)} | {mean_std(learned)} | {seeds} | {mean_std(hand) if hand else '-'} | "
-              f"{seconds:.0f} |")
+              f"{seconds:.0f} |{more}", flush=True)
         if a.out is not None:
             a.out.mkdir(parents=True, exist_ok=True)
             d = data[0]

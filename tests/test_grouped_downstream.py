@@ -167,7 +167,7 @@ def test_grouped_retrain_through_torch_equals_the_functional_fallback() -> None:
 def test_grouped_run_writes_groups_everywhere(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = hpo.run(RunConfig(**SMALL, outer_steps=2, logdir=str(tmp_path / "g")))
+    result = hpo.run(RunConfig(**SMALL, outer_steps=2, grad_clip=0.05, logdir=str(tmp_path / "g")))
     assert result.schedule.values["lr"].shape == (2, 2) and result.schedule.values["wd"].shape == (2, 1)
     assert result.schedule.values["momentum"].shape == (1,)
     saved = json.loads((tmp_path / "g" / "schedule.json").read_text())
@@ -184,9 +184,15 @@ def test_grouped_run_writes_groups_everywhere(tmp_path: Path) -> None:
     assert {"hyper/lr/0/1", "hyper/wd/rest/0", "hypergrad/lr/2/0", "hyper/momentum/0"} <= set(acc.Tags()["scalars"])
     assert (tmp_path / "g" / "schedule.png").stat().st_size > 1000
 
-    # hpo retrain reads the grouping the file records, and reproduces the run's own retrain
+    # hpo retrain reads the grouping (and the gradient clamp) the file records, and reproduces the run's own retrain
     again = retrain_schedule(RetrainConfig(schedule=str(tmp_path / "g" / "schedule.json"), task=TASK, device="cpu"))
     assert again.test_loss == pytest.approx(result.learned.test_loss, rel=1e-6)
+    rule = grouped_rule(SGDMomentum(), SMALL["groups"], dict(nn.Sequential(nn.Linear(5, 6), nn.Tanh(),
+                                                                           nn.Linear(6, 3)).named_parameters()))
+    from tests.conftest import tiny_task
+
+    unclamped = retrain(tiny_task(), rule, result.schedule, 6, 7919, torch.float32, "cpu")
+    assert unclamped.test_loss != pytest.approx(result.learned.test_loss, rel=1e-6)  # the clamp is active
     with pytest.raises(ConfigError, match="gives the groups") as e:
         retrain_schedule(RetrainConfig(schedule=str(tmp_path / "g" / "schedule.json"), task=TASK, device="cpu",
                                        groups={"lr": "param", "wd": "bias-vs-rest"}))

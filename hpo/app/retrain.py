@@ -34,8 +34,9 @@ class RetrainConfig:
     """A retrain: the schedule file and what to train; None means "as the file records".
 
     A schedule.json of ``hpo run`` records the run's configuration: its task and optimizer (used
-    when they are built-in names), samples, data root, augmentation, seed, dtype and grouping
-    rules (``groups``), so the retrain reproduces the run's own retrain unless a setting is given.
+    when they are built-in names), samples, data root, augmentation, seed, dtype, gradient clamp
+    and grouping rules (``groups``), so the retrain reproduces the run's own retrain unless a
+    setting is given.
     A grouped schedule needs its grouping rules (recorded, or given as ``groups``); they are
     resolved against the task's model and must give the groups the file names.
     """
@@ -75,6 +76,7 @@ class RetrainConfig:
         checks.seed("seed", settings["seed"])
         checks.choice("device", self.device, DEVICE_CHOICES)
         checks.choice("dtype", settings["dtype"], tuple(DTYPES))
+        settings["grad_clip"] = checks.optional_positive("grad_clip", run.get("grad_clip"))  # as the search trained
         optimizer = self.optimizer or recorded_name(recorded, "optimizer", BUILTIN_RULES) or "sgd"
         rule = resolve_rule_field(optimizer)
         settings["groups"] = check_groups("groups", settings["groups"], rule.hyper_names, rule.name)
@@ -128,7 +130,8 @@ def retrain_schedule(config: RetrainConfig) -> RetrainResult:
     with torch_threads(cpu_threads(None, device)):
         task = load_task(config.resolved_task, options, dtype, device)
         rule, schedule = grouped_for_task(config, task)
-        return retrain(task, rule, schedule, config.resolved_steps, s["seed"] + RETRAIN_SEED_OFFSET, dtype, device)
+        return retrain(task, rule, schedule, config.resolved_steps, s["seed"] + RETRAIN_SEED_OFFSET, dtype, device,
+                       grad_clip=s["grad_clip"])
 
 
 def grouped_for_task(config: RetrainConfig, task: Task) -> tuple[UpdateRule, Schedule]:
