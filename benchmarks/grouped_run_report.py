@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--retrain-seeds", default="", help="Also retrain every learned schedule with these seeds.")
     a = ap.parse_args()
     retrain_seeds = [int(x) for x in a.retrain_seeds.split(",") if x.strip()]
+    pictures = []
     extra = f" learned, {len(retrain_seeds)} retrain seeds each: test acc (%) |" if retrain_seeds else ""
     print(f"| configuration | seeds | learned: test acc (%) | per seed | hand-picked: test acc (%) | search (s) |{extra}")
     print("|---|---|---|---|---|---|" + ("---|" if retrain_seeds else ""))
@@ -70,7 +71,12 @@ def main() -> None:
             values = sched.values[a.type]
             if values.dim() == 1:  # a shared type: one row
                 sched = Schedule({a.type: values.unsqueeze(0)}, {a.type: ("all",)})
-            fig = heatmap_figure(sched, a.type, f"{name}: learned {a.type} ({runs[0].name})")
+            pictures.append((name, runs[0].name, sched))
+    if pictures and a.out is not None:  # one colour scale for every picture, so they compare
+        lo = min(float(s.values[a.type].min()) for _, _, s in pictures)
+        hi = max(float(s.values[a.type].max()) for _, _, s in pictures)
+        for name, run, sched in pictures:
+            fig = heatmap_figure(sched, a.type, f"{name}: learned {a.type} ({run})", lo, hi)
             fig.savefig(a.out / f"{name}-{a.type}.png", dpi=100)
 
 

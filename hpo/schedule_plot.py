@@ -48,12 +48,19 @@ def schedule_figure(schedule: Schedule, title: str = "learned schedule") -> Any:
     return fig
 
 
-def draw_heatmap(fig: Any, ax: Any, schedule: Schedule, name: str) -> None:
-    """Grouped type ``name`` on ``ax``: groups (rows, named) x segments (fraction of training), value as colour."""
+def draw_heatmap(fig: Any, ax: Any, schedule: Schedule, name: str, vmin: float | None = None,
+                 vmax: float | None = None) -> None:
+    """Grouped type ``name`` on ``ax``: groups (rows, named) x segments (fraction of training), value as colour.
+
+    ``vmin``/``vmax`` fix the colour scale (e.g. to compare two schedules); by default the table's range.
+    """
     table = schedule.values[name].detach().cpu().double().numpy()
     groups = schedule.group_names(name)
     n = table.shape[1]
-    image = ax.imshow(table, aspect="auto", interpolation="nearest", cmap="viridis", extent=(0.0, 1.0, len(groups), 0))
+    lo = float(table.min()) if vmin is None else vmin
+    hi = float(table.max()) if vmax is None else vmax
+    image = ax.imshow(table, aspect="auto", interpolation="nearest", cmap="viridis", extent=(0.0, 1.0, len(groups), 0),
+                      vmin=lo, vmax=hi)
     ax.set_yticks([g + 0.5 for g in range(len(groups))])
     ax.set_yticklabels(groups)
     ax.set_xlabel("fraction of training")
@@ -61,19 +68,21 @@ def draw_heatmap(fig: Any, ax: Any, schedule: Schedule, name: str) -> None:
     if table.size <= 64:  # small tables also show their numbers
         for g in range(table.shape[0]):
             for j in range(n):
+                bright = hi > lo and (table[g, j] - lo) / (hi - lo) > 0.6  # viridis is light at the top
                 ax.text((j + 0.5) / n, g + 0.5, f"{table[g, j]:.3g}", ha="center", va="center", fontsize=7,
-                        color="white")
+                        color="black" if bright else "white")
     fig.colorbar(image, ax=ax)
 
 
-def heatmap_figure(schedule: Schedule, name: str, title: str = "") -> Any:
+def heatmap_figure(schedule: Schedule, name: str, title: str = "", vmin: float | None = None,
+                   vmax: float | None = None) -> Any:
     """A figure of grouped type ``name`` alone as a heat map of groups x segments (for TensorBoard and the docs)."""
     from matplotlib.figure import Figure
 
     groups = int(schedule.values[name].shape[0])
-    fig = Figure(figsize=(6, 1.2 + 0.35 * groups))
+    fig = Figure(figsize=(6.5, 1.9 + 0.4 * groups))
     ax = fig.subplots()
-    draw_heatmap(fig, ax, schedule, name)
+    draw_heatmap(fig, ax, schedule, name, vmin, vmax)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
