@@ -232,3 +232,15 @@ def test_schedule_init_shared_starts_every_group(tmp_path: Path) -> None:
     result = hpo.run(cfg)
     first = result.history[0]
     assert len(first.values["lr"]) == 2 and len(first.values["wd"]) == 2
+
+
+def test_a_diverged_grouped_run_lowers_every_started_group(tmp_path: Path) -> None:
+    from hpo.report import divergence_text
+
+    result = hpo.run(RunConfig(**SMALL, outer_steps=1, init={"lr": 1e30}, logdir=str(tmp_path / "d")))
+    record = result.history[0]
+    assert record.diverged
+    lowered = record.extra["lowered"]["lr"]
+    assert lowered and all(":" in p for p in lowered) and {p.split(":")[0] for p in lowered} == {"0", "1"}
+    assert "lowered lr[0:0" in divergence_text(record)
+    assert (result.schedule.values["lr"] <= 0.5e30).all()  # halved at least
