@@ -74,7 +74,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
             name = "forward-manual" if problem.rule.hand_tangent else "forward-jvp"
             return BackendChoice(name, "a Hessian-tangent clamp is set, which only forward mode has")
         return choose_backend(
-            n_values=sum(schedule.counts.values()), n_params=sum(p.numel() for p in problem.params.values()),
+            n_values=schedule.size, n_params=sum(p.numel() for p in problem.params.values()),
             device_type="cuda" if ref.device.type == "cuda" else "cpu", free_bytes=free_memory(ref.device), horizon=problem.horizon,
             has_hand_tangent=problem.rule.hand_tangent, dtype_bytes=ref.element_size())
 

@@ -9,7 +9,9 @@ column per shared value, each inner step updates
                          (Z_t, S_t, H_t Z_t, [d\\lambda_t])\\big)
 
 where :math:`H_t Z_t` is a Hessian-vector product (forward-over-reverse ``jvp(grad(loss))``) and
-:math:`[d\\lambda_t]` is one-hot in the column of each type's active segment.  For SGD-momentum this
+:math:`[d\\lambda_t]` is one-hot in the column of each type's active segment (for a grouped type,
+:math:`[d\\lambda_t]` is the ``(groups,)`` unit vector of the column's group, zero elsewhere; see
+:class:`~hpo.backends.columns.ColumnLayout`).  For SGD-momentum this
 is :math:`C_{t+1} = \\mu C_t + (H + \\mathrm{wd}) Z_t + [d\\mu] v_t + [d\\mathrm{wd}] \\theta_t`,
 :math:`Z_{t+1} = Z_t - \\eta C_{t+1} - [d\\eta] v_{t+1}`.  The hypergradient is
 :math:`\\nabla_\\theta L_{val}(\\theta_T)^\\top Z_T`.  Memory is constant in the horizon.
@@ -169,7 +171,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         """Zero tangents for every column; the primal state of step 0."""
         p0 = problem.params
         rule = problem.rule
-        layout = ColumnLayout.build(schedule.counts, problem.horizon)
+        layout = ColumnLayout.build(schedule.counts, problem.horizon, schedule.group_counts)
         k = layout.started(0)
         opt0 = rule.init(p0)
         dp = {n: p0[n].new_zeros((k, *p0[n].shape)) for n in p0}

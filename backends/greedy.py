@@ -96,14 +96,15 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
     ) -> GreedyState:
         """Inner step ``t`` and its one-step hypergradient, added to the active segments' sums."""
         inner = state.inner
-        seg = {k: segment_index(t, problem.horizon, v.numel()) for k, v in state.values.items()}
+        seg = {k: segment_index(t, problem.horizon, v.shape[-1]) for k, v in state.values.items()}
         hyper = hyper_at_step(state.values, t, problem.horizon)
         params, opt, buffers, loss, g = train_step(problem.rule, problem.loss_fn, inner.params, inner.buffers,
                                                    inner.opt_state, hyper, t, x, y, problem.grad_clip)
         idx = state.val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
-        sums = {
-            k: v.index_add(0, torch.tensor([seg[k]], device=v.device), h[k].reshape(1)) for k, v in state.sums.items()
+        sums = {  # h[k] is 0-d, or (groups,) for a grouped type: added to the active segment (last dim)
+            k: v.index_add(v.dim() - 1, torch.tensor([seg[k]], device=v.device), h[k].reshape(*v.shape[:-1], 1))
+            for k, v in state.sums.items()
         }
         return GreedyState(InnerState(params, buffers, opt, t + 1, loss), state.values, sums, state.val_batches)
 

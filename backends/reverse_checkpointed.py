@@ -10,6 +10,9 @@ state) and the gradient :math:`g_t = \\nabla L_t(\\theta_t)` computed inside :ma
     (a_t, \\bar\\lambda_t) = \\mathrm{VJP}_{F_t}(s_t, \\lambda_t)\\,[a_{t+1}], \\qquad
     \\frac{\\partial L_{val}}{\\partial \\lambda_{name, j}} = \\sum_{t:\\ \\mathrm{seg}(t) = j} \\bar\\lambda_{t, name}
 
+(for a grouped type :math:`\\bar\\lambda_{t, name}` is a ``(groups,)`` vector and the sum fills
+column ``j`` of the ``(groups, segments)`` table).
+
 :func:`torch.func.vjp` of the whole step (:func:`hpo.step.train_step`, whose gradient is a
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
@@ -231,9 +234,9 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         if cotangents is None:
             return failed("adjoint")
         hypergrad = {}
-        for name, v in state.values.items():
-            seg = segment_indices(problem.horizon, v.numel()).to(v.device)
-            hypergrad[name] = torch.zeros_like(v).index_add(0, seg, cotangents[name])
+        for name, v in state.values.items():  # (T,) or (T, groups) cotangents, summed per segment (last dim)
+            seg = segment_indices(problem.horizon, v.shape[-1]).to(v.device)
+            hypergrad[name] = torch.zeros_like(v).index_add(v.dim() - 1, seg, cotangents[name].movedim(0, -1))
         if not bool(all_finite([hypergrad])):
             return failed("adjoint")
         return HypergradResult(hypergrad, float(loss), float(acc), inner.t, info=info)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from hpo.optimizers.base import Params, State, UpdateRule
+from hpo.optimizers.grouped import group_counts
 from hpo.problem import Buffers, InnerProblem
 from hpo.schedule import Schedule
 
@@ -109,6 +110,10 @@ def run_inner(
     early and the result has ``diverged=True`` and ``info["diverged_at"]`` (steps run) and
     ``info["divergence"]`` (``"loss"`` or ``"tangents"``).
     """
+    try:
+        schedule.check_groups(group_counts(problem.rule))
+    except ValueError as e:
+        raise ValueError(f"the schedule does not fit the rule's parameter groups: {e}") from None
     state = backend.init(problem, schedule)
     diverged = False
     cause: dict[str, Any] = {}

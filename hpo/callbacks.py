@@ -12,7 +12,11 @@ from torch import Tensor
 @final
 @dataclass(frozen=True)
 class OuterRecord:
-    """What one outer step measured and decided."""
+    """What one outer step measured and decided.
+
+    ``hypergrad``, ``values`` and ``step_sizes`` hold a list of floats per type, or a list of lists
+    (one per group) for a grouped type; ``groups`` names the groups of every grouped type.
+    """
 
     k: int
     horizon: int
@@ -26,6 +30,7 @@ class OuterRecord:
     seconds: float
     converged: bool = False
     extra: dict = field(default_factory=dict)
+    groups: dict = field(default_factory=dict)
 
 
 class Callbacks(ABC):

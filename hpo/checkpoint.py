@@ -4,7 +4,8 @@ A checkpoint is a plain dictionary saved with :func:`torch.save` and read back w
 ``torch.load(weights_only=True)``, so it holds only tensors, numbers, strings, lists and dicts::
 
     {"format": "hpo-fds-checkpoint", "version": 2,
-     "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k
+     "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k;
+                                             # (segments,) or, grouped, (groups, segments) each
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
      "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
      "search_seconds": float,
@@ -141,7 +142,8 @@ def _state_from_dict(d: Any) -> OuterState:
     for key in ("values", "steps", "signs"):
         part = d.get(key)
         if not isinstance(part, dict) or not part or not all(
-            isinstance(v, Tensor) and v.dim() == 1 and v.numel() > 0 and v.is_floating_point() for v in part.values()
+            isinstance(v, Tensor) and v.dim() in (1, 2) and v.numel() > 0 and v.is_floating_point()
+            for v in part.values()
         ):
             raise ValueError(f"its outer state has no valid {key!r}")
         parts.append(part)

@@ -26,6 +26,7 @@ from hpo.backend import HypergradientBackend
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
 from hpo.fds import FDSConfig
+from hpo.grouping import check_groups
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import VISION_TASKS, check_task_name, make_backend, resolve_rule
 from hpo.schedule import Schedule
@@ -39,6 +40,8 @@ class RunConfig:
     """Everything an ``hpo run`` needs; the fields are the CLI's options (``outer_steps`` is ``--outer-steps``).
 
     ``counts``, ``init`` and ``steps`` override the rule's defaults per hyperparameter type;
+    ``groups`` maps a type to its grouping rule (``{"lr": "layer", "wd": "bias-vs-rest"}``, see
+    :mod:`hpo.grouping`; absent types are shared over all parameters, ``all`` entries are dropped);
     ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats); ``baseline``
     None means the rule's hand-picked setting; ``retrain_steps`` None means the last horizon;
     ``threads`` None means one CPU thread per process (see :func:`hpo.device.cpu_threads`).
@@ -52,6 +55,7 @@ class RunConfig:
     counts: Mapping[str, int] = field(default_factory=dict)
     init: Mapping[str, float] = field(default_factory=dict)
     steps: Mapping[str, float] = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)
     decay: float = 0.5
     converged_frac: float = 0.05
     val_frac: float = 0.05
@@ -140,7 +144,7 @@ class RunConfig:
         counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
         return FDSConfig(
             outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
-            steps=dict(self.steps), decay=self.decay, converged_frac=self.converged_frac, val_frac=self.val_frac,
+            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, converged_frac=self.converged_frac, val_frac=self.val_frac,
             batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
             dtype=DTYPES[self.dtype], device=self.resolved_device,
         )
@@ -213,6 +217,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "counts": checks.name_map("counts", c.counts, "int"),
         "init": checks.name_map("init", c.init, "float"),
         "steps": checks.name_map("steps", c.steps, "float"),
+        "groups": check_groups("groups", c.groups),
         "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
         "converged_frac": checks.positive("converged_frac", c.converged_frac),
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),

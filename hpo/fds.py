@@ -20,7 +20,9 @@ from hpo.backend import HypergradientBackend, run_inner
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.distributed import Communicator
 from hpo.errors import ConfigError
+from hpo.grouping import check_groups, grouped_rule
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.grouped import GroupedRule, group_counts, group_names
 from hpo.outer import OuterState, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, check_counts, segment_starts
@@ -33,8 +35,11 @@ class FDSConfig:
     """Settings of the outer loop.  Empty ``counts``/``init``/``steps`` take the rule's defaults.
 
     ``inner_steps[k]`` is the horizon of outer step ``k`` (the last entry repeats), e.g.
-    ``(62, 620)`` for one epoch, then ten.  ``comm`` (a data-parallel run's place in its process
-    group, :mod:`hpo.distributed`; None in one process) is not a setting: the run sets it.
+    ``(62, 620)`` for one epoch, then ten.  ``groups`` maps a type to its grouping rule
+    (:mod:`hpo.grouping`: ``layer``, ``bias-vs-rest`` or patterns; absent types are shared over all
+    parameters); ``counts`` is then the number of segments of every group.  ``comm`` (a
+    data-parallel run's place in its process group, :mod:`hpo.distributed`; None in one process)
+    is not a setting: the run sets it.
     """
 
     outer_steps: int = 10
@@ -51,6 +56,7 @@ class FDSConfig:
     hz_clip: float | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
+    groups: Mapping[str, str] = field(default_factory=dict)
     comm: Communicator | None = field(default=None, compare=False, repr=False)
 
     def horizon(self, k: int) -> int:
@@ -69,6 +75,7 @@ class FDSConfig:
         checks.optional_positive("hz_clip", self.hz_clip)
         for name, given in (("counts", self.counts), ("init", self.init), ("steps", self.steps)):
             checks.names_of(name, given, rule.hyper_names, rule.name)
+        check_groups("groups", self.groups, rule.hyper_names, rule.name)
         try:
             check_counts(self.resolved_counts(rule), min(self.inner_steps))
         except ValueError as e:
@@ -138,9 +145,28 @@ def seeded_rng(seed: int, device: str | torch.device) -> Iterator[None]:
 
 
 def initial_state(rule: UpdateRule, config: FDSConfig) -> OuterState:
-    """Outer state before the first step: the rule's (or overridden) counts, initial values and steps."""
-    sched = Schedule.initial(rule, config.resolved_counts(rule), dict(config.init))
+    """Outer state before the first step: the rule's (or overridden) counts, initial values and steps.
+
+    A grouped type (``rule`` a :class:`~hpo.optimizers.grouped.GroupedRule`) starts as a
+    ``(groups, segments)`` table of its initial value.
+    """
+    sched = Schedule.initial(rule, config.resolved_counts(rule), dict(config.init), group_counts(rule))
     return OuterState.start(sched.values, config.resolved_steps(rule))
+
+
+def task_parameters(task: Task, config: FDSConfig) -> dict[str, torch.Tensor]:
+    """The named parameters of ``task``'s model (what a grouping rule is resolved against)."""
+    return dict(init_model(task, config.seed * 1000, config.dtype, "cpu").named_parameters())
+
+
+def rule_with_groups(task: Task, rule: UpdateRule, config: FDSConfig) -> UpdateRule:
+    """``rule`` wrapped for ``config.groups`` on ``task``'s parameters (itself when nothing is grouped).
+
+    An unmatched parameter or an empty group is a :class:`~hpo.errors.ConfigError` on ``groups``.
+    """
+    if not config.groups or isinstance(rule, GroupedRule):
+        return rule
+    return grouped_rule(rule, config.groups, task_parameters(task, config))
 
 
 def outer_step(
@@ -168,13 +194,13 @@ def outer_step(
     if diverged:
         info = result.info or {}
         steps_run = int(info.get("diverged_at", result.steps))
-        started = {n: torch.tensor(segment_starts(problem.horizon, v.numel())) < steps_run for n, v in hg.items()}
+        started = {n: torch.tensor(segment_starts(problem.horizon, v.shape[-1])) < steps_run for n, v in hg.items()}
         hg = safe_direction(hg, specs, started)
         extra = {
             "diverged_at": steps_run,
             "divergence": str(info.get("divergence", "hypergradient")),
-            "lowered": {n: [j for j, x in enumerate(h.tolist()) if x > 0] for n, h in hg.items() if (h > 0).any()},
-            "raised": {n: [j for j, x in enumerate(h.tolist()) if x < 0] for n, h in hg.items() if (h < 0).any()},
+            "lowered": {n: positions(h > 0) for n, h in hg.items() if (h > 0).any()},
+            "raised": {n: positions(h < 0) for n, h in hg.items() if (h < 0).any()},
         }
     if result.info and "auto" in result.info:
         extra = {**extra, "backend": result.info["auto"]}
@@ -187,15 +213,28 @@ def outer_step(
         steps_run=result.steps,
         val_loss=result.val_loss,
         val_acc=result.val_acc,
-        hypergrad={n: [float(x) for x in h] for n, h in result.hypergrad.items()},
-        values={n: [float(x) for x in v] for n, v in new.values.items()},
-        step_sizes={n: [float(x) for x in v] for n, v in new.steps.items()},
+        hypergrad={n: plain_list(h) for n, h in result.hypergrad.items()},
+        values={n: plain_list(v) for n, v in new.values.items()},
+        step_sizes={n: plain_list(v) for n, v in new.steps.items()},
         diverged=diverged,
         seconds=time.perf_counter() - start,
         converged=converged(new, config.converged_frac),
         extra=extra,
+        groups={n: list(g) for n, g in group_names(rule).items()},
     )
     return new, record
+
+
+def plain_list(x: torch.Tensor) -> list:
+    """A ``(segments,)`` tensor as a list of floats, a ``(groups, segments)`` one as a list of lists."""
+    return x.detach().cpu().to(torch.float64).tolist()
+
+
+def positions(mask: torch.Tensor) -> list:
+    """Where ``mask`` is true: segment indices ``j`` of a 1-D table, ``"g:j"`` (group, segment) of a 2-D one."""
+    if mask.dim() == 1:
+        return [j for j, x in enumerate(mask.tolist()) if x]
+    return [f"{g}:{j}" for g, row in enumerate(mask.tolist()) for j, x in enumerate(row) if x]
 
 
 def halve_lowered(old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor],
@@ -221,6 +260,9 @@ def run_fds(
 ) -> FDSResult:
     """Run outer steps until ``config.outer_steps`` are done or every value has converged.
 
+    With ``config.groups`` set, ``rule`` is wrapped for the groups of ``task``'s parameters
+    (:func:`rule_with_groups`) and every grouped type is a ``(groups, segments)`` table.
+
     Pass ``state`` and ``history`` to continue an earlier run (e.g. from a checkpoint); a run whose
     last record has converged does not continue.  ``after_step(state, history)`` is called after
     every outer step (e.g. to write a checkpoint).  Outer step ``k`` depends only on ``state``,
@@ -228,6 +270,7 @@ def run_fds(
     draws are seeded from them), so a resumed run repeats an uninterrupted one exactly.
     """
     config.validate(rule)
+    rule = rule_with_groups(task, rule, config)
     callbacks = callbacks or CallbackList()
     state = state or initial_state(rule, config)
     records = list(history)
@@ -237,4 +280,4 @@ def run_fds(
         if after_step is not None:  # checkpoint first: a logging failure then loses no finished step
             after_step(state, tuple(records))
         callbacks.on_outer_step(record)
-    return FDSResult(Schedule(dict(state.values)), state, tuple(records))
+    return FDSResult(Schedule(dict(state.values), group_names(rule)), state, tuple(records))

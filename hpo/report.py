@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from hpo.callbacks import OuterRecord
 
 
-def format_values(values: dict[str, list[float]], fmt: str = "{:.4g}") -> str:
-    """``lr=[0.1 0.2] momentum=[0.5]`` on one line."""
-    return " ".join(f"{k}=[{' '.join(fmt.format(x) for x in v)}]" for k, v in values.items())
+def format_values(values: Mapping[str, Sequence[Any]], fmt: str = "{:.4g}",
+                  groups: Mapping[str, Sequence[str]] | None = None) -> str:
+    """``lr=[0.1 0.2] momentum=[0.5]`` on one line; a grouped type as ``lr[conv1]=[...] lr[fc]=[...]``.
+
+    ``groups[name]`` names the groups of a grouped type (a list of lists); ``0, 1, ...`` without it.
+    """
+    pieces = []
+    for k, v in values.items():
+        if v and isinstance(v[0], (list, tuple)):
+            names = list((groups or {}).get(k) or [])
+            names = names if len(names) == len(v) else [str(g) for g in range(len(v))]
+            pieces += [f"{k}[{g}]=[{' '.join(fmt.format(x) for x in row)}]" for g, row in zip(names, v)]
+        else:
+            pieces.append(f"{k}=[{' '.join(fmt.format(x) for x in v)}]")
+    return " ".join(pieces)
 
 
 def divergence_text(r: OuterRecord) -> str:

@@ -9,6 +9,7 @@ from typing import final
 import torch
 
 from hpo.optimizers.base import Params, UpdateRule
+from hpo.optimizers.grouped import GroupedRule, group_counts
 from hpo.problem import Buffers, augment_generator, batch_order, evaluate
 from hpo.schedule import Schedule
 from hpo.step import hyper_at_step, train_step
@@ -45,13 +46,18 @@ def retrain(
     """Train ``task``'s model from scratch on its whole train set for ``steps`` steps.
 
     The schedule is stretched to ``steps`` (segment of step t is ``floor(n t / steps)``).  Rules
-    with a ``torch.optim`` counterpart train through it and :class:`ScheduleDriver`; others fall
-    back to the rule's own ``step``.  ``grad_clip`` clamps every gradient to ``[-c, c]``, as the
+    with a ``torch.optim`` counterpart train through it and :class:`ScheduleDriver` (a
+    :class:`~hpo.optimizers.grouped.GroupedRule` through one param group per cell); others fall
+    back to the rule's own ``step``.  A schedule whose groups do not fit ``rule`` is a ``ValueError``.  ``grad_clip`` clamps every gradient to ``[-c, c]``, as the
     search did (:func:`hpo.step.tree_clamp`).
     """
     model = init_model(task, seed, dtype, device)
     batches = retrain_batches(task, steps, seed, dtype, device)
-    opt = rule.torch_optimizer(model.parameters(), schedule.at(0, steps))
+    schedule.check_groups(group_counts(rule))
+    if isinstance(rule, GroupedRule):  # one param group per cell, tagged with its groups (ScheduleDriver reads them)
+        opt = rule.torch_optimizer(model.named_parameters(), schedule.at(0, steps))
+    else:
+        opt = rule.torch_optimizer(model.parameters(), schedule.at(0, steps))  # type: ignore[arg-type]
     loss = torch.zeros((), device=device)
     diverged = False
     if opt is not None:

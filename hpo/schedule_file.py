@@ -43,7 +43,7 @@ def read_schedule(path: str | Path, field: str, rule: UpdateRule | None = None) 
     data = read_json(path, field)
     meta = dict(data) if isinstance(data, dict) and "schedule" in data else {}
     try:
-        schedule = Schedule.from_dict(meta.get("schedule", data))
+        schedule = Schedule.from_dict(meta.get("schedule", data), meta.get("groups"))
         if rule is not None:
             schedule.check(rule)
     except (ValueError, OverflowError) as e:

@@ -41,8 +41,12 @@ class StepOutput(NamedTuple):
 
 
 def hyper_at_step(values: Mapping[str, Tensor], t: int, horizon: int) -> Hyper:
-    """0-d tensors of every type's value at step ``t``: ``values[name][floor(n t / T)]``."""
-    return {k: v[segment_index(t, horizon, v.numel())] for k, v in values.items()}
+    """Every type's value at step ``t``: ``values[name][..., floor(n t / T)]`` with ``n`` segments.
+
+    A 0-d tensor for a type shared over all parameters (a ``(n,)`` table), a ``(groups,)`` vector
+    for a grouped type (a ``(groups, n)`` table; see :mod:`hpo.optimizers.grouped`).
+    """
+    return {k: v[..., segment_index(t, horizon, v.shape[-1])] for k, v in values.items()}
 
 
 def tree_clamp(tree: Params, c: float | None) -> Params:

@@ -5,8 +5,9 @@ what the interrupted process wrote after its last checkpoint (``purge_step`` hid
 a run at or after that step, whatever its tag):
 
 - ``LOGDIR`` (axis: outer step k): ``outer/val_loss``, ``outer/val_acc``, ``outer/diverged``,
-  ``outer/diverged_at``, ``hypergrad/<name>/<j>``, ``hyper/<name>/<j>``, ``step/<name>/<j>``,
-  the ``schedule`` figure, ``divergence`` and ``summary`` texts;
+  ``outer/diverged_at``, ``hypergrad/<name>/<j>``, ``hyper/<name>/<j>``, ``step/<name>/<j>``
+  (``<name>/<group>/<j>`` for a grouped type), the ``schedule`` figure, a ``heatmap/<name>``
+  figure (groups x segments) per grouped type, ``divergence`` and ``summary`` texts;
 - ``LOGDIR/inner`` (axis: global inner step): ``inner/train_loss``;
 - ``LOGDIR/inner/outer<k>`` (axis: inner step t of outer step k): ``inner/train_loss_by_step``;
 - ``LOGDIR/retrain`` (axis: retrain step): ``retrain/<name>/train_loss``.
@@ -22,7 +23,7 @@ from torch import Tensor
 from hpo.callbacks import Callbacks, OuterRecord
 from hpo.report import divergence_text
 from hpo.schedule import Schedule
-from hpo.schedule_plot import schedule_figure
+from hpo.schedule_plot import heatmap_figure, schedule_figure
 
 
 @final
@@ -72,11 +73,21 @@ class TensorBoardLogger(Callbacks):
 
             w.add_scalar("outer/diverged_at", float((record.extra or {}).get("diverged_at", record.steps_run)), k)
             w.add_text("divergence", f"outer step {k}: {divergence_text(record)}", k)
+        names = record.groups or {}
         for group, data in (("hypergrad", record.hypergrad), ("hyper", record.values), ("step", record.step_sizes)):
             for name, vals in data.items():
-                for j, x in enumerate(vals):
-                    w.add_scalar(f"{group}/{name}/{j}", x, k)
-        w.add_figure("schedule", schedule_figure(Schedule.from_dict(record.values), title=f"after outer step {k + 1}"), k)
+                if vals and isinstance(vals[0], list):  # grouped: one row per group
+                    labels = names.get(name) or [str(g) for g in range(len(vals))]
+                    for label, row in zip(labels, vals):
+                        for j, x in enumerate(row):
+                            w.add_scalar(f"{group}/{name}/{label}/{j}", x, k)
+                else:
+                    for j, x in enumerate(vals):
+                        w.add_scalar(f"{group}/{name}/{j}", x, k)
+        schedule = Schedule.from_dict(record.values, names or None)
+        w.add_figure("schedule", schedule_figure(schedule, title=f"after outer step {k + 1}"), k)
+        for name in schedule.group_counts:
+            w.add_figure(f"heatmap/{name}", heatmap_figure(schedule, name, f"{name} after outer step {k + 1}"), k)
         for writer in (w, self.inner_writer, self.outer_writer):
             if writer is not None:
                 writer.flush()

@@ -14,6 +14,22 @@ Example:
     ...     driver.advance()
     >>> driver.t, opt.param_groups[0]["lr"]
     (100, 0.1)
+
+A grouped schedule (a ``(groups, segments)`` table per grouped type, see :mod:`hpo.grouping`)
+plays through one param group per *cell* of the grouping: build the optimizer from
+:meth:`ParamGrouping.param_groups <hpo.optimizers.grouped.ParamGrouping.param_groups>`, which
+tags every param group with its group index per grouped type (``"hpo_groups"``):
+
+    >>> from hpo.grouping import resolve_grouping
+    >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    >>> grouping = resolve_grouping({"lr": "layer"}, dict(model.named_parameters()))
+    >>> sched = Schedule({"lr": torch.tensor([[0.1, 0.01], [0.2, 0.02]]), "momentum": torch.tensor([0.9]),
+    ...                   "wd": torch.tensor([0.0])})
+    >>> opt = torch.optim.SGD(grouping.param_groups(model.named_parameters()), lr=0.0)
+    >>> driver = ScheduleDriver(opt, SGDMomentum(), sched, horizon=100)
+    >>> _ = driver.apply()
+    >>> [round(g["lr"], 6) for g in opt.param_groups]
+    [0.1, 0.2]
 """
 
 from __future__ import annotations
@@ -32,6 +48,8 @@ class ScheduleDriver:
 
     ``apply()`` writes the values of step ``t`` (``floor(n t / T)``-th shared value of each type)
     into every param group, through ``rule.torch_group``; ``advance()`` moves to step ``t + 1``.
+    For a grouped type, param group ``i`` gets the value of its group ``param_groups[i]["hpo_groups"][name]``
+    (a param group without that entry is a ``ValueError``).
     ``step()`` does both after an optimizer step, like an LR scheduler.  Steps past the horizon
     keep the last values.
     """
@@ -45,16 +63,20 @@ class ScheduleDriver:
         self.horizon = horizon
         self.t = 0
 
-    def current(self) -> dict[str, float]:
-        """The hyperparameter values of the current step."""
+    def current(self) -> dict[str, float | list[float]]:
+        """The hyperparameter values of the current step (one per group for a grouped type)."""
         return self.schedule.at(min(self.t, self.horizon - 1), self.horizon)
 
-    def apply(self) -> dict[str, float]:
+    def apply(self) -> dict[str, float | list[float]]:
         """Write the current step's values into every param group and return them."""
         hyper = self.current()
-        group_values = self.rule.torch_group(hyper)
-        for group in self.optimizer.param_groups:
-            group.update(group_values)
+        if not any(isinstance(v, list) for v in hyper.values()):
+            group_values = self.rule.torch_group(hyper)  # type: ignore[arg-type]
+            for group in self.optimizer.param_groups:
+                group.update(group_values)
+            return hyper
+        for i, group in enumerate(self.optimizer.param_groups):
+            group.update(self.rule.torch_group(pick_for_group(hyper, group.get("hpo_groups") or {}, i)))
         return hyper
 
     def advance(self) -> None:
@@ -73,3 +95,17 @@ class ScheduleDriver:
     def load_state_dict(self, d: dict[str, int]) -> None:
         """Restore the current step."""
         self.t = int(d["t"])
+
+
+def pick_for_group(hyper: dict[str, float | list[float]], index: dict[str, int], i: int) -> dict[str, float]:
+    """The scalar values of param group ``i`` whose group index per grouped type is ``index``."""
+    out = {}
+    for name, v in hyper.items():
+        if isinstance(v, list):
+            if name not in index:
+                raise ValueError(f"param group {i} has no group index for {name} (build the param groups with "
+                                 f"ParamGrouping.param_groups, see hpo.grouping)")
+            out[name] = v[int(index[name])]
+        else:
+            out[name] = v
+    return out

@@ -1,6 +1,7 @@
 """Reference hypergradients: full reverse mode through the unrolled loop, and finite differences.
 
-These are the trusted (slow, memory O(T)) computations every backend is tested against:
+These are the trusted (slow, memory O(T)) computations every backend is tested against, for shared
+``(segments,)`` and grouped ``(groups, segments)`` tables alike:
 
 .. math::  \\frac{\\partial L_{val}(\\theta_T(\\lambda))}{\\partial \\lambda}
            \\approx \\frac{L_{val}(\\theta_T(\\lambda + \\epsilon e_j)) - L_{val}(\\theta_T(\\lambda - \\epsilon e_j))}{2\\epsilon}
@@ -38,12 +39,13 @@ def finite_difference_hypergradient(problem: InnerProblem, values: dict[str, Ten
     out = {}
     with torch.no_grad():
         for name, v in values.items():
-            g = torch.zeros_like(v)
+            g = torch.zeros_like(v, memory_format=torch.contiguous_format)
+            flat = g.view(-1)  # every value of a (segments,) or (groups, segments) table in turn
             for j in range(v.numel()):
-                plus = {k: w.clone() for k, w in values.items()}
-                minus = {k: w.clone() for k, w in values.items()}
-                plus[name][j] += eps
-                minus[name][j] -= eps
-                g[j] = (unrolled_validation_loss(problem, plus) - unrolled_validation_loss(problem, minus)) / (2 * eps)
+                plus = {k: w.clone(memory_format=torch.contiguous_format) for k, w in values.items()}
+                minus = {k: w.clone(memory_format=torch.contiguous_format) for k, w in values.items()}
+                plus[name].view(-1)[j] += eps
+                minus[name].view(-1)[j] -= eps
+                flat[j] = (unrolled_validation_loss(problem, plus) - unrolled_validation_loss(problem, minus)) / (2 * eps)
             out[name] = g
     return out

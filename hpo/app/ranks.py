@@ -19,6 +19,7 @@ from hpo.config import RunConfig
 from hpo.distributed import Communicator
 from hpo.errors import ConfigError
 from hpo.fds import FDSConfig, FDSResult, run_fds
+from hpo.optimizers.base import UpdateRule
 from hpo.outer import OuterState
 from hpo.tasks.base import Task
 
@@ -81,16 +82,18 @@ def wait_for_rank0(comm: Communicator) -> None:
         raise ConfigError(field, message)
 
 
-def follow(config: RunConfig, task: Task, fds: FDSConfig, start: OuterState, checkpoint: Checkpoint | None) -> FDSResult:
+def follow(config: RunConfig, task: Task, fds: FDSConfig, rule: UpdateRule, start: OuterState,
+           checkpoint: Checkpoint | None) -> FDSResult:
     """A rank other than 0: the outer loop of rank 0, on this rank's shards, silent and writing nothing.
 
-    Every collective of rank 0's search happens here in the same order, so the schedules agree bit
-    for bit; the retrain and every output are rank 0's.
+    ``rule`` is the run's rule, wrapped for its parameter groups as on rank 0.  Every collective of
+    rank 0's search happens here in the same order, so the schedules agree bit for bit; the retrain
+    and every output are rank 0's.
     """
     if fds.comm is not None:
         wait_for_rank0(fds.comm)
     history = checkpoint.history if checkpoint is not None else ()
-    return run_fds(task, config.resolved_rule, config.resolved_backend, fds, CallbackList(), state=start,
+    return run_fds(task, rule, config.resolved_backend, fds, CallbackList(), state=start,
                    history=history)
 
 

@@ -7,6 +7,7 @@ code), so ``hpo retrain --schedule runs/x/schedule.json`` needs nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
 
@@ -17,11 +18,14 @@ from hpo.app.task_loading import load_task
 from hpo.config import cls_replace, resolve_rule_field
 from hpo.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
 from hpo.errors import ConfigError
+from hpo.grouping import check_groups, grouped_rule
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.grouped import group_counts, group_names
 from hpo.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS
 from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.schedule import Schedule
 from hpo.schedule_file import read_json, read_schedule
+from hpo.tasks.base import Task, init_model
 
 
 @final
@@ -30,8 +34,11 @@ class RetrainConfig:
     """A retrain: the schedule file and what to train; None means "as the file records".
 
     A schedule.json of ``hpo run`` records the run's configuration: its task and optimizer (used
-    when they are built-in names), samples, data root, augmentation, seed and dtype, so the
-    retrain reproduces the run's own retrain unless a setting is given.
+    when they are built-in names), samples, data root, augmentation, seed, dtype, gradient clamp
+    and grouping rules (``groups``), so the retrain reproduces the run's own retrain unless a
+    setting is given.
+    A grouped schedule needs its grouping rules (recorded, or given as ``groups``); they are
+    resolved against the task's model and must give the groups the file names.
     """
 
     schedule: str
@@ -44,6 +51,7 @@ class RetrainConfig:
     seed: int | None = None
     device: str = "auto"
     dtype: str | None = None
+    groups: Mapping[str, str] | None = None
     resolved_rule: UpdateRule = field(init=False, repr=False, compare=False)
     resolved_schedule: Schedule = field(init=False, repr=False, compare=False)
     resolved_task: str = field(init=False, repr=False, compare=False)
@@ -59,8 +67,8 @@ class RetrainConfig:
         recorded = data if isinstance(data, dict) and "schedule" in data else {}
         run = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
         given = {"samples": self.samples, "data_root": self.data_root, "augment": self.augment, "seed": self.seed,
-                 "dtype": self.dtype}
-        defaults = {"samples": None, "data_root": "data", "augment": None, "seed": 0, "dtype": "float32"}
+                 "dtype": self.dtype, "groups": self.groups}
+        defaults = {"samples": None, "data_root": "data", "augment": None, "seed": 0, "dtype": "float32", "groups": {}}
         settings = {k: v if v is not None else run.get(k, defaults[k]) for k, v in given.items()}
         checks.optional_integer("samples", settings["samples"], checks.MIN_SAMPLES, checks.MAX_SAMPLES)
         checks.text("data_root", settings["data_root"])
@@ -68,9 +76,15 @@ class RetrainConfig:
         checks.seed("seed", settings["seed"])
         checks.choice("device", self.device, DEVICE_CHOICES)
         checks.choice("dtype", settings["dtype"], tuple(DTYPES))
+        settings["grad_clip"] = checks.optional_positive("grad_clip", run.get("grad_clip"))  # as the search trained
         optimizer = self.optimizer or recorded_name(recorded, "optimizer", BUILTIN_RULES) or "sgd"
         rule = resolve_rule_field(optimizer)
+        settings["groups"] = check_groups("groups", settings["groups"], rule.hyper_names, rule.name)
         schedule, meta = read_schedule(self.schedule, "schedule", rule)
+        ungrouped = sorted(set(schedule.group_counts) - set(settings["groups"]))
+        if ungrouped:
+            raise ConfigError("groups", f"{self.schedule} holds {ungrouped[0]} per parameter group; give its "
+                                        f"grouping rule (e.g. {ungrouped[0]}=layer)")
         limit = float(torch.finfo(DTYPES[settings["dtype"]]).max)
         for k, v in schedule.values.items():
             if float(v.abs().max()) > limit:
@@ -115,5 +129,27 @@ def retrain_schedule(config: RetrainConfig) -> RetrainResult:
     dtype = DTYPES[s["dtype"]]
     with torch_threads(cpu_threads(None, device)):
         task = load_task(config.resolved_task, options, dtype, device)
-        return retrain(task, config.resolved_rule, config.resolved_schedule, config.resolved_steps,
-                       s["seed"] + RETRAIN_SEED_OFFSET, dtype, device)
+        rule, schedule = grouped_for_task(config, task)
+        return retrain(task, rule, schedule, config.resolved_steps, s["seed"] + RETRAIN_SEED_OFFSET, dtype, device,
+                       grad_clip=s["grad_clip"])
+
+
+def grouped_for_task(config: RetrainConfig, task: Task) -> tuple[UpdateRule, Schedule]:
+    """The rule wrapped for the recorded (or given) groups of ``task``'s parameters, and the schedule shaped for it.
+
+    A shared type of the file that is grouped here is copied to every group; group names the file
+    records must equal those the rules give on this task (``ConfigError`` on ``groups`` otherwise).
+    """
+    groups = config.resolved["groups"]
+    params = dict(init_model(task, 0, torch.float32, "cpu").named_parameters())
+    rule = grouped_rule(config.resolved_rule, groups, params)
+    names = group_names(rule)
+    for name, recorded in config.resolved_schedule.groups.items():
+        if name in names and tuple(recorded) != tuple(names[name]):
+            raise ConfigError("groups", f"{name}={groups[name]} gives the groups {', '.join(names[name])} on "
+                                        f"{task.name}, but {config.schedule} has {', '.join(recorded)}")
+    try:
+        schedule = config.resolved_schedule.broadcast_groups(group_counts(rule)).with_groups(names)
+    except ValueError as e:
+        raise ConfigError("groups", f"{config.schedule}: {e}") from None
+    return rule, schedule

@@ -35,7 +35,9 @@ from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES, cpu_threads, torch_threads
 from hpo.distributed import Communicator, RankError, join, launched_world_size, leave
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.fds import FDSConfig, make_problem, run_fds
+from hpo.fds import FDSConfig, make_problem, rule_with_groups, run_fds
+from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.grouped import group_counts, group_names
 from hpo.outer import OuterState
 from hpo.report import format_values
 from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
@@ -101,11 +103,16 @@ def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint
             raise
         raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
     check_split(task.train_x.shape[0], fds.val_frac)
+    rule = rule_with_groups(task, config.resolved_rule, fds)  # an unmatched parameter fails here, before any write
+    state = checkpoint.state if checkpoint is not None else start_state(config, rule)
+    try:
+        Schedule(dict(state.values)).check_groups(group_counts(rule))
+    except ValueError as e:
+        raise ConfigError("resume", f"the checkpoint does not fit the parameter groups: {e}") from None
     if comm is not None:
         fds = sharded(fds, task, comm)
         if comm.rank != 0:
-            start = checkpoint.state if checkpoint is not None else start_state(config)
-            followed = follow(config, task, fds, start, checkpoint)
+            followed = follow(config, task, fds, rule, state, checkpoint)
             return RunResult(config, followed.schedule, followed.history, None, None, 0.0, follower_logdir(config))
     signal = StartSignal(comm)
     try:
@@ -116,25 +123,30 @@ def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint
             raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
         ensure_writable_dir(logdir)
         with LogdirLock(logdir):
-            return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint, fds, signal)
+            return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint, rule, state, fds, signal)
     except ConfigError as e:
         signal.fail(e)
         raise
 
 
 def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Checkpoint | None,
-               fds: FDSConfig | None = None, signal: StartSignal | None = None) -> RunResult:
-    """The body of :func:`run`, holding the log directory; ``signal`` starts the other ranks' search."""
-    rule, backend = config.resolved_rule, config.resolved_backend
+               rule: UpdateRule, state: OuterState, fds: FDSConfig | None = None,
+               signal: StartSignal | None = None) -> RunResult:
+    """The body of :func:`run`, holding the log directory; ``rule`` is already wrapped for the groups.
+
+    ``signal`` starts the other ranks' search in a data-parallel run.
+    """
+    backend = config.resolved_backend
     fds = fds or config.fds()
     logdir = Path(str(config.logdir))
     if checkpoint is None and checkpoint_path(logdir).exists():  # checked again under the lock
         raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
     remove_stale_temporaries(logdir)  # under the lock: no other process is writing here
-    state = checkpoint.state if checkpoint is not None else start_state(config)
     history = checkpoint.history if checkpoint is not None else ()
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
                   f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
+    for name, groups in group_names(rule).items():
+        cb.on_message(f"{name} per group ({config.groups[name]}): {len(groups)} groups {', '.join(groups)}")
     if checkpoint is not None:
         cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
     if isinstance(backend, AutoBackend):
@@ -163,17 +175,22 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     if signal is not None:
         signal.go()
     try:
-        return search_and_retrain(config, cb, tb, task, state, history, writer, logged, fds)
+        return search_and_retrain(config, cb, tb, task, rule, state, history, writer, logged, fds)
     except KeyboardInterrupt:
         done = load_checkpoint(checkpoint_path(logdir)).state.k if checkpoint_path(logdir).exists() else 0
         raise Interrupted(logdir, done) from None
 
 
-def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, task: Task, state: OuterState,
-                       history: tuple[OuterRecord, ...], writer: CheckpointWriter, logged: CallbackList,
-                       fds: FDSConfig | None = None) -> RunResult:
-    """The outer loop, the two retrains and the outputs (``schedule.json``, ``schedule.png``)."""
-    rule, backend = config.resolved_rule, config.resolved_backend
+def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, task: Task, rule: UpdateRule,
+                       state: OuterState, history: tuple[OuterRecord, ...], writer: CheckpointWriter,
+                       logged: CallbackList, fds: FDSConfig | None = None) -> RunResult:
+    """The outer loop, the two retrains and the outputs (``schedule.json``, ``schedule.png``).
+
+    The learned schedule retrains with ``rule`` (grouped when ``config.groups`` is set); the
+    hand-picked constant baseline with the plain rule (a constant shared by every group is the
+    same training).
+    """
+    backend = config.resolved_backend
     fds = fds or config.fds()
     logdir = Path(str(config.logdir))
     result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
@@ -191,7 +208,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     base = None
     hand = config.resolved_baseline
     if hand is not None:
-        base = retrain(task, rule, Schedule.constant(hand), steps, seed, DTYPES[config.dtype], fds.device,
+        base = retrain(task, config.resolved_rule, Schedule.constant(hand), steps, seed, DTYPES[config.dtype], fds.device,
                        on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss),
                        grad_clip=fds.grad_clip)
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
@@ -200,7 +217,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
         results["hand_picked"] = {"hyper": hand, **base.__dict__}
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
-        "schedule": result.schedule.to_dict(), "retrain_steps": steps,
+        "schedule": result.schedule.to_dict(), **grouped_entry(result.schedule), "retrain_steps": steps,
         "search_seconds": search_seconds, "results": results, "config": config.to_dict(), "versions": versions(),
         "processes": fds.comm.world_size if fds.comm is not None else 1,
         "history": [r.__dict__ for r in result.history],
@@ -219,7 +236,8 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
         cb.on_message(f"warning: could not write {picture}: {e}")
     tb.add_text("summary", "\n\n".join(lines), result.state.k)
     tb.close()
-    summary = (f"learned schedule: {format_values(result.schedule.to_dict())}", *lines,
+    summary = (f"learned schedule: {format_values(result.schedule.to_dict(), groups=result.schedule.groups_dict())}",
+               *lines,
                f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'}, {picture.name} and TensorBoard "
                f"logs (tensorboard --logdir {logdir})")
     for line in summary:
@@ -236,10 +254,15 @@ def zero_hypergradient_warnings(history: Sequence[OuterRecord]) -> list[str]:
     if len(history) < 2:
         return []
     names = history[0].hypergrad.keys()
-    zero = [n for n in names if all(x == 0.0 for r in history for x in r.hypergrad.get(n, [1.0]))]
+    zero = [n for n in names if all(x == 0.0 for r in history for x in flat(r.hypergrad.get(n, [1.0])))]
     return [f"warning: the hypergradient of {n} was exactly zero at every outer step; likely causes: the rule cuts "
             f"its tangent (float(), .item() or sign() of a hyperparameter; hpo check-rule tells), a segment no step "
             f"reaches, or a learning rate that stayed 0 so nothing trained" for n in zero]
+
+
+def flat(values: list) -> list[float]:
+    """A type's record entry as one list: a list of floats, or a grouped type's list of lists joined."""
+    return [x for row in values for x in row] if values and isinstance(values[0], list) else list(values)
 
 
 def versions() -> dict[str, str]:
@@ -254,12 +277,27 @@ def versions() -> dict[str, str]:
     return {"hpo": hpo_version, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def start_state(config: RunConfig) -> OuterState:
-    """The outer state before step 0: the starting schedule (or the rule's defaults) and initial steps."""
-    rule, fds = config.resolved_rule, config.fds()
+def grouped_entry(schedule: Schedule) -> dict[str, Any]:
+    """``{"groups": {type: [group names]}}`` for schedule.json when a type is grouped, else nothing."""
+    groups = schedule.groups_dict()
+    return {"groups": groups} if groups else {}
+
+
+def start_state(config: RunConfig, rule: UpdateRule | None = None) -> OuterState:
+    """The outer state before step 0: the starting schedule (or the rule's defaults) and initial steps.
+
+    ``rule`` (default: the configuration's) may be grouped; a shared type of the starting
+    schedule is then copied to every group of its type.
+    """
+    rule = rule or config.resolved_rule
+    fds = config.fds()
     if config.initial_schedule is not None:
-        return OuterState.start(config.initial_schedule.values, fds.resolved_steps(rule))
-    sched = Schedule.initial(rule, fds.resolved_counts(rule), dict(fds.init))
+        try:
+            start = config.initial_schedule.broadcast_groups(group_counts(rule))
+        except ValueError as e:
+            raise ConfigError("schedule_init", f"{config.schedule_init}: {e}") from None
+        return OuterState.start(start.values, fds.resolved_steps(rule))
+    sched = Schedule.initial(rule, fds.resolved_counts(rule), dict(fds.init), group_counts(rule))
     return OuterState.start(sched.values, fds.resolved_steps(rule))
 
 
@@ -310,7 +348,7 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
         # The starting schedule is in the checkpoint's outer state already: resuming must not need the
         # file again (it may have moved).  Its counts become explicit.
         merged = {**merged, "schedule_init": None, "init": {},
-                  "counts": {n: int(v.numel()) for n, v in ckpt.state.values.items()}}
+                  "counts": {n: int(v.shape[-1]) for n, v in ckpt.state.values.items()}}
     config = RunConfig.from_dict(merged)
     try:
         Schedule(dict(ckpt.state.values)).check(config.resolved_rule)

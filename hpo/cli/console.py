@@ -72,8 +72,8 @@ class ConsoleReporter(Callbacks):
                    f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s; {self.eta_text(r.k)})", file=self.out)
         if r.diverged:
             click.echo(f"  {divergence_text(r)}", file=self.out)
-        click.echo(f"  hypergrad  {format_values(r.hypergrad, '{:+.3g}')}", file=self.out)
-        click.echo(f"  schedule   {format_values(r.values)}", file=self.out)
+        click.echo(f"  hypergrad  {format_values(r.hypergrad, '{:+.3g}', r.groups)}", file=self.out)
+        click.echo(f"  schedule   {format_values(r.values, groups=r.groups)}", file=self.out)
         if r.converged:
             click.echo("  converged: every step/|value| is below the threshold", file=self.out)
 

@@ -15,7 +15,7 @@ from hpo.app.run import resume, run
 from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
 from hpo.cli.errors import OneLineErrors
-from hpo.cli.types import IntList, KeyValues
+from hpo.cli.types import GroupRules, IntList, KeyValues
 from hpo.compare import compare, resume_compare
 from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
@@ -57,6 +57,9 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--counts", type=KeyValues(int), default="", help="Shared values per type, e.g. lr=7,momentum=1,wd=1 (rule defaults).")
 @click.option("--init", type=KeyValues(float), default="", help="Initial values, e.g. lr=0,momentum=0 (rule defaults).")
 @click.option("--steps", type=KeyValues(float), default="", help="Initial outer steps, e.g. lr=0.1,wd=3e-4 (rule defaults).")
+@click.option("--groups", type=GroupRules(), default="",
+              help="Share a type's values per parameter group, e.g. lr=layer,wd=bias-vs-rest or lr=conv*,fc*,bias "
+                   "(first matching pattern wins); default all (docs/per-group-schedules.md).")
 @click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
@@ -139,6 +142,8 @@ def optimizers_command(names: tuple[str, ...]) -> None:
 @click.option("--seed", type=int, default=None, help="Same meaning as 'hpo run --seed' (default: as recorded, else 0).")
 @click.option("--device", type=click.Choice(list(DEVICE_CHOICES)), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default=None, help="float32 or float64 (default: as recorded).")
+@click.option("--groups", type=GroupRules(), default=None,
+              help="Grouping rules of a grouped schedule, e.g. lr=layer (default: as the file records).")
 def retrain_command(**options: Any) -> None:
     """Retrain from scratch with the schedule in FILE (stretched to --steps) and print test metrics."""
     config = RetrainConfig(**as_config_values(options))

@@ -56,3 +56,40 @@ class IntList(click.ParamType):
         if not out or min(out) < 1:
             self.fail(f"expected positive integers separated by commas, got {value!r}", param, ctx)
         return out
+
+
+@final
+class GroupRules(click.ParamType):
+    """``lr=layer,wd=bias-vs-rest`` or ``lr=conv*,fc*,bias``: a grouping rule per hyperparameter type.
+
+    Pieces are separated by commas; a piece with ``=`` starts a type's rule, a piece without one
+    adds a pattern to the rule before it (so ``lr=conv*,fc*,wd=bias-vs-rest`` gives
+    ``{"lr": "conv*,fc*", "wd": "bias-vs-rest"}``).  The rules themselves are checked by
+    :func:`hpo.grouping.check_groups` when the configuration is built.
+    """
+
+    name = "TYPE=RULE,..."
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> dict[str, str]:
+        """Parse the text into ``{type: rule}``; a one-line error names the bad piece."""
+        if isinstance(value, dict):
+            return value
+        out: dict[str, str] = {}
+        last: str | None = None
+        for piece in str(value).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            name, eq, rule = piece.partition("=")
+            if eq:
+                if not name.strip() or not rule.strip():
+                    self.fail(f"expected TYPE=RULE, got {piece!r}", param, ctx)
+                last = name.strip()
+                if last in out:
+                    self.fail(f"{last} is given twice", param, ctx)
+                out[last] = rule.strip()
+            elif last is None:
+                self.fail(f"expected TYPE=RULE first (e.g. lr=layer), got {piece!r}", param, ctx)
+            else:
+                out[last] += "," + piece
+        return out
