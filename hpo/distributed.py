@@ -188,6 +188,14 @@ def join(device: torch.device | str) -> Communicator | None:
 
 
 def leave(comm: Communicator | None) -> None:
-    """Destroy the process group if :func:`join` created it (nothing for one process)."""
+    """Destroy the process group if :func:`join` created it (nothing for one process; idempotent).
+
+    The ranks first meet at a barrier, so that none tears its connections down while another still
+    uses them (gloo aborts the process otherwise); a rank that is gone already is not waited for.
+    """
     if comm is not None and comm.owns_group and dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass  # another rank has gone: nothing to wait for
         dist.destroy_process_group()

@@ -25,6 +25,7 @@ from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.distributed import Communicator
+from hpo.grouping import grouped_rule
 from hpo.optimizers.adam import Adam
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
@@ -36,11 +37,14 @@ WORLD = 2
 HORIZON = 9
 BACKENDS = ("forward-manual", "forward-jvp", "reverse-checkpointed")
 RULES = ("sgd", "adam")
-#: (case name, backend, rule, batchnorm, grad_clip)
-CASES = [(f"{b}/{r}", b, r, False, None) for b in BACKENDS for r in RULES] + [
-    (f"{b}/sgd/batchnorm", b, "sgd", True, None) for b in ("forward-jvp", "reverse-checkpointed")] + [
-    ("reverse-checkpointed/sgd/clip", "reverse-checkpointed", "sgd", False, 0.05),
-    ("forward-jvp/sgd/clip", "forward-jvp", "sgd", False, 0.05)]
+#: (case name, backend, rule, batchnorm, grad_clip, per-group schedule)
+CASES = [(f"{b}/{r}", b, r, False, None, False) for b in BACKENDS for r in RULES] + [
+    (f"{b}/sgd/batchnorm", b, "sgd", True, None, False) for b in ("forward-jvp", "reverse-checkpointed")] + [
+    ("reverse-checkpointed/sgd/clip", "reverse-checkpointed", "sgd", False, 0.05, False),
+    ("forward-jvp/sgd/clip", "forward-jvp", "sgd", False, 0.05, False)] + [
+    (f"{b}/sgd/groups", b, "sgd", False, None, True) for b in BACKENDS]
+#: The per-group case: a learning rate per layer, weight decay for biases apart from the rest.
+GROUPS = {"lr": "layer", "wd": "bias-vs-rest"}
 
 
 def make_backend(name: str) -> HypergradientBackend[Any]:
@@ -76,12 +80,18 @@ def ghost_batch(loss_fn: LossFn, parts: int) -> LossFn:
 
 
 def run_case(backend_name: str, rule: str, batchnorm: bool, grad_clip: float | None,
-             comm: Communicator | None, ghost: bool = False) -> dict[str, Any]:
+             comm: Communicator | None, ghost: bool = False, groups: bool = False) -> dict[str, Any]:
     """Weights, buffers and hypergradient after ``HORIZON`` steps of one case."""
     problem = problem_for(rule, batchnorm, grad_clip, comm)
     if ghost:
         problem = dataclasses.replace(problem, loss_fn=ghost_batch(problem.loss_fn, WORLD))
     schedule = tiny_schedule(problem.rule, HORIZON)
+    if groups:  # two layers, biases apart: a (2, segments) table per grouped type, rows made distinct
+        problem = dataclasses.replace(problem, rule=grouped_rule(problem.rule, GROUPS, problem.params))
+        wide = schedule.broadcast_groups({"lr": 2, "wd": 2})
+        schedule = dataclasses.replace(wide, values={**wide.values, "lr": wide.values["lr"] * torch.tensor(
+            [[1.0], [0.6]], dtype=torch.float64), "wd": wide.values["wd"] * torch.tensor([[1.0], [3.0]],
+                                                                                          dtype=torch.float64)})
     backend = make_backend(backend_name)
     state = backend.init(problem, schedule)
     for t, x, y in problem.batches():
@@ -98,7 +108,7 @@ def worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         comm = Communicator(rank, WORLD)
-        results = {name: run_case(b, r, bn, clip, comm) for name, b, r, bn, clip in CASES}
+        results = {name: run_case(b, r, bn, clip, comm, groups=g) for name, b, r, bn, clip, g in CASES}
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -114,8 +124,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_two_ranks_equal_one_process_on_the_whole_batch(ranks: list[dict[str, Any]], case: str) -> None:
-    _, backend, rule, batchnorm, clip = next(c for c in CASES if c[0] == case)
-    single = run_case(backend, rule, batchnorm, clip, None, ghost=batchnorm)
+    _, backend, rule, batchnorm, clip, groups = next(c for c in CASES if c[0] == case)
+    single = run_case(backend, rule, batchnorm, clip, None, ghost=batchnorm, groups=groups)
     got = ranks[0][case]
     assert max_rel_err(got["hypergrad"], single["hypergrad"]) < 1e-10
     assert max_rel_err(got["params"], single["params"]) < 1e-10

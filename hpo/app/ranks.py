@@ -16,7 +16,7 @@ from typing import final
 from hpo.callbacks import CallbackList
 from hpo.checkpoint import Checkpoint
 from hpo.config import RunConfig
-from hpo.distributed import Communicator
+from hpo.distributed import Communicator, leave
 from hpo.errors import ConfigError
 from hpo.fds import FDSConfig, FDSResult, run_fds
 from hpo.optimizers.base import UpdateRule
@@ -93,8 +93,9 @@ def follow(config: RunConfig, task: Task, fds: FDSConfig, rule: UpdateRule, star
     if fds.comm is not None:
         wait_for_rank0(fds.comm)
     history = checkpoint.history if checkpoint is not None else ()
-    return run_fds(task, rule, config.resolved_backend, fds, CallbackList(), state=start,
-                   history=history)
+    result = run_fds(task, rule, config.resolved_backend, fds, CallbackList(), state=start, history=history)
+    leave(fds.comm)  # with rank 0, which leaves right after its search too
+    return result
 
 
 def follower_logdir(config: RunConfig) -> Path:

@@ -195,6 +195,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     logdir = Path(str(config.logdir))
     result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
     search_seconds = writer.seconds()
+    leave(fds.comm)  # the search is over: the ranks part together, and rank 0 retrains alone
     for line in zero_hypergradient_warnings(result.history):
         cb.on_message(line)
 
