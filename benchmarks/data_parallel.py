@@ -26,7 +26,7 @@ import torch.multiprocessing as mp
 from hpo.backend import run_inner
 from hpo.backends.forward import ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.distributed import Communicator
+from hpo.distributed import Communicator, end_process
 from hpo.fds import FDSConfig, make_problem
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.schedule import Schedule
@@ -76,6 +76,7 @@ def measure(rank: int, world: int, store: str, out: str, args: dict[str, Any]) -
         dist.destroy_process_group()
     if rank == 0:
         torch.save({"rows": rows, "comm": comm_s, "params": n_params}, Path(out) / f"n{world}.pt")
+    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.distributed.end_process)
 
 
 def sync(cuda: bool) -> None:

@@ -24,10 +24,11 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, final
+from typing import Any, NoReturn, final
 
 import torch
 import torch.distributed as dist
@@ -190,8 +191,9 @@ def join(device: torch.device | str) -> Communicator | None:
 def leave(comm: Communicator | None) -> None:
     """Destroy the process group if :func:`join` created it (nothing for one process; idempotent).
 
-    The ranks first meet at a barrier, so that none tears its connections down while another still
-    uses them (gloo aborts the process otherwise); a rank that is gone already is not waited for.
+    The ranks first meet at a barrier, so that they leave together after their last collective; a
+    rank that is gone already is not waited for.  (A process can still abort at exit: see
+    :func:`end_process`.)
     """
     if comm is not None and comm.owns_group and dist.is_initialized():
         try:
@@ -199,3 +201,21 @@ def leave(comm: Communicator | None) -> None:
         except RuntimeError:
             pass  # another rank has gone: nothing to wait for
         dist.destroy_process_group()
+
+
+def end_process(code: int | str | None) -> NoReturn:
+    """End this process of a data-parallel launch now: flush its output, then ``os._exit(code)``.
+
+    A workaround, not a design: with torch 2.14 and gloo, once ``torch.func`` has run in a process,
+    ``destroy_process_group`` leaves gloo's threads running, and the interpreter's shutdown then
+    aborts about one run in four ("terminate called without an active exception", SIGABRT) after
+    the work is done and written.  Skipping the shutdown avoids it.  Only the CLI of a ``torchrun``
+    launch calls this; a script of your own that runs :func:`hpo.run` under ``torchrun`` should
+    end the same way.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if code is None else int(code))

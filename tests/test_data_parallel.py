@@ -24,7 +24,7 @@ from hpo.backend import HypergradientBackend
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.distributed import Communicator
+from hpo.distributed import Communicator, end_process
 from hpo.grouping import grouped_rule
 from hpo.optimizers.adam import Adam
 from hpo.optimizers.base import UpdateRule
@@ -112,6 +112,7 @@ def worker(rank: int, store: str, out: str) -> None:
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.distributed.end_process)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +223,13 @@ def test_launch_environment_is_read_and_checked() -> None:
         launched_world_size({"WORLD_SIZE": "two"})
     with pytest.raises(ConfigError, match="HPO_DIST_TIMEOUT must be positive, got 0"):
         timeout_seconds({"HPO_DIST_TIMEOUT": "0"})
+
+
+@pytest.mark.parametrize(("code", "status", "err"), [(None, 0, ""), (2, 2, ""), ("bad launch", 1, "bad launch\n")])
+def test_end_process_flushes_and_exits_with_the_status(code: object, status: int, err: str) -> None:
+    import subprocess
+    import sys
+
+    script = f"from hpo.distributed import end_process\nprint('written', end='')\nend_process({code!r})\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout, out.stderr) == (status, "written", err)

@@ -23,9 +23,14 @@ def flag_of(group: click.Group, field: str) -> str | None:
     return None
 
 
+def data_parallel_launch() -> bool:
+    """Whether this process was launched by ``torchrun`` with several processes (``WORLD_SIZE`` above 1)."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
 def follower_rank() -> bool:
     """Whether this process is a rank other than 0 of a ``torchrun`` launch with several processes."""
-    return os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get("RANK", "0") not in ("", "0")
+    return data_parallel_launch() and os.environ.get("RANK", "0") not in ("", "0")
 
 
 @final

@@ -14,12 +14,13 @@ from hpo.app.retrain import RetrainConfig, retrain_schedule
 from hpo.app.run import resume, run
 from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
-from hpo.cli.errors import OneLineErrors
+from hpo.cli.errors import OneLineErrors, data_parallel_launch
 from hpo.cli.types import GroupRules, IntList, KeyValues
 from hpo.compare import compare, resume_compare
 from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
 from hpo.device import DEVICE_CHOICES, DTYPES
+from hpo.distributed import end_process
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, SEARCH_METHODS, resolve_rule
 from hpo.rule_table import describe_rule
 
@@ -222,7 +223,12 @@ def main() -> None:
     # torch.func emits this while building its decompositions on first use; it is not ours to fix.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     signal.signal(signal.SIGTERM, stop_on_sigterm)  # SIGTERM stops like Ctrl-C: it says how to resume
-    cli()
+    try:
+        cli()
+    except SystemExit as e:
+        if data_parallel_launch():  # see hpo.distributed.end_process: gloo can abort the interpreter's shutdown
+            end_process(e.code)
+        raise
 
 
 def stop_on_sigterm(signum: int, frame: object) -> None:
