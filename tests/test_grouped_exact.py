@@ -1,6 +1,6 @@
 """Grouped schedules are exact: every exact backend == reference unroll == central finite differences (float64).
 
-A grouped type's values are a ``(groups, segments)`` table.  For SGD-momentum, Adam and the RMSprop
+A grouped type's values are a ``(groups, segments)`` table.  For SGD-momentum, Adam, AdamW and the RMSprop
 example rule, wrapped in :class:`~hpo.optimizers.grouped.GroupedRule` with per-layer, bias-vs-rest
 and pattern groupings, forward-jvp, forward-manual (rules with a hand tangent), reverse-checkpointed
 and reverse-truncated (whole window) agree with full reverse mode through the unrolled loop and
@@ -20,7 +20,7 @@ from hpo.backends.greedy import GreedyBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.grouping import grouped_rule
-from hpo.optimizers import Adam, SGDMomentum, UpdateRule
+from hpo.optimizers import Adam, AdamW, SGDMomentum, UpdateRule
 from hpo.optimizers.grouped import GroupedRule
 from hpo.schedule import Schedule
 from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
@@ -42,6 +42,9 @@ CASES = {
     "adam": (Adam, {"lr": "layer", "beta2": "bias-vs-rest", "wd": "weight,bias"},
              {"lr": t([[0.03, 0.02, 0.01], [0.02, 0.03, 0.015]]), "beta1": t([0.7, 0.85]),
               "beta2": t([[0.9, 0.97], [0.95, 0.92]]), "wd": t([[1e-2, 3e-2], [2e-2, 4e-2]])}),
+    "adamw": (AdamW, {"lr": "layer", "wd": "bias-vs-rest"},
+              {"lr": t([[0.03, 0.02, 0.01], [0.02, 0.03, 0.015]]), "beta1": t([0.7, 0.85]),
+               "beta2": t([0.9, 0.97]), "wd": t([[1e-2, 3e-2], [2e-2, 4e-2]])}),
     "rmsprop": (rmsprop, {"lr": "bias,*", "alpha": "layer"},
                 {"lr": t([[0.03, 0.02, 0.01], [0.01, 0.025, 0.02]]), "alpha": t([[0.8, 0.95], [0.9, 0.85]])}),
 }
