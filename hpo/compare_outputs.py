@@ -118,29 +118,8 @@ def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, see
 
 def accuracy_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
     """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in methods:
-        rs = [r for r in rows if r.method == m]
-        budgets = sorted({r.budget for r in rs})
-        if not budgets:
-            continue
-        if m == "hand-picked":
-            accs = [r.test_acc for r in rs if r.budget == budgets[-1]]
-            ax.axhline(statistics.mean(accs), ls="--", color="gray", label=m)
-            continue
-        means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
-        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
-        ax.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=m)
-    ax.set_xlabel("search budget (inner training steps)")
-    ax.set_ylabel("test accuracy after retraining")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return accuracy_plot(rows, methods, lambda rs: float(rs[0].budget), "search budget (inner training steps)",
+                         "test accuracy after retraining")
 
 
 def seconds_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
@@ -148,6 +127,16 @@ def seconds_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
 
     At each budget point, x is the mean search wall-clock time at which the incumbent was found
     and y the mean ± sample std of its test accuracy after retraining, over seeds.
+    """
+    return accuracy_plot(rows, methods, lambda rs: statistics.mean(r.search_seconds for r in rs),
+                         "search wall-clock time (s)", "best-so-far test accuracy after retraining")
+
+
+def accuracy_plot(rows: list[Row], methods: tuple[str, ...], x_of: Callable[[list[Row]], float], xlabel: str,
+                  ylabel: str) -> Any:
+    """Mean ± sample std of test accuracy at each budget point of each method, at ``x_of(rows of the point)``.
+
+    The hand-picked setting (no search) is a dashed horizontal line at its mean.
     """
     import matplotlib
 
@@ -164,12 +153,11 @@ def seconds_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
             ax.axhline(statistics.mean(r.test_acc for r in rs if r.budget == budgets[-1]), ls="--", color="gray",
                        label=m)
             continue
-        secs = [statistics.mean(r.search_seconds for r in rs if r.budget == b) for b in budgets]
-        means = [statistics.mean(r.test_acc for r in rs if r.budget == b) for b in budgets]
-        stds = [_std([r.test_acc for r in rs if r.budget == b]) for b in budgets]
-        ax.errorbar(secs, means, yerr=stds, marker="o", capsize=3, label=m)
-    ax.set_xlabel("search wall-clock time (s)")
-    ax.set_ylabel("best-so-far test accuracy after retraining")
+        points = [[r for r in rs if r.budget == b] for b in budgets]
+        ax.errorbar([x_of(p) for p in points], [statistics.mean(r.test_acc for r in p) for p in points],
+                    yerr=[_std([r.test_acc for r in p]) for p in points], marker="o", capsize=3, label=m)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

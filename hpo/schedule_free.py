@@ -112,8 +112,8 @@ def trial(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule: Sch
     """Trial ``k``: the inner problem of outer step ``k`` (its initialisation, batches and validation split), scored."""
     problem = make_problem(task, rule, config, k)
     model = init_model(task, problem.seed, config.dtype, config.device)
-    loss, diverged = train_schedule_free(model, problem.batches(), hyper_of(schedule), problem.horizon,
-                                         problem.grad_clip)
+    _, diverged = train_schedule_free(model, problem.batches(), hyper_of(schedule), problem.horizon,
+                                      problem.grad_clip)
     params, buffers = split_state(model)
     with torch.no_grad():
         vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)

@@ -69,7 +69,7 @@ def case(request):
 
 
 def test_reference_unroll_agrees_with_finite_differences(case) -> None:
-    key, problem, sched, rev, fd = case
+    key, _, sched, rev, fd = case
     for name, v in sched.values.items():
         assert rev[name].shape == v.shape
         assert bool((rev[name] != 0).all()), (key, name)  # every group and segment matters
@@ -81,7 +81,7 @@ def test_reference_unroll_agrees_with_finite_differences(case) -> None:
                          ids=["forward-jvp", "forward-manual", "reverse-checkpointed", "reverse-checkpointed-k1",
                               "reverse-truncated"])
 def test_every_exact_backend_equals_the_unroll_and_finite_differences(case, backend) -> None:
-    key, problem, sched, rev, fd = case
+    _, problem, sched, rev, fd = case
     if isinstance(backend, ForwardManualBackend) and not problem.rule.hand_tangent:  # the RMSprop example
         with pytest.raises(ValueError, match="has no hand-derived tangent; use the forward-jvp backend"):
             run_inner(backend, problem, sched)
@@ -130,7 +130,7 @@ def test_equal_values_over_groups_sum_to_the_shared_hypergradient(backend) -> No
 
 
 def test_a_schedule_that_does_not_fit_the_groups_is_refused() -> None:
-    problem, sched = grouped_problem("sgd")
+    problem, _ = grouped_problem("sgd")
     flat = Schedule({"lr": t([0.1, 0.2]), "momentum": t([0.5]), "wd": t([0.0])})
     with pytest.raises(ValueError, match="does not fit the rule's parameter groups"):
         run_inner(ReverseCheckpointedBackend(), problem, flat)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ TASK = f"{FIXTURES}:tiny_task"
 class Spy(schedulefree.SGDScheduleFree):
     """``SGDScheduleFree`` recording every instance and the mode each call left it in."""
 
-    made: list[Spy] = []
+    made: ClassVar[list[Spy]] = []
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
