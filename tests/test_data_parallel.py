@@ -233,3 +233,13 @@ def test_end_process_flushes_and_exits_with_the_status(code: object, status: int
     script = f"from hpo.distributed import end_process\nprint('written', end='')\nend_process({code!r})\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert (out.returncode, out.stdout, out.stderr) == (status, "written", err)
+
+
+def test_compare_refuses_a_torchrun_launch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpo.compare import compare
+    from hpo.compare_config import CompareConfig
+    from hpo.errors import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="hpo compare runs in one process and spreads its pairs with jobs"):
+        compare(CompareConfig(methods=("hand-picked",), samples=300, inner_steps=10, budget=(10,), seeds=(0,)))
