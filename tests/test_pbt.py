@@ -9,10 +9,10 @@ import pytest
 
 pytest.importorskip("ray.tune")
 
-import hpo.search.pbt as pbt_search  # noqa: E402
-from hpo import CompareConfig, compare  # noqa: E402
-from hpo.optimizers.sgd import SGDMomentum  # noqa: E402
-from hpo.pbt import Report, interval_bounds, replay_schedule  # noqa: E402
+import hpo.search.pbt as pbt_search
+from hpo import CompareConfig, compare
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.pbt import Report, interval_bounds, replay_schedule
 
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"

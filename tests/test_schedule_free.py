@@ -9,13 +9,13 @@ import pytest
 import torch
 
 pytest.importorskip("schedulefree")
-import schedulefree  # noqa: E402
+import schedulefree
 
-from hpo import CompareConfig, compare  # noqa: E402
-from hpo.retrain import RETRAIN_SEED_OFFSET  # noqa: E402
-from hpo.schedule import Schedule  # noqa: E402
-from hpo.schedule_free import DEFAULT_SPACE, NAMES, retrain_schedule_free, train_schedule_free  # noqa: E402
-from tests.conftest import tiny_task  # noqa: E402
+from hpo import CompareConfig, compare
+from hpo.retrain import RETRAIN_SEED_OFFSET
+from hpo.schedule import Schedule
+from hpo.schedule_free import DEFAULT_SPACE, NAMES, retrain_schedule_free, train_schedule_free
+from tests.conftest import tiny_task
 
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
