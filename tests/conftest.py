@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
+from typing import final
 
 import pytest
 import torch
@@ -131,3 +132,17 @@ def tiny_schedule(counts: dict[str, int] | None = None) -> Schedule:
         "wd": torch.full((counts["wd"],), 0.01, dtype=torch.float64),
     }
     return Schedule(vals)
+
+
+@final
+class TorchlessSGD(SGDMomentum):  # type: ignore[misc]
+    """SGD-momentum without a ``torch.optim`` counterpart: the retrain takes the rule's own step loop."""
+
+    def torch_optimizer(self, params, hyper):  # type: ignore[no-untyped-def]
+        return None
+
+
+def tiny_mlp_task(problem: InnerProblem) -> Task:
+    """A task on ``problem``'s data whose model is the tiny 5-6-3 tanh MLP (batch 10)."""
+    return Task("tiny", problem.train_x, problem.train_y, problem.val_x, problem.val_y,
+                lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), 3, batch_size=10)

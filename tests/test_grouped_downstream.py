@@ -21,9 +21,8 @@ from hpo.report import format_values
 from hpo.retrain import retrain
 from hpo.schedule import Schedule
 from hpo.schedule_plot import heatmap_figure, schedule_figure
-from hpo.tasks.base import Task
 from hpo.torch_scheduler import ScheduleDriver
-from tests.conftest import tiny_problem
+from tests.conftest import TorchlessSGD, tiny_mlp_task, tiny_problem
 
 DT = torch.float64
 FIXTURES = Path(__file__).parent / "conftest.py"
@@ -146,16 +145,11 @@ def test_schedule_driver_refuses_param_groups_without_group_indices() -> None:
 
 
 def test_grouped_retrain_through_torch_equals_the_functional_fallback() -> None:
-    class NoTorch(SGDMomentum):
-        def torch_optimizer(self, params, hyper):
-            return None
-
     p = tiny_problem()
-    task = Task("tiny", p.train_x, p.train_y, p.val_x, p.val_y,
-                lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), 3, batch_size=10)
+    task = tiny_mlp_task(p)
     sched = grouped_schedule()
     a = retrain(task, grouped_rule(SGDMomentum(), {"lr": "layer", "momentum": "layer"}, p.params), sched, 20, 0, DT)
-    b = retrain(task, grouped_rule(NoTorch(), {"lr": "layer", "momentum": "layer"}, p.params), sched, 20, 0, DT)
+    b = retrain(task, grouped_rule(TorchlessSGD(), {"lr": "layer", "momentum": "layer"}, p.params), sched, 20, 0, DT)
     assert a.test_loss == pytest.approx(b.test_loss, rel=1e-10) and a.test_acc == b.test_acc
     flat = retrain(task, SGDMomentum(), Schedule({k: v[0] if v.dim() == 2 else v for k, v in sched.values.items()}),
                    20, 0, DT)

@@ -106,19 +106,12 @@ def test_driver_step_and_past_horizon():
 def test_retrain_torch_path_equals_functional_fallback():
     """The retrain through torch.optim + ScheduleDriver equals the rule's own step loop."""
     from hpo.retrain import retrain
-    from hpo.tasks.base import Task
-    from tests.conftest import tiny_problem
+    from tests.conftest import TorchlessSGD, tiny_mlp_task, tiny_problem
 
-    class NoTorch(SGDMomentum):
-        def torch_optimizer(self, params, hyper):
-            return None
-
-    p = tiny_problem()
-    task = Task("tiny", p.train_x, p.train_y, p.val_x, p.val_y,
-                lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), 3, batch_size=10)
+    task = tiny_mlp_task(tiny_problem())
     sched = Schedule({"lr": torch.tensor([0.3, 0.1], dtype=DT), "momentum": torch.tensor([0.5], dtype=DT),
                       "wd": torch.tensor([1e-3], dtype=DT)})
     a = retrain(task, SGDMomentum(), sched, 20, seed=0, dtype=DT)
-    b = retrain(task, NoTorch(), sched, 20, seed=0, dtype=DT)
+    b = retrain(task, TorchlessSGD(), sched, 20, seed=0, dtype=DT)
     assert a.test_loss == pytest.approx(b.test_loss, rel=1e-10)
     assert a.test_acc == b.test_acc and a.steps == 20
