@@ -47,6 +47,9 @@ class CompareConfig:
     counts: Mapping[str, int] = field(default_factory=dict)
     hyper_lr: Mapping[str, float] = field(default_factory=dict)
     window: int | None = None
+    population: int | None = None
+    short_steps: int = 0
+    keep_best: bool = False
     holdout_frac: float = 0.1
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -86,6 +89,9 @@ class CompareConfig:
         set_(self, "counts", checks.name_map("counts", self.counts, "int"))
         set_(self, "hyper_lr", checks.name_map("hyper_lr", self.hyper_lr, "float"))
         set_(self, "window", checks.optional_integer("window", self.window))
+        set_(self, "population", checks.optional_integer("population", self.population, 2))
+        set_(self, "short_steps", checks.integer("short_steps", self.short_steps, 0))
+        set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "holdout_frac", checks.open_interval("holdout_frac", self.holdout_frac, 0.0, 1.0))
         set_(self, "val_frac", checks.open_interval("val_frac", self.val_frac, 0.0, 1.0))
         set_(self, "batch_size", checks.optional_integer("batch_size", self.batch_size))
@@ -118,10 +124,12 @@ class CompareConfig:
         self.settings().fds(0).validate(rule)
         if self.window is not None and "reverse-truncated" not in self.methods:
             raise ConfigError("window", "applies only to the reverse-truncated backend, which is not among the methods")
+        if self.population is not None and "pbt" not in self.methods:
+            raise ConfigError("population", "applies only to pbt, which is not among the methods")
         methods = {}
         for name in self.methods:
             try:
-                method = resolve_method(name, window=self.window)
+                method = resolve_method(name, window=self.window, population=self.population)
                 method.check(rule, self.settings())
             except MissingExtra as e:
                 raise ConfigError("methods", f"{name} {e}") from None
@@ -146,7 +154,7 @@ class CompareConfig:
         return SearchSettings(horizon=self.inner_steps, budget=max(self.budget), space=space, counts=dict(self.counts),
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
-                              seconds=self.budget_seconds)
+                              seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best)
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

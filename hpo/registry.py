@@ -211,8 +211,13 @@ def resolve_task(spec: str, **kwargs: Any) -> Task:
     return _build("task", spec, load_object(spec), Task, **kwargs)
 
 
-def resolve_method(spec: str, window: int | None = None) -> SearchMethod:
-    """A search method of ``hpo compare``: a name of :data:`SEARCH_METHODS`, or a backend (FDS with it)."""
+def resolve_method(spec: str, window: int | None = None, population: int | None = None) -> SearchMethod:
+    """A search method of ``hpo compare``: a name of :data:`SEARCH_METHODS`, or a backend (FDS with it).
+
+    ``window`` sets reverse-truncated's window and ``population`` the size of pbt's population.
+    """
+    if spec == "pbt" and population is not None:
+        return PBTSearch(population=population)
     if spec in SEARCH_METHODS:
         return SEARCH_METHODS[spec]()
     try:

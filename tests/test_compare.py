@@ -93,6 +93,8 @@ def test_compare_tiny_budget(tmp_path):
         (["--counts", "lr=9"], "9 shared lr values need at least 9 inner steps"),
         (["--inner-steps", "0"], "at least 1"),
         (["--task", "nope"], "unknown task"),
+        (["--population", "3", "--methods", "greedy"], "applies only to pbt"),
+        (["--short-steps", "-1"], "--short-steps"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

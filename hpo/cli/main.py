@@ -181,6 +181,12 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 @click.option("--counts", type=KeyValues(int), default="", help="Shared values per type (rule defaults), for FDS and schedule searches.")
 @click.option("--hyper-lr", type=KeyValues(float), default="", help="online-greedy hyper-learning rates, e.g. lr=0.01,momentum=0.01,wd=1e-4.")
 @click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
+@click.option("--short-steps", type=int, default=0, show_default=True,
+              help="FDS methods: the first N outer steps over one epoch, then the horizon (multi-fidelity).")
+@click.option("--keep-best", is_flag=True, default=False,
+              help="FDS methods: score the last schedule with one plain run and keep the best one seen.")
+@click.option("--population", type=int, default=None,
+              help="pbt: members of the population (default: budget / T); set it when --budget-seconds binds.")
 @click.option("--holdout-frac", type=float, default=0.1, show_default=True, help="Train fraction held out of every search for val acc.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction per outer step / trial.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")

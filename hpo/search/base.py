@@ -38,6 +38,7 @@ class SearchSettings:
 
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
+    ``short_steps`` and ``keep_best`` change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
     """
 
     horizon: int
@@ -51,6 +52,8 @@ class SearchSettings:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     seconds: float | None = None
+    short_steps: int = 0
+    keep_best: bool = False
 
     @property
     def units(self) -> int:

@@ -1,31 +1,50 @@
-"""FDS with a hypergradient backend: ``budget // T`` sign-based outer steps, the incumbent after each."""
+"""FDS with a hypergradient backend: sign-based outer steps until the budget, the incumbent after each.
+
+Two optional changes to the outer loop (``SearchSettings``):
+
+* ``short_steps = m`` (the authors' multi-fidelity budgets): the first ``m`` outer steps train
+  for one epoch of the search data, :math:`T_k = \\lceil n_{train} / b \\rceil` for :math:`k < m`,
+  the others for the horizon :math:`T`.  The segments scale with the horizon, so a schedule
+  learned over one epoch is the same piecewise-constant shape over ``T`` steps.  The steps budget
+  buys :math:`m` short steps and :math:`\\lfloor (B - m T_0) / T \\rfloor` full ones
+  (one fewer with ``keep_best``).
+* ``keep_best``: FDS learns :math:`\\lambda_{k+1}` from the run at :math:`\\lambda_k`, so its last
+  schedule is never trained with and may overshoot.  After the last step, one plain run scores it
+  (:func:`hpo.validate_schedule.validation_accuracy`) and the search returns
+  :math:`\\arg\\max_k \\operatorname{acc}_k(\\lambda_k)` over the full-horizon schedules.
+"""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from typing import final
 
 from hpo.backend import HypergradientBackend
 from hpo.callbacks import Callbacks, OuterRecord
-from hpo.fds import run_fds
+from hpo.fds import FDSConfig, run_fds
 from hpo.optimizers.base import UpdateRule
 from hpo.schedule import Schedule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
 from hpo.tasks.base import Task
+from hpo.validate_schedule import validation_accuracy
 
 
 @final
 class _Recorder(Callbacks):
-    """Stamps the schedule after every outer step."""
+    """Stamps the schedule after every outer step and keeps the records."""
 
     def __init__(self, seconds: float | None = None) -> None:
         self.watch = Stopwatch()
         self.seconds = seconds
         self.steps = 0
         self.points: list[Incumbent] = []
+        self.records: list[OuterRecord] = []
 
     def on_outer_step(self, record: OuterRecord) -> None:
         """Record the values after the step; past the time budget, stop the search."""
         self.steps += record.steps_run
+        self.records.append(record)
         self.points.append(self.watch.stamp(self.steps, Schedule.from_dict(record.values), record.val_acc))
         if self.watch.out_of_time(self.seconds):
             raise TimeUp
@@ -34,6 +53,28 @@ class _Recorder(Callbacks):
 @final
 class TimeUp(Exception):
     """Raised by the recorder to end an FDS search at its time budget (caught by :class:`FDSSearch`)."""
+
+
+def epoch_steps(task: Task, settings: SearchSettings) -> int:
+    """Inner steps of one epoch over an outer step's train part: :math:`\\lceil (1 - f) n / b \\rceil`."""
+    n_train = task.train_x.shape[0] - math.ceil(settings.val_frac * task.train_x.shape[0])
+    return max(1, math.ceil(n_train / (settings.batch_size or task.batch_size)))
+
+
+def fds_config(task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> FDSConfig:
+    """The outer-loop settings: ``short_steps`` epochs first, then full steps until the budget.
+
+    A short run has at least one step per segment of the finest schedule; with ``keep_best`` the
+    budget keeps one horizon for the plain run that scores the last schedule.
+    """
+    config = settings.fds(seed)
+    m, reserve = settings.short_steps, settings.horizon if settings.keep_best else 0
+    if m == 0 and reserve == 0:
+        return config
+    finest = max(config.resolved_counts(rule).values())
+    short = min(max(epoch_steps(task, settings), finest), settings.horizon)
+    full = max(1, (settings.budget - m * short - reserve) // settings.horizon)
+    return replace(config, outer_steps=m + full, inner_steps=(short,) * m + (settings.horizon,))
 
 
 @final
@@ -50,10 +91,31 @@ class FDSSearch(SearchMethod):
         self.backend.check_rule(rule)
 
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
-        """Run ``budget // T`` outer steps."""
+        """Run the outer steps; with ``keep_best``, one more incumbent: the best full-horizon schedule."""
         rec = _Recorder(settings.seconds)
+        config = fds_config(task, rule, settings, seed)
         try:
-            run_fds(task, rule, self.backend, settings.fds(seed), rec)
+            run_fds(task, rule, self.backend, config, rec)
         except TimeUp:
             pass
-        return rec.points
+        if not settings.keep_best or not rec.records:
+            return rec.points
+        return [*rec.points, best_seen(task, rule, config, rec)]
+
+
+def best_seen(task: Task, rule: UpdateRule, config: FDSConfig, rec: _Recorder) -> Incumbent:
+    """Score the last schedule with one plain run; the full-horizon schedule with the best accuracy.
+
+    Record ``k`` holds the accuracy of the schedule it started from (the values after record
+    ``k - 1``) and the values it moved to; the initial values are not candidates.
+    """
+    last = rec.records[-1]
+    horizon = config.horizon(last.k + 1)
+    values = Schedule.from_dict(last.values)
+    acc = validation_accuracy(task, rule, config, values.values, last.k + 1)
+    candidates = [(acc, last.k + 1, values)]
+    for prev, cur in zip(rec.records, rec.records[1:]):
+        if cur.horizon == horizon:
+            candidates.append((cur.val_acc, cur.k, Schedule.from_dict(prev.values)))
+    best_acc, _, best = max(candidates, key=lambda c: (c[0], c[1]))
+    return rec.watch.stamp(rec.steps + horizon, best, best_acc)

@@ -1,0 +1,93 @@
+"""The FDS outer-loop options of ``hpo compare``: multi-fidelity short steps and keeping the best schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+from hpo.baselines import default_space
+from hpo.callbacks import OuterRecord
+from hpo.fds import FDSConfig, run_fds
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.registry import resolve_method
+from hpo.search.base import SearchSettings
+from hpo.search.fds_search import FDSSearch, _Recorder, best_seen, epoch_steps, fds_config
+from hpo.search.pbt import PBTSearch
+from hpo.validate_schedule import validation_accuracy
+from tests.conftest import tiny_task
+
+RULE = SGDMomentum()
+
+
+def settings(**kw: object) -> SearchSettings:
+    base = dict(horizon=20, budget=100, space=default_space(RULE), counts={"lr": 2}, dtype=torch.float64)
+    return SearchSettings(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_epoch_is_the_train_part_over_the_batch() -> None:
+    task = tiny_task(n=48)  # 48 - ceil(0.05 * 48) = 45 train samples, batches of 8
+    assert epoch_steps(task, settings()) == 6
+    assert epoch_steps(task, settings(batch_size=4)) == 12
+
+
+def test_short_steps_run_an_epoch_first_and_keep_the_budget() -> None:
+    task = tiny_task(n=48)
+    plain = fds_config(task, RULE, settings(), 0)
+    assert plain.outer_steps == 5 and plain.inner_steps == (20,)
+    short = fds_config(task, RULE, settings(short_steps=3), 0)
+    assert short.inner_steps == (6, 6, 6, 20)  # 3 * 6 + 4 * 20 = 98 <= 100
+    assert short.outer_steps == 3 + 4
+    assert [short.horizon(k) for k in range(7)] == [6, 6, 6, 20, 20, 20, 20]
+
+
+def test_keep_best_reserves_one_horizon_for_the_last_score() -> None:
+    cfg = fds_config(tiny_task(n=48), RULE, settings(keep_best=True), 0)
+    assert cfg.outer_steps == 4 and cfg.inner_steps == (20,)
+
+
+def test_validation_accuracy_repeats_the_outer_steps_score() -> None:
+    """A plain run of the values outer step k started from scores exactly what step k recorded."""
+    task = tiny_task(n=48)
+    config = FDSConfig(outer_steps=3, inner_steps=(20,), counts={"lr": 2}, seed=4, dtype=torch.float64)
+    result = run_fds(task, RULE, ReverseCheckpointedBackend(), config)
+    start = {"lr": torch.zeros(2, dtype=torch.float64), "momentum": torch.zeros(1, dtype=torch.float64),
+             "wd": torch.zeros(1, dtype=torch.float64)}
+    before = [start] + [{n: torch.tensor(v, dtype=torch.float64) for n, v in r.values.items()}
+                        for r in result.history[:-1]]
+    accs = [validation_accuracy(task, RULE, config, v, r.k) for v, r in zip(before, result.history)]
+    assert accs == [r.val_acc for r in result.history]
+    assert len(set(accs)) > 1  # the steps change the schedule enough to change its score
+
+
+def record(k: int, val_acc: float, lr: float, horizon: int = 20) -> OuterRecord:
+    return OuterRecord(k=k, horizon=horizon, steps_run=horizon, val_loss=0.0, val_acc=val_acc, hypergrad={},
+                       values={"lr": [lr, lr], "momentum": [0.0], "wd": [0.0]}, step_sizes={}, diverged=False,
+                       seconds=0.0, converged=False)
+
+
+def test_best_seen_picks_the_best_scored_full_horizon_schedule() -> None:
+    """Record k scores the values of record k-1; the last values get a plain run of their own."""
+    task = tiny_task(n=48)
+    config = FDSConfig(outer_steps=4, inner_steps=(6, 20), counts={"lr": 2}, seed=0, dtype=torch.float64)
+    rec = _Recorder()
+    # short step 0 (its score is not comparable), then full steps scoring lr 0.3, 0.2 (best), 0.1
+    for r in (record(0, 0.99, 0.3, horizon=6), record(1, 0.5, 0.2), record(2, 0.9, 0.1), record(3, 0.6, 50.0)):
+        rec.on_outer_step(r)
+    best = best_seen(task, RULE, config, rec)
+    assert best.schedule.values["lr"].tolist() == [0.2, 0.2]
+    assert best.search_val_acc == 0.9
+    assert best.steps == 6 + 3 * 20 + 20  # the plain run that scores lr = 50 is counted
+
+
+def test_keep_best_search_returns_one_more_incumbent_within_the_budget() -> None:
+    task = tiny_task(n=48)
+    points = FDSSearch(ReverseCheckpointedBackend()).search(task, RULE, settings(keep_best=True, budget=80), 0)
+    assert len(points) == 3 + 1
+    assert points[-1].steps == 80 and all(p.steps <= 80 for p in points)
+    assert points[-1].search_val_acc >= max(p.search_val_acc for p in points[1:-1])
+
+
+def test_population_option_sizes_pbt() -> None:
+    method = resolve_method("pbt", population=3)
+    assert isinstance(method, PBTSearch) and method.size(settings(budget=200)) == 3
+    assert resolve_method("pbt").size(settings(budget=200)) == 10
