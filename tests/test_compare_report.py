@@ -1,0 +1,34 @@
+"""benchmarks/compare_report.py: several compare runs merged into one table at each method's final point."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from hpo.compare_checkpoint import Row
+from hpo.compare_outputs import write_csv
+
+SPEC = importlib.util.spec_from_file_location("compare_report", Path(__file__).parents[1] / "benchmarks" /
+                                              "compare_report.py")
+assert SPEC is not None and SPEC.loader is not None
+report = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(report)
+
+
+def row(method: str, seed: int, budget: int, acc: float, seconds: float) -> Row:
+    return Row(method=method, seed=seed, budget=budget, steps=budget, search_seconds=seconds, cpu_seconds=seconds,
+               test_acc=acc, val_acc=acc, retrain_steps=10, diverged=False, schedule={"lr": [0.1, 0.2]},
+               search_val_acc=acc)
+
+
+def test_each_method_at_its_own_final_budget_with_labels(tmp_path: Path) -> None:
+    (tmp_path / "fds").mkdir()
+    (tmp_path / "base").mkdir()
+    write_csv([row("auto", s, b, a, b / 100) for s, (b1, b2) in enumerate([(0.5, 0.8), (0.6, 0.9)])
+               for b, a in ((30, b1), (60, b2))], tmp_path / "fds" / "results.csv")
+    write_csv([row("tpe", s, 1000, a, 0.6) for s, a in enumerate([0.7, 0.7])], tmp_path / "base" / "results.csv")
+    rows = report.read_rows(f"short={tmp_path / 'fds'}") + report.read_rows(str(tmp_path / "base"))
+    assert {r.method for r in rows} == {"short", "tpe"}
+    lines = report.table(rows).splitlines()
+    assert lines[2] == "| short | 0.8500 ± 0.0707 | 0.6 | 60 | 2 |"  # the 60-step point, not the 30-step one
+    assert lines[3] == "| tpe | 0.7000 ± 0.0000 | 0.6 | 1000 | 2 |"
