@@ -72,6 +72,14 @@ def positive(field: str, x: Any) -> float:
     return v
 
 
+def at_least(field: str, x: Any, low: float) -> float:
+    """``x`` as a finite float, at least ``low``."""
+    v = number(field, x)
+    if v < low:
+        raise ConfigError(field, f"must be at least {low:g}, got {v:g}")
+    return v
+
+
 def optional_positive(field: str, x: Any) -> float | None:
     """None, or a finite float > 0."""
     return None if x is None else positive(field, x)

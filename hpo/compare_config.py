@@ -50,6 +50,7 @@ class CompareConfig:
     population: int | None = None
     short_steps: int = 0
     keep_best: bool = False
+    grow: float = 1.0
     holdout_frac: float = 0.1
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -92,6 +93,7 @@ class CompareConfig:
         set_(self, "population", checks.optional_integer("population", self.population, 2))
         set_(self, "short_steps", checks.integer("short_steps", self.short_steps, 0))
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
+        set_(self, "grow", checks.at_least("grow", self.grow, 1.0))
         set_(self, "holdout_frac", checks.open_interval("holdout_frac", self.holdout_frac, 0.0, 1.0))
         set_(self, "val_frac", checks.open_interval("val_frac", self.val_frac, 0.0, 1.0))
         set_(self, "batch_size", checks.optional_integer("batch_size", self.batch_size))
@@ -154,7 +156,8 @@ class CompareConfig:
         return SearchSettings(horizon=self.inner_steps, budget=max(self.budget), space=space, counts=dict(self.counts),
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
-                              seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best)
+                              seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best,
+                              grow=self.grow)
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

@@ -57,6 +57,7 @@ class RunConfig:
     steps: Mapping[str, float] = field(default_factory=dict)
     groups: Mapping[str, str] = field(default_factory=dict)
     decay: float = 0.5
+    grow: float = 1.0
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -144,7 +145,7 @@ class RunConfig:
         counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
         return FDSConfig(
             outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
-            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, converged_frac=self.converged_frac, val_frac=self.val_frac,
+            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, converged_frac=self.converged_frac, val_frac=self.val_frac,
             batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
             dtype=DTYPES[self.dtype], device=self.resolved_device,
         )
@@ -219,6 +220,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "steps": checks.name_map("steps", c.steps, "float"),
         "groups": check_groups("groups", c.groups),
         "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
+        "grow": checks.at_least("grow", c.grow, 1.0),
         "converged_frac": checks.positive("converged_frac", c.converged_frac),
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
         "batch_size": checks.optional_integer("batch_size", c.batch_size),

@@ -48,6 +48,7 @@ class FDSConfig:
     init: Mapping[str, float] = field(default_factory=dict)
     steps: Mapping[str, float] = field(default_factory=dict)
     decay: float = 0.5
+    grow: float = 1.0
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -68,6 +69,7 @@ class FDSConfig:
         checks.integer("outer_steps", self.outer_steps)
         checks.int_tuple("inner_steps", self.inner_steps)
         checks.open_interval("decay", self.decay, 0.0, 1.0)
+        checks.at_least("grow", self.grow, 1.0)
         checks.positive("converged_frac", self.converged_frac)
         checks.open_interval("val_frac", self.val_frac, 0.0, 1.0)
         checks.optional_integer("batch_size", self.batch_size)
@@ -204,7 +206,7 @@ def outer_step(
         }
     if result.info and "auto" in result.info:
         extra = {**extra, "backend": result.info["auto"]}
-    new = sign_update(state, hg, specs, config.decay)
+    new = sign_update(state, hg, specs, config.decay, config.grow)
     if diverged:
         new = replace(new, values={n: specs[n].clamp(v) for n, v in halve_lowered(state.values, new.values, hg).items()})
     record = OuterRecord(

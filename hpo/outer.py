@@ -6,9 +6,13 @@ For every shared value :math:`\\lambda_j` with hypergradient :math:`h_j` and ste
 
     s_j \\leftarrow s_j \\cdot \\gamma \\;\\text{ if } \\operatorname{sign}(h_j) \\ne
     \\operatorname{sign}(h_j^{prev}), \\qquad
+    s_j \\leftarrow s_j \\cdot \\eta \\;\\text{ if } \\operatorname{sign}(h_j) =
+    \\operatorname{sign}(h_j^{prev}), \\qquad
     \\lambda_j \\leftarrow \\operatorname{clamp}(\\lambda_j - \\operatorname{sign}(h_j)\\, s_j)
 
-with decay :math:`\\gamma` (default 0.5) and the clamp to the rule's valid range.  The search has
+with decay :math:`\\gamma` (default 0.5), growth :math:`\\eta \\ge 1` (default 1: the authors'
+update, steps only shrink; :math:`\\eta > 1` is Rprop's rule, so a value still far from its
+optimum after a few outer steps gets there in fewer) and the clamp to the rule's valid range.  The search has
 converged when every :math:`s_j / |\\lambda_j|` is below a fraction (default 0.05).
 
 A non-finite hypergradient (a diverged inner run) has no usable sign; the authors' code takes
@@ -64,8 +68,10 @@ def sign_update(
     hypergrad: Mapping[str, Tensor],
     specs: Mapping[str, HyperSpec],
     decay: float = 0.5,
+    grow: float = 1.0,
 ) -> OuterState:
-    """One FDS outer step: halve (``decay``) steps whose sign flipped, move against the sign, clamp.
+    """One FDS outer step: halve (``decay``) steps whose sign flipped, multiply by ``grow`` those whose
+    sign held, move against the sign, clamp.
 
     A zero or non-finite hypergradient entry leaves its value, step and last sign unchanged.
     """
@@ -74,7 +80,9 @@ def sign_update(
         h = hypergrad[name].detach().to(dtype=v.dtype, device=v.device)
         s = torch.where(torch.isfinite(h), torch.sign(h), torch.zeros_like(h))
         flipped = (s * state.signs[name]) < 0
-        step = torch.where(flipped, state.steps[name] * decay, state.steps[name])
+        held = (s * state.signs[name]) > 0
+        step = torch.where(flipped, state.steps[name] * decay, torch.where(held, state.steps[name] * grow,
+                                                                            state.steps[name]))
         values[name] = specs[name].clamp(v - s * step)
         steps[name] = step
         signs[name] = torch.where(s != 0, s, state.signs[name])

@@ -36,6 +36,7 @@ SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.2
     ({"optimizer": "adamw9"}, "optimizer"),
     ({"backend": "magic"}, "backend"),
     ({"window": 5}, "window"),
+    ({"grow": 0.9}, "grow"),
     ({"compile": True, "backend": "greedy"}, "compile"),
     ({"task": "imagenet"}, "task"),
     ({"augment": "flip"}, "augment"),

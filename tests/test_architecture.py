@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
               "hpo.unroll", "hpo.torch_scheduler", "hpo.schedule_file", "hpo.report", "hpo.grouping")),
     ("tasks and backends", ("hpo.tasks", "hpo.backends")),
-    ("outer loop and retrain", ("hpo.fds", "hpo.retrain", "hpo.online_greedy", "hpo.baselines", "hpo.checkpoint",
+    ("outer loop and retrain", ("hpo.fds", "hpo.validate_schedule", "hpo.retrain", "hpo.online_greedy", "hpo.baselines", "hpo.checkpoint",
                                 "hpo.checkpoint_writer", "hpo.tiny", "hpo.check_rule", "hpo.schedule_plot",
                                 "hpo.schedule_free", "hpo.pbt")),
     ("search methods", ("hpo.search",)),

@@ -10,11 +10,11 @@ from hpo.outer import OuterState, converged, safe_direction, sign_update
 SPECS = {s.name: s for s in SGDMomentum().hyperparameters}
 
 
-def run(hypergrads, name="lr", init=0.0, step=0.1, decay=0.5):
+def run(hypergrads, name="lr", init=0.0, step=0.1, decay=0.5, grow=1.0):
     st = OuterState.start({name: torch.tensor([init], dtype=torch.float64)}, {name: step})
     out = []
     for h in hypergrads:
-        st = sign_update(st, {name: torch.tensor([h], dtype=torch.float64)}, SPECS, decay)
+        st = sign_update(st, {name: torch.tensor([h], dtype=torch.float64)}, SPECS, decay, grow)
         out.append((round(float(st.values[name][0]), 12), round(float(st.steps[name][0]), 12)))
     return out, st
 
@@ -28,6 +28,12 @@ def test_sign_flip_halves_the_step():
 def test_decay_is_configurable():
     out, _ = run([-1.0, +1.0, -1.0], decay=0.25)
     assert out == [(0.1, 0.1), (0.075, 0.025), (0.08125, 0.00625)]
+
+
+def test_steps_grow_while_the_sign_holds():
+    """Rprop: x1.5 on a held sign, x0.5 on a flip, unchanged on the first step and on a zero."""
+    out, _ = run([-1.0, -1.0, -1.0, +1.0, 0.0, +1.0], grow=1.5)
+    assert out == [(0.1, 0.1), (0.25, 0.15), (0.475, 0.225), (0.3625, 0.1125), (0.3625, 0.1125), (0.19375, 0.16875)]
 
 
 def test_values_are_clamped_to_the_valid_range():

@@ -62,6 +62,8 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
               help="Share a type's values per parameter group, e.g. lr=layer,wd=bias-vs-rest or lr=conv*,fc*,bias "
                    "(first matching pattern wins); default all (docs/per-group-schedules.md).")
 @click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
+@click.option("--grow", type=float, default=1.0, show_default=True,
+              help="Step multiplier when a hypergradient's sign holds (1: the authors' update; e.g. 1.2: Rprop).")
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
@@ -183,6 +185,8 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 @click.option("--window", type=int, default=None, help="reverse-truncated: backpropagate through the last W inner steps (default: all).")
 @click.option("--short-steps", type=int, default=0, show_default=True,
               help="FDS methods: the first N outer steps over one epoch, then the horizon (multi-fidelity).")
+@click.option("--grow", type=float, default=1.0, show_default=True,
+              help="FDS methods: step multiplier when a hypergradient's sign holds (1: the authors' update).")
 @click.option("--keep-best", is_flag=True, default=False,
               help="FDS methods: score the last schedule with one plain run and keep the best one seen.")
 @click.option("--population", type=int, default=None,

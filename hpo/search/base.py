@@ -38,7 +38,8 @@ class SearchSettings:
 
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
-    ``short_steps`` and ``keep_best`` change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
+    ``short_steps``, ``keep_best`` and ``grow`` (:func:`hpo.outer.sign_update`) change the FDS outer
+    loop only (:class:`~hpo.search.fds_search.FDSSearch`).
     """
 
     horizon: int
@@ -54,6 +55,7 @@ class SearchSettings:
     seconds: float | None = None
     short_steps: int = 0
     keep_best: bool = False
+    grow: float = 1.0
 
     @property
     def units(self) -> int:
@@ -64,7 +66,7 @@ class SearchSettings:
         """The outer-loop settings of a method run with ``seed``."""
         return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
                          val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
-                         dtype=self.dtype, device=self.device)
+                         dtype=self.dtype, device=self.device, grow=self.grow)
 
 
 @final
