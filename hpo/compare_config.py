@@ -51,6 +51,7 @@ class CompareConfig:
     short_steps: int = 0
     keep_best: bool = False
     grow: float = 1.0
+    steps: Mapping[str, float] = field(default_factory=dict)
     holdout_frac: float = 0.1
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -94,6 +95,7 @@ class CompareConfig:
         set_(self, "short_steps", checks.integer("short_steps", self.short_steps, 0))
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "grow", checks.at_least("grow", self.grow, 1.0))
+        set_(self, "steps", checks.name_map("steps", self.steps, "float"))
         set_(self, "holdout_frac", checks.open_interval("holdout_frac", self.holdout_frac, 0.0, 1.0))
         set_(self, "val_frac", checks.open_interval("val_frac", self.val_frac, 0.0, 1.0))
         set_(self, "batch_size", checks.optional_integer("batch_size", self.batch_size))
@@ -112,6 +114,7 @@ class CompareConfig:
         rule = resolve_rule_field(self.optimizer)
         set_(self, "resolved_rule", rule)
         checks.names_of("hyper_lr", self.hyper_lr, rule.hyper_names, rule.name)
+        checks.names_of("steps", self.steps, rule.hyper_names, rule.name)
         try:
             space = {**default_space(rule), **(parse_space(self.space) if self.space else {})}
         except ValueError as e:
@@ -157,7 +160,7 @@ class CompareConfig:
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
                               seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best,
-                              grow=self.grow)
+                              grow=self.grow, steps=dict(self.steps))
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

@@ -96,6 +96,7 @@ def test_compare_tiny_budget(tmp_path):
         (["--population", "3", "--methods", "greedy"], "applies only to pbt"),
         (["--short-steps", "-1"], "--short-steps"),
         (["--grow", "0.5"], "at least 1"),
+        (["--steps", "lr=0"], "must be positive"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

@@ -187,6 +187,8 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
               help="FDS methods: the first N outer steps over one epoch, then the horizon (multi-fidelity).")
 @click.option("--grow", type=float, default=1.0, show_default=True,
               help="FDS methods: step multiplier when a hypergradient's sign holds (1: the authors' update).")
+@click.option("--steps", type=KeyValues(float), default="",
+              help="FDS methods: initial outer steps, e.g. lr=0.2,momentum=0.2 (rule defaults).")
 @click.option("--keep-best", is_flag=True, default=False,
               help="FDS methods: score the last schedule with one plain run and keep the best one seen.")
 @click.option("--population", type=int, default=None,
