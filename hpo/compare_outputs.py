@@ -136,7 +136,8 @@ def accuracy_plot(rows: list[Row], methods: tuple[str, ...], x_of: Callable[[lis
                   ylabel: str) -> Any:
     """Mean ± sample std of test accuracy at each budget point of each method, at ``x_of(rows of the point)``.
 
-    The hand-picked setting (no search) is a dashed horizontal line at its mean.
+    The hand-picked setting (no search; ``LABEL:hand-picked`` in a merged report) is a dashed
+    horizontal line at its mean.
     """
     import matplotlib
 
@@ -149,7 +150,7 @@ def accuracy_plot(rows: list[Row], methods: tuple[str, ...], x_of: Callable[[lis
         budgets = sorted({r.budget for r in rs})
         if not budgets:
             continue
-        if m == "hand-picked":
+        if m == "hand-picked" or m.endswith(":hand-picked"):  # a merged report labels it LABEL:hand-picked
             ax.axhline(statistics.mean(r.test_acc for r in rs if r.budget == budgets[-1]), ls="--", color="gray",
                        label=m)
             continue
