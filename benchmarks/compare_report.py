@@ -32,7 +32,7 @@ FINAL = -1  # the budget every method's final point is relabelled with, for the 
 
 def read_rows(spec: str) -> list[Row]:
     """The rows of ``DIR/results.csv``, methods renamed ``LABEL`` (one method) or ``LABEL:method`` when given."""
-    label, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    label, _, path = spec.partition("=") if "=" in spec else ("", "", spec)
     rows = []
     with open(Path(path) / "results.csv", newline="") as f:
         for d in csv.DictReader(f):
@@ -80,6 +80,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="seed whose final schedules are drawn")
     args = p.parse_args()
     rows = [r for spec in args.dirs for r in read_rows(spec)]
+    keys = [(r.method, r.seed, r.budget) for r in rows]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        p.error(f"method {twice[0][0]!r} (seed {twice[0][1]}) is in more than one directory; label one with LABEL=DIR")
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / "results.csv")
     methods = tuple(dict.fromkeys(r.method for r in rows))

@@ -21,6 +21,7 @@ from hpo.extras import MissingExtra
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import check_task_name, resolve_method
 from hpo.search.base import SearchMethod, SearchSettings
+from hpo.search.fds_search import FDSSearch
 
 DEFAULT_METHODS = ("auto", "greedy", "reverse-truncated", "online-greedy", "random-constant",
                    "random-schedule", "tpe", "hand-picked")
@@ -141,6 +142,11 @@ class CompareConfig:
             except ValueError as e:
                 raise ConfigError("methods", f"{name}: {e}") from None
             methods[name] = method
+        fds_only = [name for name, given in (("short_steps", self.short_steps != 0), ("keep_best", self.keep_best),
+                                             ("grow", self.grow != 1.0), ("steps", bool(self.steps))) if given]
+        if fds_only and not any(isinstance(m, FDSSearch) for m in methods.values()):
+            raise ConfigError(fds_only[0], "applies only to the FDS methods (a backend name such as auto), none of "
+                                           "which is among the methods")
         set_(self, "resolved_methods", methods)
 
     @property

@@ -11,8 +11,11 @@ For every shared value :math:`\\lambda_j` with hypergradient :math:`h_j` and ste
     \\lambda_j \\leftarrow \\operatorname{clamp}(\\lambda_j - \\operatorname{sign}(h_j)\\, s_j)
 
 with decay :math:`\\gamma` (default 0.5), growth :math:`\\eta \\ge 1` (default 1: the authors'
-update, steps only shrink; :math:`\\eta > 1` is Rprop's rule, so a value still far from its
-optimum after a few outer steps gets there in fewer) and the clamp to the rule's valid range.  The search has
+update, steps only shrink; :math:`\\eta > 1` is Rprop's growth without its cap on the step, so
+a value still far from its optimum after a few outer steps gets there in fewer) and the clamp to
+the rule's valid range.  "Flipped" is :math:`\\operatorname{sign}(h_j)\\operatorname{sign}(h_j^{prev})
+< 0` and "held" is :math:`> 0`: with no previous sign (the first step) or a zero hypergradient the
+step is unchanged.  The search has
 converged when every :math:`s_j / |\\lambda_j|` is below a fraction (default 0.05).
 
 A non-finite hypergradient (a diverged inner run) has no usable sign; the authors' code takes

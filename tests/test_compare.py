@@ -97,6 +97,8 @@ def test_compare_tiny_budget(tmp_path):
         (["--short-steps", "-1"], "--short-steps"),
         (["--grow", "0.5"], "at least 1"),
         (["--steps", "lr=0"], "must be positive"),
+        (["--keep-best", "--methods", "tpe"], "applies only to the FDS methods"),
+        (["--short-steps", "2", "--keep-best", "--methods", "auto"], "cannot hold 2 short outer steps"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 from hpo.compare_checkpoint import Row
 from hpo.compare_outputs import write_csv
 
@@ -32,3 +34,15 @@ def test_each_method_at_its_own_final_budget_with_labels(tmp_path: Path) -> None
     lines = report.table(rows).splitlines()
     assert lines[2] == "| short | 0.8500 ± 0.0707 | 0.6 | 60 | 2 |"  # the 60-step point, not the 30-step one
     assert lines[3] == "| tpe | 0.7000 ± 0.0000 | 0.6 | 1000 | 2 |"
+
+
+def test_the_same_method_in_two_unlabelled_directories_is_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        write_csv([row("hand-picked", 0, 0, 0.5, 0.0)], tmp_path / d / "results.csv")
+    monkeypatch.setattr("sys.argv", ["compare_report.py", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                                     str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as info:
+        report.main()
+    assert info.value.code == 2
+    assert "'hand-picked' (seed 0) is in more than one directory" in capsys.readouterr().err

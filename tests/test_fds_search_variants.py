@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
@@ -10,6 +11,7 @@ from hpo.callbacks import OuterRecord
 from hpo.fds import FDSConfig, run_fds
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.registry import resolve_method
+from hpo.search import fds_search
 from hpo.search.base import SearchSettings
 from hpo.search.fds_search import FDSSearch, _Recorder, best_seen, epoch_steps, fds_config
 from hpo.search.pbt import PBTSearch
@@ -59,24 +61,32 @@ def test_validation_accuracy_repeats_the_outer_steps_score() -> None:
     assert len(set(accs)) > 1  # the steps change the schedule enough to change its score
 
 
-def record(k: int, val_acc: float, lr: float, horizon: int = 20) -> OuterRecord:
+def record(k: int, val_acc: float, lr: float, horizon: int = 20, diverged: bool = False) -> OuterRecord:
     return OuterRecord(k=k, horizon=horizon, steps_run=horizon, val_loss=0.0, val_acc=val_acc, hypergrad={},
-                       values={"lr": [lr, lr], "momentum": [0.0], "wd": [0.0]}, step_sizes={}, diverged=False,
+                       values={"lr": [lr, lr], "momentum": [0.0], "wd": [0.0]}, step_sizes={}, diverged=diverged,
                        seconds=0.0, converged=False)
 
 
-def test_best_seen_picks_the_best_scored_full_horizon_schedule() -> None:
-    """Record k scores the values of record k-1; the last values get a plain run of their own."""
+def test_best_seen_picks_the_best_scored_full_horizon_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record k scores the values of record k-1; short and diverged runs' scores do not count."""
+    scored = []
+    monkeypatch.setattr(fds_search, "validation_accuracy",
+                        lambda task, rule, config, values, k: scored.append((values["lr"].tolist(), k)) or 0.2)
     task = tiny_task(n=48)
-    config = FDSConfig(outer_steps=4, inner_steps=(6, 20), counts={"lr": 2}, seed=0, dtype=torch.float64)
+    config = FDSConfig(outer_steps=6, inner_steps=(6, 6, 20), counts={"lr": 2}, seed=0, dtype=torch.float64)
     rec = _Recorder()
-    # short step 0 (its score is not comparable), then full steps scoring lr 0.3, 0.2 (best), 0.1
-    for r in (record(0, 0.99, 0.3, horizon=6), record(1, 0.5, 0.2), record(2, 0.9, 0.1), record(3, 0.6, 50.0)):
+    for r in (record(0, 0.10, 0.30, horizon=6),
+              record(1, 0.99, 0.25, horizon=6),        # scores lr 0.30 over a short run: not a candidate
+              record(2, 0.50, 0.20),                   # scores lr 0.25
+              record(3, 0.95, 0.15, diverged=True),    # scores lr 0.20, but the run diverged
+              record(4, 0.90, 0.10),                   # scores lr 0.15: the best
+              record(5, 0.60, 50.0)):                  # scores lr 0.10; lr 50 gets a plain run
         rec.on_outer_step(r)
     best = best_seen(task, RULE, config, rec)
-    assert best.schedule.values["lr"].tolist() == [0.2, 0.2]
+    assert best.schedule.values["lr"].tolist() == [0.15, 0.15]
     assert best.search_val_acc == 0.9
-    assert best.steps == 6 + 3 * 20 + 20  # the plain run that scores lr = 50 is counted
+    assert best.steps == 2 * 6 + 4 * 20 + 20  # the plain run that scores lr = 50 is counted
+    assert scored == [([50.0, 50.0], 6)]  # on the split of the step that would have come next
 
 
 def test_keep_best_search_returns_one_more_incumbent_within_the_budget() -> None:
@@ -84,10 +94,21 @@ def test_keep_best_search_returns_one_more_incumbent_within_the_budget() -> None
     points = FDSSearch(ReverseCheckpointedBackend()).search(task, RULE, settings(keep_best=True, budget=80), 0)
     assert len(points) == 3 + 1
     assert points[-1].steps == 80 and all(p.steps <= 80 for p in points)
-    assert points[-1].search_val_acc >= max(p.search_val_acc for p in points[1:-1])
+    # point i holds the values after outer step i and the score of the values before it
+    scored = [(p.search_val_acc, i) for i, p in enumerate(points[1:-1])] + [(points[-1].search_val_acc, 2)]
+    acc, i = max(scored)
+    assert points[-1].search_val_acc == acc
+    assert points[-1].schedule.values["lr"].tolist() == points[i].schedule.values["lr"].tolist()
 
 
 def test_population_option_sizes_pbt() -> None:
     method = resolve_method("pbt", population=3)
     assert isinstance(method, PBTSearch) and method.size(settings(budget=200)) == 3
     assert resolve_method("pbt").size(settings(budget=200)) == 10
+
+
+def test_budget_must_hold_the_short_steps_a_full_step_and_the_scoring_run() -> None:
+    method = FDSSearch(ReverseCheckpointedBackend())
+    method.check(RULE, settings(budget=60, short_steps=1, keep_best=True))
+    with pytest.raises(ValueError, match="cannot hold 2 short outer steps, one full outer step and the keep-best"):
+        method.check(RULE, settings(budget=60, short_steps=2, keep_best=True))

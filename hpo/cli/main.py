@@ -63,7 +63,7 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
                    "(first matching pattern wins); default all (docs/per-group-schedules.md).")
 @click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
 @click.option("--grow", type=float, default=1.0, show_default=True,
-              help="Step multiplier when a hypergradient's sign holds (1: the authors' update; e.g. 1.2: Rprop).")
+              help="Step multiplier when a hypergradient's sign holds (1: the authors' update; e.g. 1.2: Rprop's growth, uncapped).")
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")

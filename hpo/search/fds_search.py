@@ -3,15 +3,20 @@
 Two optional changes to the outer loop (``SearchSettings``):
 
 * ``short_steps = m`` (the authors' multi-fidelity budgets): the first ``m`` outer steps train
-  for one epoch of the search data, :math:`T_k = \\lceil n_{train} / b \\rceil` for :math:`k < m`,
-  the others for the horizon :math:`T`.  The segments scale with the horizon, so a schedule
-  learned over one epoch is the same piecewise-constant shape over ``T`` steps.  The steps budget
-  buys :math:`m` short steps and :math:`\\lfloor (B - m T_0) / T \\rfloor` full ones
-  (one fewer with ``keep_best``).
+  for one epoch of the search data, at least one step per segment of the finest schedule
+  (:math:`c` segments) and at most the horizon,
+  :math:`T_s = \\min(\\max(\\lceil n_{train} / b \\rceil, c), T)`; the others train for the
+  horizon :math:`T`.  The segments scale with the horizon, so a schedule learned over one epoch
+  is the same piecewise-constant shape over ``T`` steps.  The steps budget buys :math:`m` short
+  steps and :math:`\\lfloor (B - m T_s - r) / T \\rfloor` full ones, with :math:`r = T` kept for
+  the scoring run of ``keep_best`` (else 0).
 * ``keep_best``: FDS learns :math:`\\lambda_{k+1}` from the run at :math:`\\lambda_k`, so its last
   schedule is never trained with and may overshoot.  After the last step, one plain run scores it
   (:func:`hpo.validate_schedule.validation_accuracy`) and the search returns
-  :math:`\\arg\\max_k \\operatorname{acc}_k(\\lambda_k)` over the full-horizon schedules.
+  :math:`\\arg\\max_k \\operatorname{acc}_k(\\lambda_k)` over the schedules scored by a full,
+  finished run (a short or diverged run's score does not count).  When the time budget stopped
+  the search, the scoring run comes after it: one plain run, about a third of an outer step
+  with reverse mode.
 """
 
 from __future__ import annotations
@@ -62,10 +67,12 @@ def epoch_steps(task: Task, settings: SearchSettings) -> int:
 
 
 def fds_config(task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> FDSConfig:
-    """The outer-loop settings: ``short_steps`` epochs first, then full steps until the budget.
+    """The outer-loop settings: ``m = short_steps`` epochs first, then full steps until the budget.
 
-    A short run has at least one step per segment of the finest schedule; with ``keep_best`` the
-    budget keeps one horizon for the plain run that scores the last schedule.
+    Short horizon :math:`T_s = \\min(\\max(\\lceil n_{train} / b \\rceil, c), T)` (``c`` the
+    largest count); outer steps :math:`m + \\lfloor (B - m T_s - r) / T \\rfloor`, with ``r = T``
+    under ``keep_best`` (the scoring run), else 0.  :meth:`FDSSearch.check` makes sure the budget
+    holds at least one full step.
     """
     config = settings.fds(seed)
     m, reserve = settings.short_steps, settings.horizon if settings.keep_best else 0
@@ -73,7 +80,7 @@ def fds_config(task: Task, rule: UpdateRule, settings: SearchSettings, seed: int
         return config
     finest = max(config.resolved_counts(rule).values())
     short = min(max(epoch_steps(task, settings), finest), settings.horizon)
-    full = max(1, (settings.budget - m * short - reserve) // settings.horizon)
+    full = (settings.budget - m * short - reserve) // settings.horizon
     return replace(config, outer_steps=m + full, inner_steps=(short,) * m + (settings.horizon,))
 
 
@@ -87,8 +94,15 @@ class FDSSearch(SearchMethod):
         self.backend = backend
 
     def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
-        """The backend must support the rule."""
+        """The backend must support the rule; the budget must hold the short steps, one full step and the scoring run."""
         self.backend.check_rule(rule)
+        runs = settings.short_steps + 1 + int(settings.keep_best)
+        if settings.budget < runs * settings.horizon:
+            parts = [f"{settings.short_steps} short outer steps"] if settings.short_steps else []
+            parts += ["one full outer step"] + (["the keep-best scoring run"] if settings.keep_best else [])
+            text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+            raise ValueError(f"a budget of {settings.budget} steps cannot hold {text} "
+                             f"(at most {runs} x {settings.horizon} steps); raise it")
 
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
         """Run the outer steps; with ``keep_best``, one more incumbent: the best full-horizon schedule."""
@@ -107,7 +121,8 @@ def best_seen(task: Task, rule: UpdateRule, config: FDSConfig, rec: _Recorder) -
     """Score the last schedule with one plain run; the full-horizon schedule with the best accuracy.
 
     Record ``k`` holds the accuracy of the schedule it started from (the values after record
-    ``k - 1``) and the values it moved to; the initial values are not candidates.
+    ``k - 1``) and the values it moved to; the initial values are not candidates, nor are the
+    schedules of short or diverged runs.
     """
     last = rec.records[-1]
     horizon = config.horizon(last.k + 1)
@@ -115,7 +130,7 @@ def best_seen(task: Task, rule: UpdateRule, config: FDSConfig, rec: _Recorder) -
     acc = validation_accuracy(task, rule, config, values.values, last.k + 1)
     candidates = [(acc, last.k + 1, values)]
     for prev, cur in zip(rec.records, rec.records[1:]):
-        if cur.horizon == horizon:
+        if cur.horizon == horizon and not cur.diverged:
             candidates.append((cur.val_acc, cur.k, Schedule.from_dict(prev.values)))
     best_acc, _, best = max(candidates, key=lambda c: (c[0], c[1]))
     return rec.watch.stamp(rec.steps + horizon, best, best_acc)

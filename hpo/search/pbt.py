@@ -38,7 +38,7 @@ class PBTSearch(SearchMethod):
         self.intervals = intervals
 
     def size(self, settings: SearchSettings) -> int:
-        """Members of the population: ``population``, at most ``budget // T``."""
+        """Members of the population: ``population`` (:meth:`check`: at most ``budget // T``), else ``budget // T``."""
         return min(self.population or settings.units, settings.units)
 
     def segments(self, settings: SearchSettings) -> int:
@@ -48,6 +48,9 @@ class PBTSearch(SearchMethod):
     def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
         """Ray Tune installed, a budget of two members, a ``torch.optim`` counterpart and a range per type."""
         require("ray", "Ray Tune")
+        if self.population is not None and self.population > settings.units:
+            raise ValueError(f"a population of {self.population} needs a budget of {self.population * settings.horizon} "
+                             f"steps (one inner run each), got {settings.budget}")
         if settings.units < 2:
             raise ValueError(f"a population of 2 needs a budget of at least 2 inner runs ({2 * settings.horizon} "
                              f"steps), got {settings.budget}")
