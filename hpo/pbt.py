@@ -24,11 +24,12 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, final
@@ -157,6 +158,21 @@ def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: 
     return False
 
 
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the block, restoring (or removing) them afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, population: int, intervals: int,
             seconds: float | None = None) -> list[Report]:
     """Run synchronous PBT with ``population`` members for ``fds.inner_steps[0]`` steps; every member's reports.
@@ -229,7 +245,10 @@ def run_pbt(task: Task, rule: UpdateRule, fds: FDSConfig, space: SearchSpace, po
             run_config=tune.RunConfig(name="pbt", storage_path=str(tmp / "results"), verbose=0, stop=Deadline(),
                                       callbacks=[Collect()]),
         )
-        with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its experiment's table even at verbose=0
+        # Tune prints its experiment's table even at verbose=0; its automatic CSV, JSON and TensorBoard
+        # loggers would write into the temporary directory, and their writer threads die noisily
+        # ("Exception in thread ... handle is closed") when a --jobs worker process exits.
+        with contextlib.redirect_stdout(io.StringIO()), environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
             grid = tuner.fit()
         if grid.errors:
             raise RuntimeError(f"a PBT member failed: {grid.errors[0]}")

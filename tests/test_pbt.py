@@ -139,3 +139,13 @@ def test_pbt_needs_a_budget_of_two_members_and_says_so_in_one_line(tmp_path: Pat
     assert r.exit_code == 2
     assert r.output == ("Error: Invalid value for '--methods': pbt: a population of 2 needs a budget of at least 2 "
                         "inner runs (8 steps), got 7\n")
+
+
+def test_environment_is_set_for_the_block_and_restored(monkeypatch) -> None:
+    from hpo.pbt import environment
+
+    monkeypatch.setenv("HPO_TEST_KEPT", "old")
+    monkeypatch.delenv("HPO_TEST_NEW", raising=False)
+    with environment(HPO_TEST_KEPT="1", HPO_TEST_NEW="2"):
+        assert (os.environ["HPO_TEST_KEPT"], os.environ["HPO_TEST_NEW"]) == ("1", "2")
+    assert os.environ["HPO_TEST_KEPT"] == "old" and "HPO_TEST_NEW" not in os.environ
