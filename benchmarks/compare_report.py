@@ -7,7 +7,7 @@ stops them.  Give one ``[LABEL=]DIR`` per call (a label renames the methods of t
 final budget point (test accuracy mean ± sample std over seeds, search wall-clock seconds, inner
 steps, seeds), and writes to ``--out`` the merged ``results.csv``, ``accuracy_vs_seconds.png``
 (best-so-far test accuracy against search seconds, every budget point) and ``schedules.png``
-(every method's final schedule for ``--seed``)::
+(the final schedules of ``--seed``, of the ``--draw`` methods or all)::
 
     python benchmarks/compare_report.py runs/mlp3000-fds runs/mlp3000-base --out docs/results/T3000-mlp
 """
@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("dirs", nargs="+", help="[LABEL=]DIR of an hpo compare run (its results.csv)")
     p.add_argument("--out", type=Path, required=True, help="directory for results.csv and the pictures")
     p.add_argument("--seed", type=int, default=0, help="seed whose final schedules are drawn")
+    p.add_argument("--draw", default=None, help="comma-separated methods to draw in schedules.png (default: all)")
     args = p.parse_args()
     rows = [r for spec in args.dirs for r in read_rows(spec)]
     keys = [(r.method, r.seed, r.budget) for r in rows]
@@ -89,7 +90,8 @@ def main() -> None:
     methods = tuple(dict.fromkeys(r.method for r in rows))
     save_figure(seconds_figure(rows, methods), args.out / "accuracy_vs_seconds.png")
     relabelled = [replace(r, budget=FINAL) for r in final_rows(rows)]
-    fig = schedules_figure(relabelled, methods, FINAL, args.seed)
+    drawn = tuple(args.draw.split(",")) if args.draw else methods
+    fig = schedules_figure(relabelled, drawn, FINAL, args.seed)
     fig.suptitle(f"final schedules (seed {args.seed})")
     save_figure(fig, args.out / "schedules.png")
     print(table(rows))
