@@ -22,7 +22,7 @@ RULE = SGDMomentum()
 
 
 def settings(**kw: object) -> SearchSettings:
-    base = dict(horizon=20, budget=100, space=default_space(RULE), counts={"lr": 2}, dtype=torch.float64)
+    base = {"horizon": 20, "budget": 100, "space": default_space(RULE), "counts": {"lr": 2}, "dtype": torch.float64}
     return SearchSettings(**{**base, **kw})  # type: ignore[arg-type]
 
 

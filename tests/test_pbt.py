@@ -106,7 +106,7 @@ def test_exploiting_members_inherit_their_donors_trajectory(pbt_run) -> None:
         for r in (r for r in reports if r.interval == j):
             prefix = r.values()[:j - 1]
             assert prefix in by_interval[j - 1]
-            own = [x for x in reports if x.member == r.member and x.interval == j - 1][0]
+            own = next(x for x in reports if x.member == r.member and x.interval == j - 1)
             exploited += prefix != own.values()
     assert exploited >= 1  # with 3 members, the worst copies the best at every perturbation
 
