@@ -25,7 +25,7 @@ from hpo import checks
 from hpo.backend import HypergradientBackend
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
-from hpo.fds import FDSConfig
+from hpo.fds import DIVERGENCE_RULES, FDSConfig
 from hpo.grouping import check_groups
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import VISION_TASKS, check_task_name, make_backend, resolve_rule
@@ -58,6 +58,7 @@ class RunConfig:
     groups: Mapping[str, str] = field(default_factory=dict)
     decay: float = 0.5
     grow: float = 1.0
+    divergence: str = "lower"
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -145,7 +146,8 @@ class RunConfig:
         counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
         return FDSConfig(
             outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
-            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, converged_frac=self.converged_frac, val_frac=self.val_frac,
+            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, divergence=self.divergence,
+            converged_frac=self.converged_frac, val_frac=self.val_frac,
             batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
             dtype=DTYPES[self.dtype], device=self.resolved_device,
         )
@@ -221,6 +223,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "groups": check_groups("groups", c.groups),
         "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
         "grow": checks.at_least("grow", c.grow, 1.0),
+        "divergence": checks.choice("divergence", c.divergence, DIVERGENCE_RULES),
         "converged_frac": checks.positive("converged_frac", c.converged_frac),
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
         "batch_size": checks.optional_integer("batch_size", c.batch_size),

@@ -16,17 +16,21 @@ from typing import final
 import torch
 
 from hpo import checks
-from hpo.backend import HypergradientBackend, run_inner
+from hpo.backend import HypergradientBackend, HypergradResult, run_inner
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.distributed import Communicator
 from hpo.errors import ConfigError
 from hpo.grouping import check_groups, grouped_rule
-from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.base import HyperSpec, UpdateRule
 from hpo.optimizers.grouped import GroupedRule, group_counts, group_names
-from hpo.outer import OuterState, converged, safe_direction, sign_update
+from hpo.outer import OuterState, backtrack, converged, safe_direction, sign_update
 from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, check_counts, segment_starts
 from hpo.tasks.base import Task, init_model, model_functions, split_state
+
+
+#: What the outer loop does after a diverged inner run (:func:`after_divergence`).
+DIVERGENCE_RULES = ("lower", "backtrack")
 
 
 @final
@@ -49,6 +53,7 @@ class FDSConfig:
     steps: Mapping[str, float] = field(default_factory=dict)
     decay: float = 0.5
     grow: float = 1.0
+    divergence: str = "lower"
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -70,6 +75,7 @@ class FDSConfig:
         checks.int_tuple("inner_steps", self.inner_steps)
         checks.open_interval("decay", self.decay, 0.0, 1.0)
         checks.at_least("grow", self.grow, 1.0)
+        checks.choice("divergence", self.divergence, DIVERGENCE_RULES)
         checks.positive("converged_frac", self.converged_frac)
         checks.open_interval("val_frac", self.val_frac, 0.0, 1.0)
         checks.optional_integer("batch_size", self.batch_size)
@@ -194,21 +200,11 @@ def outer_step(
     extra: dict[str, object] = {}
     diverged = result.diverged or not all(bool(torch.isfinite(h).all()) for h in hg.values())
     if diverged:
-        info = result.info or {}
-        steps_run = int(info.get("diverged_at", result.steps))
-        started = {n: torch.tensor(segment_starts(problem.horizon, v.shape[-1])) < steps_run for n, v in hg.items()}
-        hg = safe_direction(hg, specs, started)
-        extra = {
-            "diverged_at": steps_run,
-            "divergence": str(info.get("divergence", "hypergradient")),
-            "lowered": {n: positions(h > 0) for n, h in hg.items() if (h > 0).any()},
-            "raised": {n: positions(h < 0) for n, h in hg.items() if (h < 0).any()},
-        }
+        new, extra = after_divergence(state, result, problem.horizon, specs, config)
+    else:
+        new = replace(sign_update(state, hg, specs, config.decay, config.grow), good=dict(state.values))
     if result.info and "auto" in result.info:
         extra = {**extra, "backend": result.info["auto"]}
-    new = sign_update(state, hg, specs, config.decay, config.grow)
-    if diverged:
-        new = replace(new, values={n: specs[n].clamp(v) for n, v in halve_lowered(state.values, new.values, hg).items()})
     record = OuterRecord(
         k=k,
         horizon=problem.horizon,
@@ -225,6 +221,32 @@ def outer_step(
         groups={n: list(g) for n, g in group_names(rule).items()},
     )
     return new, record
+
+
+def after_divergence(state: OuterState, result: HypergradResult, horizon: int, specs: Mapping[str, HyperSpec],
+                     config: FDSConfig) -> tuple[OuterState, dict[str, object]]:
+    """The outer state after a diverged inner run, and what the record says about it.
+
+    Only values whose segment had started when the run blew up can have caused it.  With
+    ``config.divergence == "backtrack"`` they go halfway back to the last values that trained
+    (:func:`hpo.outer.backtrack`); with ``"lower"``, or when there is nothing to go back to, each
+    moves to its type's safe side (:func:`hpo.outer.safe_direction`), a lowered value to at most
+    half of what it was (:func:`halve_lowered`), and the good point is forgotten.
+    """
+    info = result.info or {}
+    steps_run = int(info.get("diverged_at", result.steps))
+    started = {n: torch.tensor(segment_starts(horizon, v.shape[-1])) < steps_run for n, v in state.values.items()}
+    extra: dict[str, object] = {"diverged_at": steps_run, "divergence": str(info.get("divergence", "hypergradient"))}
+    back = backtrack(state, started, config.decay) if config.divergence == "backtrack" else None
+    if back is not None:
+        moved = {n: back.values[n] != state.values[n] for n in state.values}
+        return back, {**extra, "backtracked": {n: positions(m) for n, m in moved.items() if m.any()}}
+    hg = safe_direction(result.hypergrad, specs, started)
+    new = sign_update(state, hg, specs, config.decay, config.grow)
+    new = replace(new, values={n: specs[n].clamp(v) for n, v in halve_lowered(state.values, new.values, hg).items()},
+                  good=None)
+    return new, {**extra, "lowered": {n: positions(h > 0) for n, h in hg.items() if (h > 0).any()},
+                 "raised": {n: positions(h < 0) for n, h in hg.items() if (h < 0).any()}}
 
 
 def plain_list(x: torch.Tensor) -> list:

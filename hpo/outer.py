@@ -38,12 +38,18 @@ from hpo.optimizers.base import HyperSpec
 @final
 @dataclass(frozen=True)
 class OuterState:
-    """Values, step sizes and last hypergradient signs of every shared value, and the step count."""
+    """Values, step sizes and last hypergradient signs of every shared value, and the step count.
+
+    ``good`` holds the values of the last inner run that finished without diverging (None before
+    the first one, or after a divergence that :func:`backtrack` could not undo); the
+    ``backtrack`` divergence rule bisects towards them.
+    """
 
     values: dict[str, Tensor]
     steps: dict[str, Tensor]
     signs: dict[str, Tensor]
     k: int = 0
+    good: dict[str, Tensor] | None = None
 
     @classmethod
     def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float]) -> OuterState:
@@ -58,12 +64,14 @@ class OuterState:
 
     def to_dict(self) -> dict[str, object]:
         """Plain tensors and ints (for checkpoints loaded with ``weights_only=True``)."""
-        return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k}
+        return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k, "good": self.good}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> OuterState:
-        """Inverse of :meth:`to_dict`."""
-        return cls(dict(d["values"]), dict(d["steps"]), dict(d["signs"]), int(d["k"]))  # type: ignore[arg-type]
+        """Inverse of :meth:`to_dict` (a checkpoint written before ``good`` existed has none)."""
+        good = d.get("good")
+        return cls(dict(d["values"]), dict(d["steps"]), dict(d["signs"]), int(d["k"]),  # type: ignore[arg-type]
+                   dict(good) if good is not None else None)  # type: ignore[arg-type]
 
 
 def sign_update(
@@ -89,7 +97,43 @@ def sign_update(
         values[name] = specs[name].clamp(v - s * step)
         steps[name] = step
         signs[name] = torch.where(s != 0, s, state.signs[name])
-    return OuterState(values, steps, signs, state.k + 1)
+    return OuterState(values, steps, signs, state.k + 1, state.good)
+
+
+def backtrack(state: OuterState, started: Mapping[str, Tensor], decay: float = 0.5) -> OuterState | None:
+    """After a diverged run at :math:`\\lambda`: go back part of the way to the last values that trained.
+
+    With :math:`g` the values of the last finished run (``state.good``), every value :math:`j`
+    whose segment had started (``started[name]``, a bool mask) and that differs from :math:`g_j`
+    moves towards it, with the decay :math:`\\gamma` (0.5: halfway) also shrinking its step:
+
+    .. math::
+
+        \\lambda_j \\leftarrow g_j + \\gamma\\,(\\lambda_j - g_j), \\qquad
+        s_j \\leftarrow \\gamma\\, s_j, \\qquad
+        \\sigma_j \\leftarrow \\operatorname{sign}(\\lambda_j - g_j)
+
+    The recorded sign :math:`\\sigma_j` is that of a move back towards :math:`g`, so a later
+    hypergradient that points at the diverged values again counts as a flip and halves the step
+    once more: the search bisects the interval between the last good and the diverged values
+    instead of pushing every value in force down, and it never lands below values that trained.
+    Values that did not move, or whose segment had not started, keep value, step and sign.
+    Returns None (use :func:`safe_direction`) when there is no good point or no started value
+    moved: the good values themselves diverged (e.g. on a fresh initialisation).
+    """
+    if state.good is None:
+        return None
+    values, steps, signs, moved_any = {}, {}, {}, False
+    for name, v in state.values.items():
+        g = state.good[name].to(device=v.device, dtype=v.dtype)
+        moved = started[name].to(v.device) & (v != g)
+        moved_any = moved_any or bool(moved.any())
+        values[name] = torch.where(moved, g + decay * (v - g), v)
+        steps[name] = torch.where(moved, state.steps[name] * decay, state.steps[name])
+        signs[name] = torch.where(moved, torch.sign(v - g), state.signs[name])
+    if not moved_any:
+        return None
+    return OuterState(values, steps, signs, state.k + 1, state.good)
 
 
 def converged(state: OuterState, frac: float = 0.05) -> bool:

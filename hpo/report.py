@@ -32,8 +32,11 @@ def divergence_text(r: OuterRecord) -> str:
     def which(d: dict[str, list[int]]) -> str:
         return ", ".join(f"{n}[{','.join(str(j) for j in js)}]" for n, js in d.items()) or "nothing"
 
+    where = (f"DIVERGED: non-finite {e.get('divergence', 'values')} at inner step "
+             f"{e.get('diverged_at', r.steps_run)}/{r.horizon}; stopped early")
+    if "backtracked" in e:
+        return f"{where}, moved {which(e['backtracked'])} halfway back to the last values that trained; other values held"
     moved = f"lowered {which(e.get('lowered', {}))}"
     if e.get("raised"):
         moved += f", raised {which(e['raised'])}"
-    return (f"DIVERGED: non-finite {e.get('divergence', 'values')} at inner step {e.get('diverged_at', r.steps_run)}"
-            f"/{r.horizon}; stopped early, {moved} (safe direction); other values held")
+    return f"{where}, {moved} (safe direction); other values held"

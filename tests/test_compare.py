@@ -98,6 +98,8 @@ def test_compare_tiny_budget(tmp_path):
         (["--grow", "0.5"], "at least 1"),
         (["--steps", "lr=0"], "must be positive"),
         (["--keep-best", "--methods", "tpe"], "applies only to the FDS methods"),
+        (["--divergence", "backtrack", "--methods", "tpe"], "applies only to the FDS methods"),
+        (["--divergence", "bisect"], "'bisect' is not one of 'lower', 'backtrack'"),
         (["--short-steps", "2", "--keep-best", "--methods", "auto"], "cannot hold 2 short outer steps"),
     ],
 )

@@ -21,6 +21,7 @@ from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
 from hpo.device import DEVICE_CHOICES, DTYPES
 from hpo.distributed import end_process
+from hpo.fds import DIVERGENCE_RULES
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, SEARCH_METHODS, resolve_rule
 from hpo.rule_table import describe_rule
 
@@ -64,6 +65,9 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
 @click.option("--grow", type=float, default=1.0, show_default=True,
               help="Step multiplier when a hypergradient's sign holds (1: the authors' update; e.g. 1.2: Rprop's growth, uncapped).")
+@click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
+              help="After a diverged inner run: lower the values in force (halve them), or backtrack halfway to the "
+                   "last values that trained (docs/divergence.md).")
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
@@ -187,6 +191,9 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
               help="FDS methods: the first N outer steps over one epoch, then the horizon (multi-fidelity).")
 @click.option("--grow", type=float, default=1.0, show_default=True,
               help="FDS methods: step multiplier when a hypergradient's sign holds (1: the authors' update).")
+@click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
+              help="FDS methods: after a diverged inner run, lower the values in force or backtrack halfway to the "
+                   "last values that trained.")
 @click.option("--steps", type=KeyValues(float), default="",
               help="FDS methods: initial outer steps, e.g. lr=0.2,momentum=0.2 (rule defaults).")
 @click.option("--keep-best", is_flag=True, default=False,

@@ -38,8 +38,8 @@ class SearchSettings:
 
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
-    ``short_steps``, ``keep_best``, ``grow`` (:func:`hpo.outer.sign_update`) and ``steps`` (initial outer
-    step sizes) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
+    ``short_steps``, ``keep_best``, ``grow`` (:func:`hpo.outer.sign_update`), ``divergence``
+    (:func:`hpo.fds.after_divergence`) and ``steps`` (initial outer step sizes) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
     """
 
     horizon: int
@@ -56,6 +56,7 @@ class SearchSettings:
     short_steps: int = 0
     keep_best: bool = False
     grow: float = 1.0
+    divergence: str = "lower"
     steps: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -67,7 +68,7 @@ class SearchSettings:
         """The outer-loop settings of a method run with ``seed``."""
         return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
                          val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
-                         dtype=self.dtype, device=self.device, grow=self.grow,
+                         dtype=self.dtype, device=self.device, grow=self.grow, divergence=self.divergence,
                          steps=dict(self.steps))
 
 
