@@ -5,7 +5,9 @@ A checkpoint is a plain dictionary saved with :func:`torch.save` and read back w
 
     {"format": "hpo-fds-checkpoint", "version": 2,
      "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k;
-                                             # (segments,) or, grouped, (groups, segments) each
+                                             # (segments,) or, grouped, (groups, segments) each;
+                                             # good (last values that trained) and kinds
+                                             # (coordinate per type) when set
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
      "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
      "search_seconds": float,
@@ -32,6 +34,7 @@ import torch
 from torch import Tensor
 
 from hpo.callbacks import OuterRecord
+from hpo.coordinates import KINDS
 from hpo.outer import OuterState
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -87,6 +90,8 @@ class Checkpoint:
                 "steps": {k: v.detach().cpu() for k, v in s.steps.items()},
                 "signs": {k: v.detach().cpu() for k, v in s.signs.items()},
                 "k": int(s.k),
+                **({"good": {k: v.detach().cpu() for k, v in s.good.items()}} if s.good is not None else {}),
+                **({"kinds": dict(s.kinds)} if s.kinds is not None else {}),
             },
             "history": [to_plain(r.__dict__) for r in self.history],
             "config": to_plain(self.config),
@@ -155,7 +160,17 @@ def _state_from_dict(d: Any) -> OuterState:
     if not all(bool(torch.isfinite(v).all()) for part in parts for v in part.values()):
         raise ValueError("its outer state holds non-finite numbers")
     values, steps, signs = ({n: v.to(torch.float64) for n, v in part.items()} for part in parts)
-    return OuterState(values, steps, signs, int(d["k"]))
+    good, kinds = d.get("good"), d.get("kinds")
+    if good is not None and not (isinstance(good, dict) and set(good) == set(values) and all(
+            isinstance(v, Tensor) and v.shape == values[n].shape and bool(torch.isfinite(v).all())
+            for n, v in good.items())):
+        raise ValueError("its outer state has no valid 'good'")
+    if kinds is not None and not (isinstance(kinds, dict) and set(kinds) <= set(values)
+                                  and all(k in KINDS for k in kinds.values())):
+        raise ValueError("its outer state has no valid 'kinds'")
+    return OuterState(values, steps, signs, int(d["k"]),
+                      {n: v.to(torch.float64) for n, v in good.items()} if good is not None else None,
+                      dict(kinds) if kinds is not None else None)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:

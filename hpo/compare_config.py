@@ -16,6 +16,7 @@ from hpo import checks
 from hpo.baselines import SearchSpace, default_space, parse_space
 from hpo.config import cls_replace, known_fields, resolve_rule_field, settings_dict
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
+from hpo.coordinates import OUTER_SPACES
 from hpo.errors import ConfigError
 from hpo.fds import DIVERGENCE_RULES
 from hpo.extras import MissingExtra
@@ -54,6 +55,7 @@ class CompareConfig:
     keep_best: bool = False
     grow: float = 1.0
     divergence: str = "lower"
+    outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
     holdout_frac: float = 0.1
     val_frac: float = 0.05
@@ -99,6 +101,7 @@ class CompareConfig:
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "grow", checks.at_least("grow", self.grow, 1.0))
         set_(self, "divergence", checks.choice("divergence", self.divergence, DIVERGENCE_RULES))
+        set_(self, "outer_space", checks.choice("outer_space", self.outer_space, OUTER_SPACES))
         set_(self, "steps", checks.name_map("steps", self.steps, "float"))
         set_(self, "holdout_frac", checks.open_interval("holdout_frac", self.holdout_frac, 0.0, 1.0))
         set_(self, "val_frac", checks.open_interval("val_frac", self.val_frac, 0.0, 1.0))
@@ -147,7 +150,8 @@ class CompareConfig:
             methods[name] = method
         fds_only = [name for name, given in (("short_steps", self.short_steps != 0), ("keep_best", self.keep_best),
                                              ("grow", self.grow != 1.0), ("steps", bool(self.steps)),
-                                             ("divergence", self.divergence != "lower")) if given]
+                                             ("divergence", self.divergence != "lower"),
+                                             ("outer_space", self.outer_space != "linear")) if given]
         if fds_only and not any(isinstance(m, FDSSearch) for m in methods.values()):
             raise ConfigError(fds_only[0], "applies only to the FDS methods (a backend name such as auto), none of "
                                            "which is among the methods")
@@ -170,7 +174,8 @@ class CompareConfig:
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
                               seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best,
-                              grow=self.grow, divergence=self.divergence, steps=dict(self.steps))
+                              grow=self.grow, divergence=self.divergence, outer_space=self.outer_space,
+                              steps=dict(self.steps))
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

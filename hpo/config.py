@@ -25,6 +25,7 @@ from hpo import checks
 from hpo.backend import HypergradientBackend
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
+from hpo.coordinates import OUTER_SPACES
 from hpo.fds import DIVERGENCE_RULES, FDSConfig
 from hpo.grouping import check_groups
 from hpo.optimizers.base import UpdateRule
@@ -59,6 +60,7 @@ class RunConfig:
     decay: float = 0.5
     grow: float = 1.0
     divergence: str = "lower"
+    outer_space: str = "linear"
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -146,7 +148,7 @@ class RunConfig:
         counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
         return FDSConfig(
             outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
-            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, divergence=self.divergence,
+            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, divergence=self.divergence, outer_space=self.outer_space,
             converged_frac=self.converged_frac, val_frac=self.val_frac,
             batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
             dtype=DTYPES[self.dtype], device=self.resolved_device,
@@ -224,6 +226,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
         "grow": checks.at_least("grow", c.grow, 1.0),
         "divergence": checks.choice("divergence", c.divergence, DIVERGENCE_RULES),
+        "outer_space": checks.choice("outer_space", c.outer_space, OUTER_SPACES),
         "converged_frac": checks.positive("converged_frac", c.converged_frac),
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
         "batch_size": checks.optional_integer("batch_size", c.batch_size),

@@ -18,6 +18,7 @@ import torch
 from hpo import checks
 from hpo.backend import HypergradientBackend, HypergradResult, run_inner
 from hpo.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.coordinates import LOG_STEP, OUTER_SPACES, kinds_of
 from hpo.distributed import Communicator
 from hpo.errors import ConfigError
 from hpo.grouping import check_groups, grouped_rule
@@ -54,6 +55,7 @@ class FDSConfig:
     decay: float = 0.5
     grow: float = 1.0
     divergence: str = "lower"
+    outer_space: str = "linear"
     converged_frac: float = 0.05
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -76,6 +78,7 @@ class FDSConfig:
         checks.open_interval("decay", self.decay, 0.0, 1.0)
         checks.at_least("grow", self.grow, 1.0)
         checks.choice("divergence", self.divergence, DIVERGENCE_RULES)
+        checks.choice("outer_space", self.outer_space, OUTER_SPACES)
         checks.positive("converged_frac", self.converged_frac)
         checks.open_interval("val_frac", self.val_frac, 0.0, 1.0)
         checks.optional_integer("batch_size", self.batch_size)
@@ -88,8 +91,9 @@ class FDSConfig:
             check_counts(self.resolved_counts(rule), min(self.inner_steps))
         except ValueError as e:
             raise ConfigError("counts", str(e)) from None
+        init = self.resolved_init(rule)
         for s in rule.hyperparameters:
-            x = float(self.init.get(s.name, s.init))
+            x = init[s.name]
             if not s.contains(x):
                 raise ConfigError("init", f"{s.name} = {x:g} is out of range ({s.range_text()})")
             st = float(self.steps.get(s.name, s.step))
@@ -100,9 +104,18 @@ class FDSConfig:
         """Count of shared values per type: the override or the rule's default."""
         return {s.name: int(self.counts.get(s.name, s.count)) for s in rule.hyperparameters}
 
-    def resolved_steps(self, rule: UpdateRule) -> dict[str, float]:
-        """Initial outer step per type: the override or the rule's default."""
-        return {s.name: float(self.steps.get(s.name, s.step)) for s in rule.hyperparameters}
+    def resolved_init(self, rule: UpdateRule) -> dict[str, float]:
+        """Starting value per type: the override, else the rule's default (``linear`` space) or its
+        hand-picked setting (``log`` space, where a start at 0 could not move multiplicatively)."""
+        start = dict(rule.hand_picked or {}) if self.outer_space == "log" else {}
+        return {s.name: float(self.init.get(s.name, start.get(s.name, s.init))) for s in rule.hyperparameters}
+
+    def resolved_steps(self, rule: UpdateRule, kinds: Mapping[str, str] | None = None) -> dict[str, float]:
+        """Initial outer step per type: the override, else ``ln 2`` for a multiplicative coordinate
+        (``kinds``, :mod:`hpo.coordinates`) and the rule's default for an additive one."""
+        kinds = kinds or {}
+        default = {s.name: LOG_STEP if kinds.get(s.name, "linear") != "linear" else s.step for s in rule.hyperparameters}
+        return {s.name: float(self.steps.get(s.name, default[s.name])) for s in rule.hyperparameters}
 
 
 @final
@@ -158,8 +171,15 @@ def initial_state(rule: UpdateRule, config: FDSConfig) -> OuterState:
     A grouped type (``rule`` a :class:`~hpo.optimizers.grouped.GroupedRule`) starts as a
     ``(groups, segments)`` table of its initial value.
     """
-    sched = Schedule.initial(rule, config.resolved_counts(rule), dict(config.init), group_counts(rule))
-    return OuterState.start(sched.values, config.resolved_steps(rule))
+    sched = Schedule.initial(rule, config.resolved_counts(rule), config.resolved_init(rule), group_counts(rule))
+    return start_at(sched.values, rule, config)
+
+
+def start_at(values: Mapping[str, torch.Tensor], rule: UpdateRule, config: FDSConfig) -> OuterState:
+    """Outer state before the first step from the starting ``values``: each type's coordinate
+    (:func:`hpo.coordinates.kinds_of`, from ``config.outer_space`` and the values) and initial step."""
+    kinds = kinds_of({s.name: s for s in rule.hyperparameters}, config.outer_space, values)
+    return OuterState.start(values, config.resolved_steps(rule, kinds), kinds)
 
 
 def task_parameters(task: Task, config: FDSConfig) -> dict[str, torch.Tensor]:

@@ -32,6 +32,7 @@ from typing import final
 import torch
 from torch import Tensor
 
+from hpo.coordinates import Coordinate
 from hpo.optimizers.base import HyperSpec
 
 
@@ -42,7 +43,9 @@ class OuterState:
 
     ``good`` holds the values of the last inner run that finished without diverging (None before
     the first one, or after a divergence that :func:`backtrack` could not undo); the
-    ``backtrack`` divergence rule bisects towards them.
+    ``backtrack`` divergence rule bisects towards them.  ``kinds`` maps a type to the coordinate its
+    steps are taken in (:mod:`hpo.coordinates`: ``linear``, ``log``, ``log1m``; None or a missing
+    type: ``linear``), fixed when the search starts; steps and signs are in that coordinate.
     """
 
     values: dict[str, Tensor]
@@ -50,9 +53,11 @@ class OuterState:
     signs: dict[str, Tensor]
     k: int = 0
     good: dict[str, Tensor] | None = None
+    kinds: dict[str, str] | None = None
 
     @classmethod
-    def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float]) -> OuterState:
+    def start(cls, values: Mapping[str, Tensor], steps: Mapping[str, float],
+              kinds: Mapping[str, str] | None = None) -> OuterState:
         """Initial state: the given values, step ``steps[name]`` for every value of a type, no signs."""
         vals = {k: v.detach().clone().to(torch.float64) for k, v in values.items()}
         return cls(
@@ -60,18 +65,25 @@ class OuterState:
             steps={k: torch.full_like(v, float(steps[k])) for k, v in vals.items()},
             signs={k: torch.zeros_like(v) for k, v in vals.items()},
             k=0,
+            kinds=dict(kinds) if kinds else None,
         )
 
+    def coordinate(self, name: str) -> Coordinate:
+        """The coordinate type ``name``'s steps are taken in."""
+        return Coordinate((self.kinds or {}).get(name, "linear"))
+
     def to_dict(self) -> dict[str, object]:
-        """Plain tensors and ints (for checkpoints loaded with ``weights_only=True``)."""
-        return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k, "good": self.good}
+        """Plain tensors, strings and ints (for checkpoints loaded with ``weights_only=True``)."""
+        return {"values": self.values, "steps": self.steps, "signs": self.signs, "k": self.k, "good": self.good,
+                "kinds": self.kinds}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> OuterState:
-        """Inverse of :meth:`to_dict` (a checkpoint written before ``good`` existed has none)."""
-        good = d.get("good")
+        """Inverse of :meth:`to_dict` (a checkpoint written before ``good`` and ``kinds`` has neither)."""
+        good, kinds = d.get("good"), d.get("kinds")
         return cls(dict(d["values"]), dict(d["steps"]), dict(d["signs"]), int(d["k"]),  # type: ignore[arg-type]
-                   dict(good) if good is not None else None)  # type: ignore[arg-type]
+                   dict(good) if good is not None else None,  # type: ignore[arg-type]
+                   dict(kinds) if kinds is not None else None)  # type: ignore[arg-type]
 
 
 def sign_update(
@@ -84,20 +96,23 @@ def sign_update(
     """One FDS outer step: halve (``decay``) steps whose sign flipped, multiply by ``grow`` those whose
     sign held, move against the sign, clamp.
 
+    The step is taken in each type's coordinate (``state.kinds``, :mod:`hpo.coordinates`):
+    :math:`\\lambda \\leftarrow \\phi^{-1}(\\phi(\\lambda) - \\operatorname{sign}(h\\, \\phi')\\, s)`.
     A zero or non-finite hypergradient entry leaves its value, step and last sign unchanged.
     """
     values, steps, signs = {}, {}, {}
     for name, v in state.values.items():
+        c = state.coordinate(name)
         h = hypergrad[name].detach().to(dtype=v.dtype, device=v.device)
-        s = torch.where(torch.isfinite(h), torch.sign(h), torch.zeros_like(h))
+        s = torch.where(torch.isfinite(h), torch.sign(h), torch.zeros_like(h)) * c.direction
         flipped = (s * state.signs[name]) < 0
         held = (s * state.signs[name]) > 0
         step = torch.where(flipped, state.steps[name] * decay, torch.where(held, state.steps[name] * grow,
                                                                             state.steps[name]))
-        values[name] = specs[name].clamp(v - s * step)
+        values[name] = specs[name].clamp(c.from_u(c.to_u(v) - s * step))
         steps[name] = step
         signs[name] = torch.where(s != 0, s, state.signs[name])
-    return OuterState(values, steps, signs, state.k + 1, state.good)
+    return OuterState(values, steps, signs, state.k + 1, state.good, state.kinds)
 
 
 def backtrack(state: OuterState, started: Mapping[str, Tensor], decay: float = 0.5) -> OuterState | None:
@@ -113,10 +128,13 @@ def backtrack(state: OuterState, started: Mapping[str, Tensor], decay: float = 0
         s_j \\leftarrow \\gamma\\, s_j, \\qquad
         \\sigma_j \\leftarrow \\operatorname{sign}(\\lambda_j - g_j)
 
+    (in the type's coordinate :math:`u = \\phi(\\lambda)` when its steps are multiplicative:
+    :math:`\\lambda_j \\leftarrow \\phi^{-1}(\\phi(g_j) + \\gamma (\\phi(\\lambda_j) - \\phi(g_j)))`).
     The recorded sign :math:`\\sigma_j` is that of a move back towards :math:`g`, so a later
     hypergradient that points at the diverged values again counts as a flip and halves the step
     once more: the search bisects the interval between the last good and the diverged values
-    instead of pushing every value in force down, and it never lands below values that trained.
+    instead of pushing every value in force down, and stays between values that trained and values
+    that diverged.
     Values that did not move, or whose segment had not started, keep value, step and sign.
     Returns None (use :func:`safe_direction`) when there is no good point or no started value
     moved: the good values themselves diverged (e.g. on a fresh initialisation).
@@ -125,21 +143,24 @@ def backtrack(state: OuterState, started: Mapping[str, Tensor], decay: float = 0
         return None
     values, steps, signs, moved_any = {}, {}, {}, False
     for name, v in state.values.items():
+        c = state.coordinate(name)
         g = state.good[name].to(device=v.device, dtype=v.dtype)
         moved = started[name].to(v.device) & (v != g)
         moved_any = moved_any or bool(moved.any())
-        values[name] = torch.where(moved, g + decay * (v - g), v)
+        u, ug = c.to_u(v), c.to_u(g)
+        values[name] = torch.where(moved, c.from_u(ug + decay * (u - ug)), v)
         steps[name] = torch.where(moved, state.steps[name] * decay, state.steps[name])
-        signs[name] = torch.where(moved, torch.sign(v - g), state.signs[name])
+        signs[name] = torch.where(moved, torch.sign(u - ug), state.signs[name])
     if not moved_any:
         return None
-    return OuterState(values, steps, signs, state.k + 1, state.good)
+    return OuterState(values, steps, signs, state.k + 1, state.good, state.kinds)
 
 
 def converged(state: OuterState, frac: float = 0.05) -> bool:
-    """Whether every ``step / |value|`` is below ``frac`` (a zero value never counts as converged)."""
+    """Whether every ``step / |value|`` is below ``frac`` (a zero value never counts as converged);
+    a multiplicative coordinate's step is relative already and is compared as it is."""
     for name, v in state.values.items():
-        ratio = state.steps[name] / v.abs()
+        ratio = state.coordinate(name).relative_step(state.steps[name], v)
         if not bool((ratio < frac).all()):
             return False
     return True

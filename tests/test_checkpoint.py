@@ -136,3 +136,29 @@ def test_corrupt_or_foreign_checkpoints_give_one_line_errors(tmp_path) -> None:
         assert "\n" not in msg and str(path) in msg, (name, msg)
         seen += 1
     assert seen == 11
+
+
+def test_good_point_and_coordinates_survive_a_checkpoint(tmp_path) -> None:
+    from dataclasses import replace
+
+    ck = make_checkpoint()
+    good = {"lr": torch.tensor([0.05, 0.1], dtype=torch.float64), "wd": torch.tensor([1e-4], dtype=torch.float64)}
+    ck = replace(ck, state=replace(ck.state, good=good, kinds={"lr": "log", "wd": "log"}))
+    path = checkpoint_path(tmp_path)
+    save_checkpoint(path, ck)
+    back = load_checkpoint(path).state
+    assert back.kinds == {"lr": "log", "wd": "log"}
+    assert back.good is not None and all(torch.equal(back.good[n], good[n]) for n in good)
+    plain = make_checkpoint()  # none set: nothing extra written, None read back
+    save_checkpoint(path, plain)
+    assert load_checkpoint(path).state.good is None and load_checkpoint(path).state.kinds is None
+    raw = plain.to_dict()
+    raw["state"]["kinds"] = {"lr": "sqrt"}
+    torch.save(raw, path)
+    with pytest.raises(Exception, match="no valid 'kinds'"):
+        load_checkpoint(path)
+    raw["state"].pop("kinds")
+    raw["state"]["good"] = {"lr": torch.tensor([float("nan"), 0.1], dtype=torch.float64)}
+    torch.save(raw, path)
+    with pytest.raises(Exception, match="no valid 'good'"):
+        load_checkpoint(path)

@@ -35,7 +35,7 @@ from hpo.determinism import use_deterministic_kernels
 from hpo.device import DTYPES, cpu_threads, torch_threads
 from hpo.distributed import Communicator, RankError, join, launched_world_size, leave
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.fds import FDSConfig, make_problem, rule_with_groups, run_fds
+from hpo.fds import FDSConfig, initial_state, make_problem, rule_with_groups, run_fds, start_at
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
 from hpo.outer import OuterState
@@ -297,9 +297,8 @@ def start_state(config: RunConfig, rule: UpdateRule | None = None) -> OuterState
             start = config.initial_schedule.broadcast_groups(group_counts(rule))
         except ValueError as e:
             raise ConfigError("schedule_init", f"{config.schedule_init}: {e}") from None
-        return OuterState.start(start.values, fds.resolved_steps(rule))
-    sched = Schedule.initial(rule, fds.resolved_counts(rule), dict(fds.init), group_counts(rule))
-    return OuterState.start(sched.values, fds.resolved_steps(rule))
+        return start_at(start.values, rule, fds)
+    return initial_state(rule, fds)
 
 
 def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,

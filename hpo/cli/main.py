@@ -20,6 +20,7 @@ from hpo.compare import compare, resume_compare
 from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
 from hpo.device import DEVICE_CHOICES, DTYPES
+from hpo.coordinates import OUTER_SPACES
 from hpo.distributed import end_process
 from hpo.fds import DIVERGENCE_RULES
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, SEARCH_METHODS, resolve_rule
@@ -68,6 +69,10 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
               help="After a diverged inner run: lower the values in force (halve them), or backtrack halfway to the "
                    "last values that trained (docs/divergence.md).")
+@click.option("--outer-space", type=click.Choice(list(OUTER_SPACES)), default="linear", show_default=True,
+              help="Coordinates of the sign steps: additive (the authors'), or log: learning rates and weight decay "
+                   "doubled or halved, momentum's distance to 1 likewise, starting from the hand-picked setting "
+                   "(docs/concepts/outer-update.md).")
 @click.option("--converged-frac", type=float, default=0.05, show_default=True, help="Stop when every step/|value| is below this.")
 @click.option("--val-frac", type=float, default=0.05, show_default=True, help="Fresh validation fraction of the train set per outer step.")
 @click.option("--batch-size", type=int, default=None, help="Inner minibatch size (task default).")
@@ -194,6 +199,9 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 @click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
               help="FDS methods: after a diverged inner run, lower the values in force or backtrack halfway to the "
                    "last values that trained.")
+@click.option("--outer-space", type=click.Choice(list(OUTER_SPACES)), default="linear", show_default=True,
+              help="FDS methods: additive sign steps (the authors'), or multiplicative ones from the hand-picked "
+                   "setting (log).")
 @click.option("--steps", type=KeyValues(float), default="",
               help="FDS methods: initial outer steps, e.g. lr=0.2,momentum=0.2 (rule defaults).")
 @click.option("--keep-best", is_flag=True, default=False,
