@@ -15,11 +15,11 @@ from typing import Any, final
 from hpo import checks
 from hpo.baselines import SearchSpace, default_space, parse_space
 from hpo.config import cls_replace, known_fields, resolve_rule_field, settings_dict
-from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.coordinates import OUTER_SPACES
+from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
-from hpo.fds import DIVERGENCE_RULES
 from hpo.extras import MissingExtra
+from hpo.fds import DIVERGENCE_RULES
 from hpo.optimizers.base import UpdateRule
 from hpo.registry import check_task_name, resolve_method
 from hpo.search.base import SearchMethod, SearchSettings

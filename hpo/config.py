@@ -23,9 +23,9 @@ import torch
 
 from hpo import checks
 from hpo.backend import HypergradientBackend
+from hpo.coordinates import OUTER_SPACES
 from hpo.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.errors import ConfigError
-from hpo.coordinates import OUTER_SPACES
 from hpo.fds import DIVERGENCE_RULES, FDSConfig
 from hpo.grouping import check_groups
 from hpo.optimizers.base import UpdateRule

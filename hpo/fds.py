@@ -29,7 +29,6 @@ from hpo.problem import InnerProblem
 from hpo.schedule import Schedule, check_counts, segment_starts
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 
-
 #: What the outer loop does after a diverged inner run (:func:`after_divergence`).
 DIVERGENCE_RULES = ("lower", "backtrack")
 

@@ -19,8 +19,8 @@ from hpo.cli.types import GroupRules, IntList, KeyValues
 from hpo.compare import compare, resume_compare
 from hpo.compare_config import DEFAULT_METHODS, CompareConfig
 from hpo.config import RunConfig
-from hpo.device import DEVICE_CHOICES, DTYPES
 from hpo.coordinates import OUTER_SPACES
+from hpo.device import DEVICE_CHOICES, DTYPES
 from hpo.distributed import end_process
 from hpo.fds import DIVERGENCE_RULES
 from hpo.registry import BUILTIN_BACKENDS, BUILTIN_RULES, BUILTIN_TASKS, SEARCH_METHODS, resolve_rule
