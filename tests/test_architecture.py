@@ -24,7 +24,7 @@ from tests.conftest import REPO, library_modules, module_path
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism", "hpo.distributed", "hpo.extras")),
     ("rules", ("hpo.optimizers",)),
-    ("core", ("hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
+    ("core", ("hpo.coordinates", "hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
               "hpo.unroll", "hpo.torch_scheduler", "hpo.schedule_file", "hpo.report", "hpo.grouping")),
     ("tasks and backends", ("hpo.tasks", "hpo.backends")),
     ("outer loop and retrain", ("hpo.fds", "hpo.validate_schedule", "hpo.retrain", "hpo.online_greedy", "hpo.baselines", "hpo.checkpoint",
