@@ -57,6 +57,7 @@ class CompareConfig:
     divergence: str = "lower"
     outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
+    init: Mapping[str, float] = field(default_factory=dict)
     holdout_frac: float = 0.1
     val_frac: float = 0.05
     batch_size: int | None = None
@@ -103,6 +104,7 @@ class CompareConfig:
         set_(self, "divergence", checks.choice("divergence", self.divergence, DIVERGENCE_RULES))
         set_(self, "outer_space", checks.choice("outer_space", self.outer_space, OUTER_SPACES))
         set_(self, "steps", checks.name_map("steps", self.steps, "float"))
+        set_(self, "init", checks.name_map("init", self.init, "float"))
         set_(self, "holdout_frac", checks.open_interval("holdout_frac", self.holdout_frac, 0.0, 1.0))
         set_(self, "val_frac", checks.open_interval("val_frac", self.val_frac, 0.0, 1.0))
         set_(self, "batch_size", checks.optional_integer("batch_size", self.batch_size))
@@ -150,6 +152,7 @@ class CompareConfig:
             methods[name] = method
         fds_only = [name for name, given in (("short_steps", self.short_steps != 0), ("keep_best", self.keep_best),
                                              ("grow", self.grow != 1.0), ("steps", bool(self.steps)),
+                                             ("init", bool(self.init)),
                                              ("divergence", self.divergence != "lower"),
                                              ("outer_space", self.outer_space != "linear")) if given]
         if fds_only and not any(isinstance(m, FDSSearch) for m in methods.values()):
@@ -175,7 +178,7 @@ class CompareConfig:
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
                               seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best,
                               grow=self.grow, divergence=self.divergence, outer_space=self.outer_space,
-                              steps=dict(self.steps))
+                              steps=dict(self.steps), init=dict(self.init))
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""

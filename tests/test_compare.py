@@ -97,6 +97,9 @@ def test_compare_tiny_budget(tmp_path):
         (["--short-steps", "-1"], "--short-steps"),
         (["--grow", "0.5"], "at least 1"),
         (["--steps", "lr=0"], "must be positive"),
+        (["--init", "momentum=1.5"], "out of range"),
+        (["--init", "beta=1"], "no hyperparameter 'beta'"),
+        (["--init", "lr=0.1", "--methods", "tpe"], "applies only to the FDS methods"),
         (["--keep-best", "--methods", "tpe"], "applies only to the FDS methods"),
         (["--divergence", "backtrack", "--methods", "tpe"], "applies only to the FDS methods"),
         (["--divergence", "bisect"], "'bisect' is not one of 'lower', 'backtrack'"),
@@ -175,6 +178,19 @@ def test_cosine_baselines_search_the_peak_of_a_warm_up_cosine_schedule(tmp_path:
         expected = [peak * shape.factor((j + 0.5) / shape.segments) for j in range(shape.segments)]
         assert lr == pytest.approx(expected, rel=1e-9)
         assert len(r.schedule["momentum"]) == 1 and len(r.schedule["wd"]) == 1
+
+
+def test_init_starts_the_fds_outer_loop_from_the_given_values(tmp_path: Path) -> None:
+    from hpo import CompareConfig, compare
+
+    cfg = CompareConfig(task=TASK, methods=("auto",), budget=(4,), inner_steps=4, seeds=(0,), counts={"lr": 2},
+                        init={"lr": 0.3, "momentum": 0.5, "wd": 1e-3}, steps={"lr": 0.05, "momentum": 0.05, "wd": 1e-4},
+                        retrain_steps=4, val_frac=0.25, device="cpu", logdir=str(tmp_path / "c"))
+    (row,), _ = compare(cfg, log=lambda _: None)
+    # one outer step: every value is its start moved by one signed step (no divergence at these values)
+    assert all(v in (pytest.approx(0.25), pytest.approx(0.35)) for v in row.schedule["lr"])
+    assert row.schedule["momentum"][0] in (pytest.approx(0.45), pytest.approx(0.55))
+    assert row.schedule["wd"][0] in (pytest.approx(9e-4), pytest.approx(1.1e-3))
 
 
 def test_cosine_needs_a_learning_rate_called_lr(tmp_path: Path) -> None:

@@ -89,6 +89,20 @@ def test_best_seen_picks_the_best_scored_full_horizon_schedule(monkeypatch: pyte
     assert scored == [([50.0, 50.0], 6)]  # on the split of the step that would have come next
 
 
+def test_best_seen_keeps_a_warm_start_that_no_step_beats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record 0 scores the initial values: with the best score, the start is returned."""
+    monkeypatch.setattr(fds_search, "validation_accuracy", lambda task, rule, config, values, k: 0.3)
+    config = FDSConfig(outer_steps=3, inner_steps=(20,), counts={"lr": 2}, init={"lr": 0.4, "momentum": 0.5},
+                       seed=0, dtype=torch.float64)
+    rec = _Recorder()
+    for r in (record(0, 0.80, 0.45), record(1, 0.70, 0.50), record(2, 0.75, 0.55)):
+        rec.on_outer_step(r)
+    best = best_seen(tiny_task(n=48), RULE, config, rec)
+    assert best.search_val_acc == 0.8
+    assert best.schedule.values["lr"].tolist() == [0.4, 0.4]
+    assert best.schedule.values["momentum"].tolist() == [0.5]
+
+
 def test_keep_best_search_returns_one_more_incumbent_within_the_budget() -> None:
     task = tiny_task(n=48)
     points = FDSSearch(ReverseCheckpointedBackend()).search(task, RULE, settings(keep_best=True, budget=80), 0)

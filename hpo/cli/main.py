@@ -204,6 +204,8 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
                    "setting (log).")
 @click.option("--steps", type=KeyValues(float), default="",
               help="FDS methods: initial outer steps, e.g. lr=0.2,momentum=0.2 (rule defaults).")
+@click.option("--init", type=KeyValues(float), default="",
+              help="FDS methods: starting values, e.g. lr=0.1,momentum=0.9,wd=5e-4 (rule defaults).")
 @click.option("--keep-best", is_flag=True, default=False,
               help="FDS methods: score the last schedule with one plain run and keep the best one seen.")
 @click.option("--population", type=int, default=None,

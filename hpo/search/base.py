@@ -39,8 +39,8 @@ class SearchSettings:
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
     ``short_steps``, ``keep_best``, ``grow`` (:func:`hpo.outer.sign_update`), ``divergence``
-    (:func:`hpo.fds.after_divergence`), ``outer_space`` (:mod:`hpo.coordinates`) and ``steps`` (initial
-    outer step sizes) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
+    (:func:`hpo.fds.after_divergence`), ``outer_space`` (:mod:`hpo.coordinates`), ``steps`` (initial
+    outer step sizes) and ``init`` (starting values) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
     """
 
     horizon: int
@@ -60,6 +60,7 @@ class SearchSettings:
     divergence: str = "lower"
     outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
+    init: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def units(self) -> int:
@@ -71,8 +72,7 @@ class SearchSettings:
         return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
                          val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
                          dtype=self.dtype, device=self.device, grow=self.grow, divergence=self.divergence,
-                         outer_space=self.outer_space,
-                         steps=dict(self.steps))
+                         outer_space=self.outer_space, steps=dict(self.steps), init=dict(self.init))
 
 
 @final

@@ -27,7 +27,7 @@ from typing import final
 
 from hpo.backend import HypergradientBackend
 from hpo.callbacks import Callbacks, OuterRecord
-from hpo.fds import FDSConfig, run_fds
+from hpo.fds import FDSConfig, initial_state, run_fds
 from hpo.optimizers.base import UpdateRule
 from hpo.schedule import Schedule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
@@ -121,16 +121,18 @@ def best_seen(task: Task, rule: UpdateRule, config: FDSConfig, rec: _Recorder) -
     """Score the last schedule with one plain run; the full-horizon schedule with the best accuracy.
 
     Record ``k`` holds the accuracy of the schedule it started from (the values after record
-    ``k - 1``) and the values it moved to; the initial values are not candidates, nor are the
-    schedules of short or diverged runs.
+    ``k - 1``; for record 0, the initial values) and the values it moved to; the schedules of short
+    or diverged runs are not candidates.  A warm start (``--init`` at the hand-picked setting) is
+    thus never lost: if no step beats it on the validation split, it is returned.
     """
     last = rec.records[-1]
     horizon = config.horizon(last.k + 1)
     values = Schedule.from_dict(last.values)
     acc = validation_accuracy(task, rule, config, values.values, last.k + 1)
+    start = Schedule(dict(initial_state(rule, config).values))
     candidates = [(acc, last.k + 1, values)]
-    for prev, cur in zip(rec.records, rec.records[1:]):
+    for prev, cur in zip([None, *rec.records], rec.records):
         if cur.horizon == horizon and not cur.diverged:
-            candidates.append((cur.val_acc, cur.k, Schedule.from_dict(prev.values)))
+            candidates.append((cur.val_acc, cur.k, start if prev is None else Schedule.from_dict(prev.values)))
     best_acc, _, best = max(candidates, key=lambda c: (c[0], c[1]))
     return rec.watch.stamp(rec.steps + horizon, best, best_acc)
