@@ -49,9 +49,12 @@ def read_rows(spec: str) -> list[Row]:
 
 
 def final_rows(rows: list[Row]) -> list[Row]:
-    """Each method's rows at its largest budget point."""
-    last = {m: max(r.budget for r in rows if r.method == m) for m in {r.method for r in rows}}
-    return [r for r in rows if r.budget == last[r.method]]
+    """Each (method, seed)'s row at its largest budget point (seeds may come from calls with
+    different budget lists, e.g. the hand-picked setting next to FDS in one and a baseline in another)."""
+    last: dict[tuple[str, int], int] = {}
+    for r in rows:
+        last[r.method, r.seed] = max(last.get((r.method, r.seed), r.budget), r.budget)
+    return [r for r in rows if r.budget == last[r.method, r.seed]]
 
 
 def mean_std(xs: list[float]) -> str:

@@ -46,3 +46,10 @@ def test_the_same_method_in_two_unlabelled_directories_is_refused(tmp_path: Path
         report.main()
     assert info.value.code == 2
     assert "'hand-picked' (seed 0) is in more than one directory" in capsys.readouterr().err
+
+
+def test_each_seed_at_its_own_final_budget_when_calls_used_different_budget_lists(tmp_path: Path) -> None:
+    """hand-picked next to FDS (budgets 30, 60) for seed 0 and next to a baseline (budget 1000) for seed 1."""
+    rows = [row("hand-picked", 0, b, 0.5, 0.0) for b in (30, 60)] + [row("hand-picked", 1, 1000, 0.7, 0.0)]
+    lines = report.table(rows).splitlines()
+    assert lines[2] == "| hand-picked | 0.6000 ± 0.1414 | 0.0 | 530 | 2 |"
