@@ -161,8 +161,8 @@ def test_a_backend_without_data_parallel_fails_with_one_line(tmp_path: Path, dyi
     args = ["--task", dying_task, *SMALL, "--logdir", str(tmp_path / "g"), "--backend", "greedy"]
     results = launch_by_hand([args, args])
     assert [r.returncode for r in results] == [2, 2]
-    assert error_lines(results) == ["Error: Invalid value for '--backend': greedy runs in one process only; a "
-                                    "data-parallel run needs auto, forward-manual, forward-jvp or reverse-checkpointed"]
+    assert error_lines(results) == [("Error: Invalid value for '--backend': greedy runs in one process only; a "
+                                     "data-parallel run needs auto, forward-manual, forward-jvp or reverse-checkpointed")]
 
 
 def test_rank0s_own_refusal_reaches_the_other_ranks(tmp_path: Path, dying_task: str) -> None:
