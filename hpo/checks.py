@@ -80,6 +80,14 @@ def at_least(field: str, x: Any, low: float) -> float:
     return v
 
 
+def off_or_at_least(field: str, x: Any, low: float) -> float:
+    """``x`` as a finite float: 0 (off) or at least ``low``."""
+    v = number(field, x)
+    if v != 0 and v < low:
+        raise ConfigError(field, f"must be 0 (off) or at least {low:g}, got {v:g}")
+    return v
+
+
 def optional_positive(field: str, x: Any) -> float | None:
     """None, or a finite float > 0."""
     return None if x is None else positive(field, x)

@@ -54,6 +54,7 @@ class CompareConfig:
     short_steps: int = 0
     keep_best: bool = False
     grow: float = 1.0
+    magnitude: float = 0.0
     divergence: str = "lower"
     outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
@@ -101,6 +102,7 @@ class CompareConfig:
         set_(self, "short_steps", checks.integer("short_steps", self.short_steps, 0))
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "grow", checks.at_least("grow", self.grow, 1.0))
+        set_(self, "magnitude", checks.off_or_at_least("magnitude", self.magnitude, 1.0))
         set_(self, "divergence", checks.choice("divergence", self.divergence, DIVERGENCE_RULES))
         set_(self, "outer_space", checks.choice("outer_space", self.outer_space, OUTER_SPACES))
         set_(self, "steps", checks.name_map("steps", self.steps, "float"))
@@ -151,7 +153,7 @@ class CompareConfig:
                 raise ConfigError("methods", f"{name}: {e}") from None
             methods[name] = method
         fds_only = [name for name, given in (("short_steps", self.short_steps != 0), ("keep_best", self.keep_best),
-                                             ("grow", self.grow != 1.0), ("steps", bool(self.steps)),
+                                             ("grow", self.grow != 1.0), ("magnitude", self.magnitude != 0.0), ("steps", bool(self.steps)),
                                              ("init", bool(self.init)),
                                              ("divergence", self.divergence != "lower"),
                                              ("outer_space", self.outer_space != "linear")) if given]
@@ -177,7 +179,7 @@ class CompareConfig:
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),
                               seconds=self.budget_seconds, short_steps=self.short_steps, keep_best=self.keep_best,
-                              grow=self.grow, divergence=self.divergence, outer_space=self.outer_space,
+                              grow=self.grow, magnitude=self.magnitude, divergence=self.divergence, outer_space=self.outer_space,
                               steps=dict(self.steps), init=dict(self.init))
 
     def task_options(self) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class RunConfig:
     groups: Mapping[str, str] = field(default_factory=dict)
     decay: float = 0.5
     grow: float = 1.0
+    magnitude: float = 0.0
     divergence: str = "lower"
     outer_space: str = "linear"
     converged_frac: float = 0.05
@@ -148,7 +149,8 @@ class RunConfig:
         counts = self.initial_schedule.counts if self.initial_schedule is not None else dict(self.counts)
         return FDSConfig(
             outer_steps=self.outer_steps, inner_steps=self.inner_steps, counts=counts, init=dict(self.init),
-            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, divergence=self.divergence, outer_space=self.outer_space,
+            steps=dict(self.steps), groups=dict(self.groups), decay=self.decay, grow=self.grow, magnitude=self.magnitude,
+            divergence=self.divergence, outer_space=self.outer_space,
             converged_frac=self.converged_frac, val_frac=self.val_frac,
             batch_size=self.batch_size, seed=self.seed, grad_clip=self.grad_clip, hz_clip=self.hz_clip,
             dtype=DTYPES[self.dtype], device=self.resolved_device,
@@ -225,6 +227,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "groups": check_groups("groups", c.groups),
         "decay": checks.open_interval("decay", c.decay, 0.0, 1.0),
         "grow": checks.at_least("grow", c.grow, 1.0),
+        "magnitude": checks.off_or_at_least("magnitude", c.magnitude, 1.0),
         "divergence": checks.choice("divergence", c.divergence, DIVERGENCE_RULES),
         "outer_space": checks.choice("outer_space", c.outer_space, OUTER_SPACES),
         "converged_frac": checks.positive("converged_frac", c.converged_frac),

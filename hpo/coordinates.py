@@ -65,6 +65,15 @@ class Coordinate:
             return -torch.expm1(u)
         return u
 
+    def slope(self, x: Tensor) -> Tensor:
+        """:math:`|d\\lambda / du|`: 1 for ``linear``, :math:`\\lambda` for ``log``, :math:`1 - \\lambda` for
+        ``log1m`` (so :math:`|\\partial L / \\partial u| = |h| \\cdot` this)."""
+        if self.kind == "log":
+            return x.abs()
+        if self.kind == "log1m":
+            return 1.0 - x
+        return torch.ones_like(x)
+
     def relative_step(self, step: Tensor, value: Tensor) -> Tensor:
         """The step as a fraction of the value (what convergence is judged on): ``step / |value|``
         for ``linear``, the step itself for the multiplicative coordinates."""

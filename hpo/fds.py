@@ -53,6 +53,7 @@ class FDSConfig:
     steps: Mapping[str, float] = field(default_factory=dict)
     decay: float = 0.5
     grow: float = 1.0
+    magnitude: float = 0.0
     divergence: str = "lower"
     outer_space: str = "linear"
     converged_frac: float = 0.05
@@ -76,6 +77,7 @@ class FDSConfig:
         checks.int_tuple("inner_steps", self.inner_steps)
         checks.open_interval("decay", self.decay, 0.0, 1.0)
         checks.at_least("grow", self.grow, 1.0)
+        checks.off_or_at_least("magnitude", self.magnitude, 1.0)
         checks.choice("divergence", self.divergence, DIVERGENCE_RULES)
         checks.choice("outer_space", self.outer_space, OUTER_SPACES)
         checks.positive("converged_frac", self.converged_frac)
@@ -221,7 +223,7 @@ def outer_step(
     if diverged:
         new, extra = after_divergence(state, result, problem.horizon, specs, config)
     else:
-        new = replace(sign_update(state, hg, specs, config.decay, config.grow), good=dict(state.values))
+        new = replace(sign_update(state, hg, specs, config.decay, config.grow, config.magnitude), good=dict(state.values))
     if result.info and "auto" in result.info:
         extra = {**extra, "backend": result.info["auto"]}
     record = OuterRecord(

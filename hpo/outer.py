@@ -15,7 +15,17 @@ update, steps only shrink; :math:`\\eta > 1` is Rprop's growth without its cap o
 a value still far from its optimum after a few outer steps gets there in fewer) and the clamp to
 the rule's valid range.  "Flipped" is :math:`\\operatorname{sign}(h_j)\\operatorname{sign}(h_j^{prev})
 < 0` and "held" is :math:`> 0`: with no previous sign (the first step) or a zero hypergradient the
-step is unchanged.  The search has
+step is unchanged.  With a magnitude cap :math:`C \\ge 1` (default 0: off, the authors' update)
+the move is scaled by how large :math:`|h_j|` is against the other values of its type,
+
+.. math::
+
+    \\lambda_j \\leftarrow \\lambda_j - \\operatorname{sign}(h_j)\\, s_j\\, r_j, \\qquad
+    r_j = \\operatorname{clamp}\\bigl(|g_j| / \\operatorname{median}_k |g_k|,\\; 1/C,\\; C\\bigr)
+
+(:math:`g` the hypergradient in the step's coordinate, :func:`relative_magnitude`), so a segment
+whose hypergradient is far larger than the rest moves further; the step sizes :math:`s_j` and
+their sign rule are unchanged.  The search has
 converged when every :math:`s_j / |\\lambda_j|` is below a fraction (default 0.05).
 
 A non-finite hypergradient (a diverged inner run) has no usable sign; the authors' code takes
@@ -92,9 +102,11 @@ def sign_update(
     specs: Mapping[str, HyperSpec],
     decay: float = 0.5,
     grow: float = 1.0,
+    magnitude: float = 0.0,
 ) -> OuterState:
     """One FDS outer step: halve (``decay``) steps whose sign flipped, multiply by ``grow`` those whose
-    sign held, move against the sign, clamp.
+    sign held, move against the sign (by the step times :func:`relative_magnitude` when
+    ``magnitude`` is a cap :math:`C \\ge 1`; 0: by the step), clamp.
 
     The step is taken in each type's coordinate (``state.kinds``, :mod:`hpo.coordinates`):
     :math:`\\lambda \\leftarrow \\phi^{-1}(\\phi(\\lambda) - \\operatorname{sign}(h\\, \\phi')\\, s)`.
@@ -109,10 +121,26 @@ def sign_update(
         held = (s * state.signs[name]) > 0
         step = torch.where(flipped, state.steps[name] * decay, torch.where(held, state.steps[name] * grow,
                                                                             state.steps[name]))
-        values[name] = specs[name].clamp(c.from_u(c.to_u(v) - s * step))
+        move = step * relative_magnitude(h * c.slope(v), magnitude) if magnitude > 0 else step
+        values[name] = specs[name].clamp(c.from_u(c.to_u(v) - s * move))
         steps[name] = step
         signs[name] = torch.where(s != 0, s, state.signs[name])
     return OuterState(values, steps, signs, state.k + 1, state.good, state.kinds)
+
+
+def relative_magnitude(g: Tensor, cap: float) -> Tensor:
+    """:math:`r_j = \\operatorname{clamp}(|g_j| / \\operatorname{median}_k |g_k|, 1/C, C)` over the finite,
+    nonzero entries of one type's hypergradient :math:`g`; 1 for the others and for a type with none.
+
+    The median (not the mean) is the reference since a hypergradient's entries span decades: half
+    of them move further than their step, half less, and no move exceeds :math:`C` steps.
+    """
+    a = g.abs()
+    usable = torch.isfinite(a) & (a > 0)
+    if not bool(usable.any()):
+        return torch.ones_like(g)
+    ref = a[usable].median()
+    return torch.where(usable, (a / ref).clamp(1.0 / cap, cap), torch.ones_like(g))
 
 
 def backtrack(state: OuterState, started: Mapping[str, Tensor], decay: float = 0.5) -> OuterState | None:

@@ -96,6 +96,7 @@ def test_compare_tiny_budget(tmp_path):
         (["--population", "3", "--methods", "greedy"], "applies only to pbt"),
         (["--short-steps", "-1"], "--short-steps"),
         (["--grow", "0.5"], "at least 1"),
+        (["--magnitude", "0.5"], "must be 0 (off) or at least 1"),
         (["--steps", "lr=0"], "must be positive"),
         (["--init", "momentum=1.5"], "out of range"),
         (["--init", "beta=1"], "no hyperparameter 'beta'"),

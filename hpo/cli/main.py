@@ -66,6 +66,9 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @click.option("--decay", type=float, default=0.5, show_default=True, help="Step multiplier when a hypergradient's sign flips.")
 @click.option("--grow", type=float, default=1.0, show_default=True,
               help="Step multiplier when a hypergradient's sign holds (1: the authors' update; e.g. 1.2: Rprop's growth, uncapped).")
+@click.option("--magnitude", type=float, default=0.0, show_default=True,
+              help="Scale each move by |hypergradient| / its type's median, clamped to [1/C, C] with this C "
+                   "(0: off, the authors' sign-only move; docs/concepts/outer-update.md).")
 @click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
               help="After a diverged inner run: lower the values in force (halve them), or backtrack halfway to the "
                    "last values that trained (docs/divergence.md).")
@@ -196,6 +199,8 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
               help="FDS methods: the first N outer steps over one epoch, then the horizon (multi-fidelity).")
 @click.option("--grow", type=float, default=1.0, show_default=True,
               help="FDS methods: step multiplier when a hypergradient's sign holds (1: the authors' update).")
+@click.option("--magnitude", type=float, default=0.0, show_default=True,
+              help="FDS methods: scale each move by |hypergradient| / its type's median, clamped to [1/C, C] (0: off).")
 @click.option("--divergence", type=click.Choice(list(DIVERGENCE_RULES)), default="lower", show_default=True,
               help="FDS methods: after a diverged inner run, lower the values in force or backtrack halfway to the "
                    "last values that trained.")

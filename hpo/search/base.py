@@ -38,7 +38,7 @@ class SearchSettings:
 
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
-    ``short_steps``, ``keep_best``, ``grow`` (:func:`hpo.outer.sign_update`), ``divergence``
+    ``short_steps``, ``keep_best``, ``grow`` and ``magnitude`` (:func:`hpo.outer.sign_update`), ``divergence``
     (:func:`hpo.fds.after_divergence`), ``outer_space`` (:mod:`hpo.coordinates`), ``steps`` (initial
     outer step sizes) and ``init`` (starting values) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
     """
@@ -57,6 +57,7 @@ class SearchSettings:
     short_steps: int = 0
     keep_best: bool = False
     grow: float = 1.0
+    magnitude: float = 0.0
     divergence: str = "lower"
     outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
@@ -71,7 +72,8 @@ class SearchSettings:
         """The outer-loop settings of a method run with ``seed``."""
         return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
                          val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
-                         dtype=self.dtype, device=self.device, grow=self.grow, divergence=self.divergence,
+                         dtype=self.dtype, device=self.device, grow=self.grow, magnitude=self.magnitude,
+                         divergence=self.divergence,
                          outer_space=self.outer_space, steps=dict(self.steps), init=dict(self.init))
 
 
