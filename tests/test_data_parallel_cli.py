@@ -90,13 +90,13 @@ def torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProce
     """``torchrun --standalone --nproc-per-node 2 -m hpo run ARGS`` (standalone: it binds a free port itself)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "hpo", "run",
            *args]
-    return subprocess.run(cmd, env=environment(), text=True, capture_output=True, timeout=timeout)
+    return subprocess.run(cmd, env=environment(), text=True, capture_output=True, timeout=timeout, check=False)
 
 
 def one_process(args: list[str]) -> subprocess.CompletedProcess[str]:
     """``hpo run ARGS`` in one process."""
     return subprocess.run([sys.executable, "-m", "hpo", "run", *args], env=environment(), text=True,
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=300, check=False)
 
 
 def test_torchrun_two_ranks_match_one_process_in_float64(tmp_path: Path) -> None:
@@ -126,8 +126,8 @@ def test_resume_needs_the_same_number_of_processes(tmp_path: Path) -> None:
     single = one_process(["--resume", str(tmp_path / "r"), "--outer-steps", "2", "--no-progress"])
     assert single.returncode == 2
     assert single.stderr.strip().splitlines() == [
-        "Error: Invalid value for '--resume': the run was made by 2 process(es) and this launch has 1; resume it "
-        "with torchrun --nproc-per-node 2"]
+        ("Error: Invalid value for '--resume': the run was made by 2 process(es) and this launch has 1; resume it "
+         "with torchrun --nproc-per-node 2")]
     again = torchrun(["--resume", str(tmp_path / "r"), "--outer-steps", "2", "--no-progress"])
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout and len(json.loads((tmp_path / "r" / "schedule.json").read_text())["history"]) == 2
@@ -144,8 +144,8 @@ def test_mismatched_options_fail_on_every_rank_with_one_line(tmp_path: Path, dyi
     args = [["--task", dying_task, *SMALL, "--logdir", str(tmp_path / "m"), "--seed", str(r)] for r in (0, 1)]
     results = launch_by_hand(args)
     assert [r.returncode for r in results] == [2, 2]
-    assert error_lines(results) == ["Error: Invalid value for '--seed': rank 1 was launched with 1, rank 0 with 0; "
-                                    "every rank must get the same options"]
+    assert error_lines(results) == [("Error: Invalid value for '--seed': rank 1 was launched with 1, rank 0 with 0; "
+                                     "every rank must get the same options")]
     assert not (tmp_path / "m").exists()
 
 
@@ -153,8 +153,8 @@ def test_a_batch_that_does_not_split_evenly_fails_with_one_line(tmp_path: Path, 
     args = ["--task", dying_task, *SMALL, "--logdir", str(tmp_path / "b"), "--batch-size", "7"]
     results = launch_by_hand([args, args])
     assert [r.returncode for r in results] == [2, 2]
-    assert error_lines(results) == ["Error: Invalid value for '--batch-size': a minibatch of 7 does not split evenly "
-                                    "over 2 processes; choose a multiple of 2"]
+    assert error_lines(results) == [("Error: Invalid value for '--batch-size': a minibatch of 7 does not split evenly "
+                                     "over 2 processes; choose a multiple of 2")]
 
 
 def test_a_backend_without_data_parallel_fails_with_one_line(tmp_path: Path, dying_task: str) -> None:
