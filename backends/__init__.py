@@ -1,4 +1,4 @@
-"""Hypergradient backends: implementations of :class:`hpo.backend.HypergradientBackend`."""
+"""Hypergradient backends: implementations of :class:`hpo.core.backend.HypergradientBackend`."""
 
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 

@@ -15,12 +15,12 @@ from typing import Any, ClassVar, final
 import torch
 from torch import Tensor
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.backends.auto import BackendChoice, choose_backend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
+from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 
 
 @final

@@ -16,7 +16,7 @@ from typing import final
 import torch
 from torch import Tensor
 
-from hpo.schedule import segment_index, segment_starts
+from hpo.core.schedule import segment_index, segment_starts
 
 
 @final

@@ -1,7 +1,7 @@
 """The inner step of the exact backends when every rank holds a shard of each minibatch.
 
 With :math:`N` ranks and :math:`\\bar x = \\frac1N\\sum_r x^{(r)}` (one ``all_reduce`` of a flat
-buffer, :meth:`hpo.distributed.Communicator.mean`):
+buffer, :meth:`hpo.runtime.distributed.Communicator.mean`):
 
 - forward mode averages the gradient, the Hessian-tangent products of the ``k`` started columns,
   the loss and the floating-point buffers (BatchNorm running statistics) in **one** call per step,
@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
-from hpo.distributed import Communicator
+from hpo.core.problem import Buffers, LossFn
+from hpo.core.step import StepOutput, loss_gradient, tree_clamp
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
-from hpo.problem import Buffers, LossFn
-from hpo.step import StepOutput, loss_gradient, tree_clamp
+from hpo.runtime.distributed import Communicator
 
 
 def float_keys(buffers: Buffers) -> list[str]:

@@ -34,14 +34,14 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.data_parallel import parallel_step_core
+from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.schedule import Schedule
+from hpo.core.step import hyper_at_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
-from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
-from hpo.schedule import Schedule
-from hpo.step import hyper_at_step, tree_clamp, validation_loss
 
 #: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
 TangentFn = Callable[

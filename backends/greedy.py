@@ -27,11 +27,11 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.problem import InnerProblem, batch_index_stream, evaluate
+from hpo.core.schedule import Schedule, segment_index
+from hpo.core.step import hyper_at_step, train_step
 from hpo.optimizers.base import Hyper, Params
-from hpo.problem import InnerProblem, batch_index_stream, evaluate
-from hpo.schedule import Schedule, segment_index
-from hpo.step import hyper_at_step, train_step
 
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:

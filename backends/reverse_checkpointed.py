@@ -13,7 +13,7 @@ state) and the gradient :math:`g_t = \\nabla L_t(\\theta_t)` computed inside :ma
 (for a grouped type :math:`\\bar\\lambda_{t, name}` is a ``(groups,)`` vector and the sum fills
 column ``j`` of the ``(groups, segments)`` table).
 
-:func:`torch.func.vjp` of the whole step (:func:`hpo.step.train_step`, whose gradient is a
+:func:`torch.func.vjp` of the whole step (:func:`hpo.core.step.train_step`, whose gradient is a
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
@@ -22,7 +22,7 @@ RNG state, for dropout) every ``k`` steps.  The reverse sweep takes the segments
 checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
 on ``problem.batch(t)`` with the RNG replayed, then steps the adjoint from ``b - 1`` down to ``a``.
 (The replay assumes that nothing but the steps draws from the global RNG during the forward pass,
-as in :func:`hpo.backend.run_inner`; the sweep leaves the global RNG as it found it.)
+as in :func:`hpo.core.backend.run_inner`; the sweep leaves the global RNG as it found it.)
 Memory holds :math:`T/k + k` states (``k = sqrt(T)`` by default); the cost is one plain pass, one
 recomputation and ``T`` vector-Jacobian products of a step, about 4x a plain step whatever the
 number of shared values (measured on a CPU: 3.8x to 4.4x for LeNet; a 15k-weight MLP, where
@@ -43,14 +43,14 @@ import torch
 from torch import Tensor
 from torch.func import grad, vjp
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step
-from hpo.distributed import Communicator
+from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.schedule import Schedule, segment_indices
+from hpo.core.step import StepOutput, hyper_at_step, train_step, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
-from hpo.problem import Buffers, InnerProblem, LossFn, evaluate
-from hpo.schedule import Schedule, segment_indices
-from hpo.step import StepOutput, hyper_at_step, train_step, validation_loss
+from hpo.runtime.distributed import Communicator
 
 
 @final
@@ -116,7 +116,7 @@ def checkpoint_interval(every: int | None, horizon: int) -> int:
 
 def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
                opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor) -> StepOutput:
-    """:func:`hpo.step.train_step` without a graph: the forward pass and the recomputation."""
+    """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
         return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, x, y, grad_clip)
 

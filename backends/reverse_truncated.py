@@ -31,12 +31,12 @@ import higher
 import torch
 from torch import Tensor
 
-from hpo.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.schedule import Schedule
+from hpo.core.step import hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, State, UpdateRule
-from hpo.problem import InnerProblem, evaluate
-from hpo.schedule import Schedule
-from hpo.step import hyper_at_step, train_step, tree_clamp, validation_loss
 
 
 @final

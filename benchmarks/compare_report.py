@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpo.compare_checkpoint import Row
-from hpo.compare_outputs import save_figure, schedules_figure, seconds_figure, write_csv
+from hpo.app.compare_checkpoint import Row
+from hpo.app.compare_outputs import save_figure, schedules_figure, seconds_figure, write_csv
 
 FINAL = -1  # the budget every method's final point is relabelled with, for the schedules figure
 

@@ -23,13 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hpo.backend import run_inner
 from hpo.backends.forward import ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.distributed import Communicator, end_process
-from hpo.fds import FDSConfig, make_problem
+from hpo.core.backend import run_inner
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.schedule import Schedule
+from hpo.runtime.distributed import Communicator, end_process
+from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.tasks.mnist1d import mnist1d_task
 
 BACKENDS = {"forward-manual": ForwardManualBackend, "reverse-checkpointed": ReverseCheckpointedBackend}
@@ -76,7 +76,7 @@ def measure(rank: int, world: int, store: str, out: str, args: dict[str, Any]) -
         dist.destroy_process_group()
     if rank == 0:
         torch.save({"rows": rows, "comm": comm_s, "params": n_params}, Path(out) / f"n{world}.pt")
-    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.distributed.end_process)
+    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.runtime.distributed.end_process)
 
 
 def sync(cuda: bool) -> None:

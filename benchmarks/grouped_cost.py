@@ -31,12 +31,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpo.backend import run_inner
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.grouping import grouped_rule
+from hpo.core.backend import run_inner
+from hpo.core.grouping import grouped_rule
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
 from hpo.tasks.base import model_functions, split_state
 from hpo.tasks.mnist1d import CNN1D, MLP
 

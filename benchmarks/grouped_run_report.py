@@ -25,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpo.app.retrain import RetrainConfig, retrain_schedule
-from hpo.schedule import Schedule
-from hpo.schedule_plot import heatmap_figure
+from hpo.core.schedule import Schedule
+from hpo.reporting.schedule_plot import heatmap_figure
 
 
 def mean_std(xs: list[float]) -> str:

@@ -29,12 +29,13 @@ def measure(task_name: str, horizon: int, window: int | None, backend_name: str,
     """One inner run + hypergradient; returns the memory and time figures."""
     import torch
 
-    from hpo.backend import run_inner
+    from hpo.app.registry import resolve_rule, resolve_task
     from hpo.backends.forward import ForwardManualBackend
     from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-    from hpo.fds import FDSConfig, initial_state, make_problem
-    from hpo.registry import resolve_rule, resolve_task
-    from hpo.schedule import Schedule
+    from hpo.core.backend import run_inner
+    from hpo.core.schedule import Schedule
+    from hpo.search.fds import initial_state
+    from hpo.search.inner_runs import FDSConfig, make_problem
 
     rule = resolve_rule("sgd")
     task = resolve_task(task_name, samples=samples)

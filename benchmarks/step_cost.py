@@ -42,15 +42,15 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hpo.backend import HypergradientBackend, run_inner
-from hpo.device import pick_device, pick_dtype, synchronize
+from hpo.checking.unroll import reverse_hypergradient
+from hpo.core.backend import HypergradientBackend, run_inner
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule, segment_starts
+from hpo.runtime.device import pick_device, pick_dtype, synchronize
 from hpo.tasks.base import cross_entropy, model_functions, split_state
 from hpo.tasks.mnist1d import MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
-from hpo.unroll import reverse_hypergradient
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
@@ -240,7 +240,7 @@ def whole_run(method: str, make: Callable[[], HypergradientBackend] | None, net:
 
 def find_truncated(spec: str) -> Callable[..., HypergradientBackend] | None:
     """The reverse-truncated backend class by registered name or ``module:attr``; None (with a note) if absent."""
-    from hpo.registry import BUILTIN_BACKENDS, load_object
+    from hpo.app.registry import BUILTIN_BACKENDS, load_object
 
     try:
         obj = BUILTIN_BACKENDS.get(spec) if ":" not in spec else load_object(spec)

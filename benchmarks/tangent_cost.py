@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from hpo.fds import FDSConfig, make_problem
-from hpo.registry import resolve_backend, resolve_rule, resolve_task
-from hpo.schedule import Schedule
+from hpo.app.registry import resolve_backend, resolve_rule, resolve_task
+from hpo.core.schedule import Schedule
+from hpo.search.inner_runs import FDSConfig, make_problem
 
 
 def time_inner_run(backend_name: str, task_name: str, optimizer: str, steps: int, device: str, dtype: torch.dtype,

@@ -2,7 +2,7 @@
 
 The application layer is importable from here: build a :class:`RunConfig` and call :func:`run`
 (or :func:`resume`, :func:`compare`, :func:`retrain_schedule`).  Everything else lives in its
-module (``hpo.schedule``, ``hpo.backends.forward``, ``hpo.optimizers``, ...).
+module (``hpo.core.schedule``, ``hpo.backends.forward``, ``hpo.optimizers``, ...).
 
 Example:
     >>> from hpo import RunConfig
@@ -12,11 +12,11 @@ Example:
 
 from __future__ import annotations
 
+from hpo.app.compare import compare
+from hpo.app.compare_config import CompareConfig
+from hpo.app.config import RunConfig
 from hpo.app.retrain import RetrainConfig, retrain_schedule
 from hpo.app.run import RunResult, resume, run
-from hpo.compare import compare
-from hpo.compare_config import CompareConfig
-from hpo.config import RunConfig
 from hpo.errors import ConfigError, RunError
 
 __all__ = ["CompareConfig", "ConfigError", "RetrainConfig", "RunConfig", "RunError", "RunResult", "compare",

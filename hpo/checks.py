@@ -1,6 +1,6 @@
 """Checks of single configuration values, each raising :class:`~hpo.errors.ConfigError` with its field.
 
-Used where a configuration is built (:mod:`hpo.config`, :mod:`hpo.compare_config`), so a value
+Used where a configuration is built (:mod:`hpo.app.config`, :mod:`hpo.app.compare_config`), so a value
 loaded from a checkpoint or a JSON file is held to the same rules as one typed on the CLI.
 """
 

@@ -42,7 +42,7 @@ class HyperSpec:
     ``search_high`` and ``search_log`` give the default range of the black-box baselines
     (random search, TPE) and ``hyper_lr`` the default rate of online hypergradient descent.  ``on_divergence`` is
     the safe direction when an inner run diverges: -1 lower the value (learning rates), +1 raise
-    it, 0 hold it (see :func:`hpo.outer.safe_direction`).
+    it, 0 hold it (see :func:`hpo.outer.divergence.safe_direction`).
     """
 
     name: str

@@ -79,11 +79,11 @@ class ParamGrouping:
         """``torch.optim`` param groups, one per cell, for a model's ``named_parameters()``.
 
         Each group holds its tensors under ``"params"`` and its group index per grouped type under
-        ``"hpo_groups"`` (``{"lr": 2}``), which :class:`hpo.torch_scheduler.ScheduleDriver` reads.
+        ``"hpo_groups"`` (``{"lr": 2}``), which :class:`hpo.core.torch_scheduler.ScheduleDriver` reads.
 
         Example:
             >>> import torch
-            >>> from hpo.grouping import resolve_grouping
+            >>> from hpo.core.grouping import resolve_grouping
             >>> model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
             >>> grouping = resolve_grouping({"lr": "layer"}, dict(model.named_parameters()))
             >>> opt = torch.optim.SGD(grouping.param_groups(model.named_parameters()), lr=0.0)

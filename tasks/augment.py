@@ -1,6 +1,6 @@
 """Minibatch augmentation on device tensors, deterministic given a ``torch.Generator``.
 
-Applied to each inner minibatch after it is drawn (see :meth:`hpo.problem.InnerProblem.batches`),
+Applied to each inner minibatch after it is drawn (see :meth:`hpo.core.problem.InnerProblem.batches`),
 so every backend and the reference unroll see the same augmented batches for the same seed.  No
 global RNG is touched and nothing leaves the device.
 

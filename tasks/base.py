@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from hpo.core.problem import Buffers, EvalFn, LossFn
 from hpo.optimizers.base import Params
-from hpo.problem import Buffers, EvalFn, LossFn
 
 
 @final

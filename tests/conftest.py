@@ -15,13 +15,13 @@ import pytest
 import torch
 from torch import nn
 
+from hpo.checking.tiny import DT
+from hpo.checking.tiny import tiny_problem as _tiny_problem
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
 from hpo.tasks.base import Task, init_model, model_functions, split_state
-from hpo.tiny import DT
-from hpo.tiny import tiny_problem as _tiny_problem
 
 REPO = Path(__file__).resolve().parents[1]
 #: hpo.backends, hpo.optimizers and hpo.tasks live in their own top-level folders (package-dir), so
@@ -53,11 +53,11 @@ def _keep_checkout_clean(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
-# Tiny float64 problems: a 5-6-3 tanh MLP on random data (hpo.tiny), SGD-momentum by default.
+# Tiny float64 problems: a 5-6-3 tanh MLP on random data (hpo.checking.tiny), SGD-momentum by default.
 
 def tiny_problem(rule: UpdateRule | None = None, horizon: int = 12, batch_size: int = 10, seed: int = 1,
                  model: nn.Module | None = None) -> InnerProblem:
-    """:func:`hpo.tiny.tiny_problem` with SGD-momentum by default: a 5-6-3 tanh MLP on random float64 data."""
+    """:func:`hpo.checking.tiny.tiny_problem` with SGD-momentum by default: a 5-6-3 tanh MLP on random float64 data."""
     return _tiny_problem(rule or SGDMomentum(), horizon=horizon, batch_size=batch_size, seed=seed, model=model)
 
 

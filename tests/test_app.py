@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 import hpo
 from hpo import CompareConfig, ConfigError, RetrainConfig, RunConfig
-from hpo.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hpo.app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from hpo.app.registry import SEARCH_METHODS, resolve_method
 from hpo.cli import cli
-from hpo.outer import OuterState
-from hpo.registry import SEARCH_METHODS, resolve_method
+from hpo.outer.base import OuterState
 from hpo.search.base import SearchMethod
-from hpo.search.fds_search import FDSSearch
+from hpo.search.fds import FDSSearch
 
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
@@ -36,7 +36,9 @@ SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.2
     ({"optimizer": "adamw9"}, "optimizer"),
     ({"backend": "magic"}, "backend"),
     ({"window": 5}, "window"),
-    ({"grow": 0.9}, "grow"),
+    ({"outer": "rprop", "outer_options": {"grow": 0.9}}, "outer_options"),
+    ({"outer": "newton"}, "outer"),
+    ({"outer_options": {"grow": 1.2}}, "outer_options"),
     ({"compile": True, "backend": "greedy"}, "compile"),
     ({"task": "imagenet"}, "task"),
     ({"augment": "flip"}, "augment"),
@@ -189,7 +191,7 @@ def test_a_cut_tangent_gets_one_warning_line(tmp_path: Path) -> None:
         "        return super().step(params, state, grads, {**hyper, 'lr': torch.tensor(lr)}, t)\n")
     lines: list[str] = []
 
-    from hpo.callbacks import Callbacks
+    from hpo.core.callbacks import Callbacks
 
     class Messages(Callbacks):
         def on_message(self, text: str) -> None:
@@ -210,7 +212,7 @@ def test_healthy_run_has_no_zero_hypergradient_warning(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_leaves_a_resumable_run_and_says_so(tmp_path: Path) -> None:
-    from hpo.callbacks import Callbacks
+    from hpo.core.callbacks import Callbacks
     from hpo.errors import Interrupted
 
     class StopInSecondStep(Callbacks):
@@ -233,11 +235,11 @@ def test_a_run_that_fails_validation_creates_nothing_on_disk(tmp_path: Path) -> 
 
 def test_retrain_clamps_gradients_as_the_search_did(tmp_path: Path) -> None:
     """With the clamp at 1e-12 the weights barely move: the result equals not training at all."""
-    from hpo.retrain import retrain
-    from hpo.schedule import Schedule
+    from hpo.core.schedule import Schedule
+    from hpo.search.retrain import retrain
     from tests.conftest import tiny_task
 
-    task, rule = tiny_task(), hpo.registry.resolve_rule("sgd")
+    task, rule = tiny_task(), hpo.app.registry.resolve_rule("sgd")
     sched = Schedule.constant({"lr": 1.0, "momentum": 0.0, "wd": 0.0})
     still = retrain(task, rule, Schedule.constant({"lr": 0.0, "momentum": 0.0, "wd": 0.0}), 30, 0, torch.float64, "cpu")
     free = retrain(task, rule, sched, 30, 0, torch.float64, "cpu")

@@ -22,19 +22,14 @@ from tests.conftest import REPO, library_modules, module_path
 
 #: The layers, lowest first; a module may import only from its own layer or below.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("hpo.errors", "hpo.checks", "hpo.device", "hpo.determinism", "hpo.distributed", "hpo.extras")),
+    ("base", ("hpo.errors", "hpo.checks", "hpo.runtime")),
     ("rules", ("hpo.optimizers",)),
-    ("core", ("hpo.coordinates", "hpo.schedule", "hpo.problem", "hpo.step", "hpo.backend", "hpo.outer", "hpo.callbacks",
-              "hpo.unroll", "hpo.torch_scheduler", "hpo.schedule_file", "hpo.report", "hpo.grouping")),
+    ("core", ("hpo.core", "hpo.outer")),
     ("tasks and backends", ("hpo.tasks", "hpo.backends")),
-    ("outer loop and retrain", ("hpo.fds", "hpo.validate_schedule", "hpo.retrain", "hpo.online_greedy", "hpo.baselines", "hpo.checkpoint",
-                                "hpo.checkpoint_writer", "hpo.tiny", "hpo.check_rule", "hpo.schedule_plot",
-                                "hpo.schedule_free", "hpo.pbt")),
+    ("checking", ("hpo.checking",)),
     ("search methods", ("hpo.search",)),
-    ("registry", ("hpo.registry", "hpo.rule_table")),
-    ("configuration", ("hpo.config", "hpo.compare_config")),
-    ("logging", ("hpo.tensorboard_log",)),
-    ("application", ("hpo.app", "hpo.compare", "hpo")),
+    ("reporting", ("hpo.reporting",)),
+    ("application", ("hpo.app", "hpo")),
     ("cli", ("hpo.cli", "hpo.__main__")),
 ]
 
@@ -76,7 +71,7 @@ def graph() -> dict[str, set[str]]:
 
 def test_every_library_module_is_reached() -> None:
     mods = library_modules()
-    for expected in ("hpo.config", "hpo.app.run", "hpo.cli.main", "hpo.backends.forward", "hpo.optimizers.sgd",
+    for expected in ("hpo.app.config", "hpo.app.run", "hpo.cli.main", "hpo.backends.forward", "hpo.optimizers.sgd",
                      "hpo.tasks.base", "hpo.search.base"):
         assert expected in mods
 
@@ -161,8 +156,8 @@ def user_folder(tmp_path: Path) -> Path:
 
 
 def test_imports_work_from_a_folder_with_generic_module_names(user_folder: Path) -> None:
-    code = ("import hpo, hpo.fds, hpo.config, hpo.app.run, hpo.optimizers, hpo.backends.forward, hpo.tasks.base, "
-            "hpo.registry, hpo.check_rule; print('ok')")
+    code = ("import hpo, hpo.search.fds, hpo.app.config, hpo.app.run, hpo.optimizers, hpo.backends.forward, hpo.tasks.base, "
+            "hpo.app.registry, hpo.checking.check_rule; print('ok')")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=user_folder, capture_output=True, text=True,
                          timeout=300, env=env, check=False)

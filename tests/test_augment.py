@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpo.device import device_for_tests
-from hpo.problem import InnerProblem
+from hpo.core.problem import InnerProblem
+from hpo.runtime.device import device_for_tests
 from hpo.tasks.augment import Augment, cutout, random_crop, random_flip
 
 DEV = device_for_tests()

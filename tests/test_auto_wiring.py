@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from hpo.backend import run_inner
 from hpo.backends.auto_backend import AutoBackend
-from hpo.unroll import reverse_hypergradient
+from hpo.checking.unroll import reverse_hypergradient
+from hpo.core.backend import run_inner
 from tests.conftest import max_rel_err, sgd_schedule, tiny_problem
 
 

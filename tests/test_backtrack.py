@@ -15,9 +15,12 @@ import torch
 from hpo.backends.forward import ForwardManualBackend
 from hpo.cli.console import ConsoleReporter
 from hpo.errors import ConfigError
-from hpo.fds import FDSConfig, run_fds
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.outer import OuterState, backtrack, sign_update
+from hpo.outer.base import OuterState
+from hpo.outer.divergence import backtrack
+from hpo.outer.sign import SignDescent
+from hpo.search.fds import run_fds
+from hpo.search.inner_runs import FDSConfig
 from tests.test_divergence import tiny_task
 
 SPECS = {s.name: s for s in SGDMomentum.hyperparameters}
@@ -45,7 +48,7 @@ def test_backtrack_goes_halfway_back_for_started_values_that_moved() -> None:
     assert new.good is st.good
     # A hypergradient that points at the diverged values again flips the sign: the step halves
     # once more, so the search bisects [0.2, 0.4] (0.3, then 0.325) instead of returning to 0.4.
-    up = sign_update(new, {"lr": torch.tensor([-1.0, -1.0, 0.0], dtype=F64),
+    up = SignDescent().update(new, {"lr": torch.tensor([-1.0, -1.0, 0.0], dtype=F64),
                            "momentum": torch.tensor([1.0], dtype=F64)}, SPECS)
     assert up.values["lr"].tolist() == pytest.approx([0.325, 0.5, 0.3], abs=1e-15)
     assert up.values["momentum"].tolist() == pytest.approx([0.2], abs=1e-15)  # held: back to the good value
@@ -112,8 +115,8 @@ def test_an_unknown_divergence_rule_is_a_config_error() -> None:
 
 
 def test_the_rule_reaches_the_outer_loop_from_hpo_run_and_hpo_compare() -> None:
-    from hpo.compare_config import CompareConfig
-    from hpo.config import RunConfig
+    from hpo.app.compare_config import CompareConfig
+    from hpo.app.config import RunConfig
 
     assert RunConfig(divergence="backtrack").fds().divergence == "backtrack"
     assert RunConfig().fds().divergence == "lower"

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpo.callbacks import OuterRecord
-from hpo.checkpoint import Checkpoint, checkpoint_path, save_checkpoint
+from hpo.app.checkpoint import Checkpoint, checkpoint_path, save_checkpoint
 from hpo.cli import cli
-from hpo.outer import OuterState
+from hpo.core.callbacks import OuterRecord
+from hpo.outer.base import OuterState
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,11 @@ import math
 import pytest
 import torch
 
-from hpo.baselines import (
-    Range,
-    Trial,
-    best_so_far,
-    parse_space,
-    random_search,
-    resolve_space,
-    sample_schedule,
-    tpe_search,
-)
-from hpo.fds import FDSConfig
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.schedule import Schedule
+from hpo.search.inner_runs import FDSConfig
+from hpo.search.space import Range, parse_space, resolve_space, sample_schedule
+from hpo.search.trials import Trial, best_so_far, random_search, tpe_search
 from tests.conftest import tiny_task
 
 

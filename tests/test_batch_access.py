@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hpo.fds import FDSConfig, make_problem
+from hpo.core.problem import batch_index_stream
 from hpo.optimizers import SGDMomentum
-from hpo.problem import batch_index_stream
+from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.tasks.augment import Augment
 from hpo.tasks.base import Task
 from hpo.tasks.mnist1d import mnist1d_task

@@ -2,7 +2,7 @@
 
 BatchNorm running statistics are updated in the inner loop and not differentiated, so the finite
 differences here hold the final running statistics fixed (the quantity the backends compute).
-Runs on CUDA when present (``hpo.device.test_device``), in float64.
+Runs on CUDA when present (``hpo.runtime.device.test_device``), in float64.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.backend import run_inner
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
-from hpo.device import device_for_tests
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
+from hpo.runtime.device import device_for_tests
 from hpo.tasks.augment import Augment
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 from hpo.tasks.models import LeNet, WideResNet
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 
 DEV = device_for_tests()
 F64 = torch.float64

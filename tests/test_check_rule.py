@@ -1,4 +1,4 @@
-"""The rule checker (``hpo.check_rule``, ``hpo check-rule``) and the tiny problem it runs on (``hpo.tiny``).
+"""The rule checker (``hpo.checking.check_rule``, ``hpo check-rule``) and the tiny problem it runs on (``hpo.checking.tiny``).
 
 Correct rules (the built-ins and the user-written RMSprop example) pass with their error figures on
 one line per hyperparameter; rules that cut a tangent, carry a wrong hand tangent or raise fail on
@@ -16,11 +16,11 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from hpo.check_rule import check_rule, fd_step, rel_err
+from hpo.app.registry import BUILTIN_RULES, resolve_rule
+from hpo.checking.check_rule import check_rule, fd_step, rel_err
+from hpo.checking.tiny import tiny_problem, tiny_schedule
 from hpo.cli.check_rule import check_rule_command
 from hpo.optimizers import SGDMomentum
-from hpo.registry import BUILTIN_RULES, resolve_rule
-from hpo.tiny import tiny_problem, tiny_schedule
 
 EXAMPLE_SPEC = f"{Path(__file__).resolve().parents[1] / 'docs' / 'examples' / 'rmsprop_rule.py'}:RMSprop"
 SPECS = [*BUILTIN_RULES, EXAMPLE_SPEC]
@@ -210,7 +210,7 @@ def test_diverging_run_is_one_fail_line() -> None:
 
 def test_rule_class_is_instantiated_and_schedule_can_be_given() -> None:
     """``check_rule(SGDMomentum, schedule=...)`` checks that schedule."""
-    from hpo.schedule import Schedule
+    from hpo.core.schedule import Schedule
 
     sched = Schedule.constant({"lr": 0.3, "momentum": 0.9, "wd": 1e-2}, counts={"lr": 2})
     report = check_rule(SGDMomentum, horizon=SHORT, schedule=sched)
@@ -292,7 +292,7 @@ def test_cli_fails_a_cut_rule_from_a_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec, message", [
     ("no-such-rule", "unknown optimizer 'no-such-rule'"),
     ("missing.py:Rule", "no such file: missing.py"),
-    ("hpo.tiny:tiny_data", "not a UpdateRule"),
+    ("hpo.checking.tiny:tiny_data", "not a UpdateRule"),
 ])
 def test_cli_unloadable_spec_is_a_usage_error(spec: str, message: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,16 +7,10 @@ import pickle
 import pytest
 import torch
 
-from hpo.callbacks import OuterRecord
-from hpo.checkpoint import (
-    Checkpoint,
-    atomic_write,
-    checkpoint_path,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
-from hpo.outer import OuterState
+from hpo.app.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from hpo.core.callbacks import OuterRecord
+from hpo.outer.base import OuterState
+from hpo.runtime.files import atomic_write
 
 
 def make_checkpoint(k: int = 2) -> Checkpoint:

@@ -84,7 +84,7 @@ BAD = [
     (["--outer-steps", "-3"], "must be at least 1"),
     (["--init", "momentum=1.5"], "out of range"),
     (["--steps", "lr=-0.1"], "must be positive"),
-    (["--decay", "2"], "'--decay': must be in (0, 1)"),
+    (["--outer-option", "decay=2"], "'--outer-option': sign: decay must be in (0, 1)"),
     (["--val-frac", "1.5"], "'--val-frac': must be in (0, 1)"),
     (["--device", "tpu"], "'tpu' is not one of"),
 ]

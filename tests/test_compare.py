@@ -95,8 +95,10 @@ def test_compare_tiny_budget(tmp_path):
         (["--task", "nope"], "unknown task"),
         (["--population", "3", "--methods", "greedy"], "applies only to pbt"),
         (["--short-steps", "-1"], "--short-steps"),
-        (["--grow", "0.5"], "at least 1"),
-        (["--magnitude", "0.5"], "must be 0 (off) or at least 1"),
+        (["--outer", "rprop", "--outer-option", "grow=0.5"], "rprop: grow must be at least 1"),
+        (["--outer", "sign-magnitude", "--outer-option", "cap=0.5"], "sign-magnitude: cap must be at least 1"),
+        (["--outer-option", "beta1=0.5"], "sign has no option 'beta1'"),
+        (["--outer", "adam", "--methods", "tpe"], "applies only to the FDS methods"),
         (["--steps", "lr=0"], "must be positive"),
         (["--init", "momentum=1.5"], "out of range"),
         (["--init", "beta=1"], "no hyperparameter 'beta'"),
@@ -164,7 +166,7 @@ def test_a_time_budget_stops_every_method_after_its_first_unit(tmp_path: Path) -
 
 def test_cosine_baselines_search_the_peak_of_a_warm_up_cosine_schedule(tmp_path: Path) -> None:
     from hpo import CompareConfig, compare
-    from hpo.search.cosine import CosineWarmup
+    from hpo.search.trials import CosineWarmup
 
     cfg = CompareConfig(task=TASK, methods=("cosine-random", "cosine-tpe"), budget=(12,), inner_steps=4, seeds=(0,),
                         counts={"lr": 2},
@@ -210,9 +212,9 @@ def test_rows_record_best_so_far_validation_and_test_accuracy_against_seconds(tm
     import matplotlib.pyplot as plt
 
     from hpo import CompareConfig, compare
-    from hpo.baselines import best_so_far, random_search
-    from hpo.compare import split_holdout
-    from hpo.compare_outputs import seconds_figure
+    from hpo.app.compare import split_holdout
+    from hpo.app.compare_outputs import seconds_figure
+    from hpo.search.trials import best_so_far, random_search
     from tests.conftest import tiny_task
 
     cfg = CompareConfig(task=TASK, methods=("random-constant", "hand-picked"), budget=(4, 8, 12), inner_steps=4,

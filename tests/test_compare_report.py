@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hpo.compare_checkpoint import Row
-from hpo.compare_outputs import write_csv
+from hpo.app.compare_checkpoint import Row
+from hpo.app.compare_outputs import write_csv
 
 SPEC = importlib.util.spec_from_file_location("compare_report", Path(__file__).parents[1] / "benchmarks" /
                                               "compare_report.py")

@@ -20,17 +20,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hpo.backend import HypergradientBackend
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.distributed import Communicator, end_process
-from hpo.grouping import grouped_rule
+from hpo.checking.tiny import tiny_schedule
+from hpo.core.backend import HypergradientBackend
+from hpo.core.grouping import grouped_rule
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.optimizers.adam import Adam
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import Buffers, InnerProblem, LossFn
-from hpo.tiny import tiny_schedule
+from hpo.runtime.distributed import Communicator, end_process
 from tests.conftest import max_rel_err, tiny_task_problem
 
 WORLD = 2
@@ -112,7 +112,7 @@ def worker(rank: int, store: str, out: str) -> None:
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.distributed.end_process)
+    end_process(0)  # gloo can abort the interpreter's shutdown after torch.func (hpo.runtime.distributed.end_process)
 
 
 @pytest.fixture(scope="module")
@@ -214,8 +214,8 @@ def test_a_run_not_launched_by_torchrun_never_joins_a_group(tmp_path: Path, monk
 
 
 def test_launch_environment_is_read_and_checked() -> None:
-    from hpo.distributed import launched_world_size, timeout_seconds
     from hpo.errors import ConfigError
+    from hpo.runtime.distributed import launched_world_size, timeout_seconds
 
     assert launched_world_size({}) == 1 and launched_world_size({"WORLD_SIZE": "4"}) == 4
     assert timeout_seconds({}) == 120.0 and timeout_seconds({"HPO_DIST_TIMEOUT": "7.5"}) == 7.5
@@ -230,14 +230,14 @@ def test_end_process_flushes_and_exits_with_the_status(code: object, status: int
     import subprocess
     import sys
 
-    script = f"from hpo.distributed import end_process\nprint('written', end='')\nend_process({code!r})\n"
+    script = f"from hpo.runtime.distributed import end_process\nprint('written', end='')\nend_process({code!r})\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert (out.returncode, out.stdout, out.stderr) == (status, "written", err)
 
 
 def test_compare_refuses_a_torchrun_launch(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo.compare import compare
-    from hpo.compare_config import CompareConfig
+    from hpo.app.compare import compare
+    from hpo.app.compare_config import CompareConfig
     from hpo.errors import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")

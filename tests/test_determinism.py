@@ -8,12 +8,13 @@ import json
 import torch
 from torch import nn
 
+from hpo.app.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
 from hpo.backends.forward import ForwardManualBackend
-from hpo.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from hpo.fds import FDSConfig, run_fds
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.retrain import retrain
-from hpo.schedule import Schedule
+from hpo.search.fds import run_fds
+from hpo.search.inner_runs import FDSConfig
+from hpo.search.retrain import retrain
 from hpo.tasks.base import Task
 
 

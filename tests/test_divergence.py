@@ -14,11 +14,14 @@ import torch
 from torch import nn
 
 from hpo.backends.forward import ForwardManualBackend
-from hpo.callbacks import Callbacks
 from hpo.cli.console import ConsoleReporter
-from hpo.fds import FDSConfig, make_problem, run_fds
+from hpo.core.callbacks import Callbacks
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.outer import OuterState, safe_direction, sign_update
+from hpo.outer.base import OuterState
+from hpo.outer.divergence import safe_direction
+from hpo.outer.sign import SignDescent
+from hpo.search.fds import run_fds
+from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.tasks.base import Task
 
 
@@ -47,12 +50,12 @@ def test_safe_direction_lowers_started_lr_and_momentum_and_holds_the_rest() -> N
     assert out["wd"].tolist() == [0.0]
     steps = {"lr": 0.1, "momentum": 0.1, "wd": 0.1}
     state = OuterState.start({k: torch.full_like(v, 0.5) for k, v in hg.items()}, steps)
-    new = sign_update(state, out, SPECS)
+    new = SignDescent().update(state, out, SPECS)
     assert new.values["lr"].tolist() == [0.4, 0.4, 0.5, 0.5]
     assert new.values["momentum"].tolist() == [0.4]
     assert new.values["wd"].tolist() == [0.5]
     # The authors' rule (sign 0 for NaN) leaves everything where it was: the run stalls.
-    stalled = sign_update(state, hg, SPECS)
+    stalled = SignDescent().update(state, hg, SPECS)
     assert all(torch.equal(stalled.values[k], state.values[k]) for k in hg)
 
 
@@ -107,7 +110,7 @@ def test_tangent_blow_up_counts_as_divergence() -> None:
     config = FDSConfig(inner_steps=(4,), batch_size=16, val_frac=0.25)
     rule, backend = SGDMomentum(), ForwardManualBackend()
     problem = make_problem(tiny_task(), rule, config, 0)
-    from hpo.schedule import Schedule
+    from hpo.core.schedule import Schedule
 
     state = backend.init(problem, Schedule.initial(rule))
     assert bool(backend.finite(state))

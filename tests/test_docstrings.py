@@ -70,7 +70,7 @@ def undocumented(module: ModuleType) -> list[str]:
 def test_walk_finds_the_library() -> None:
     """The walk reaches the core modules (so an empty walk cannot pass silently)."""
     names = library_modules()
-    for expected in ("hpo.schedule", "hpo.cli", "hpo.backends.forward", "hpo.optimizers.sgd", "hpo.tasks.base"):
+    for expected in ("hpo.core.schedule", "hpo.cli", "hpo.backends.forward", "hpo.optimizers.sgd", "hpo.tasks.base"):
         assert expected in names
 
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpo.cli import cli
-from hpo.extras import MissingExtra, installed, require
+from hpo.runtime.extras import MissingExtra, installed, require
 
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
@@ -38,7 +38,7 @@ def test_require_finds_installed_packages_without_importing_them(monkeypatch: py
 
 
 def test_importing_hpo_imports_neither_ray_nor_schedulefree() -> None:
-    code = ("import sys, hpo, hpo.registry, hpo.compare, hpo.search.pbt, hpo.search.schedule_free, hpo.pbt, "
-            "hpo.schedule_free\nprint(sorted(m for m in ('ray', 'schedulefree') if m in sys.modules))")
+    code = ("import sys, hpo, hpo.app.registry, hpo.app.compare, hpo.search.pbt, hpo.search.schedule_free, hpo.search.pbt, "
+            "hpo.search.schedule_free\nprint(sorted(m for m in ('ray', 'schedulefree') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.strip() == "[]", out.stdout

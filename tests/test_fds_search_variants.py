@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpo.app.registry import resolve_method
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
-from hpo.baselines import default_space
-from hpo.callbacks import OuterRecord
-from hpo.fds import FDSConfig, run_fds
+from hpo.core.callbacks import OuterRecord
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.registry import resolve_method
-from hpo.search import fds_search
+from hpo.search import fds as fds_search
 from hpo.search.base import SearchSettings
-from hpo.search.fds_search import FDSSearch, _Recorder, best_seen, epoch_steps, fds_config
+from hpo.search.fds import FDSSearch, _Recorder, best_seen, epoch_steps, fds_config, run_fds, validation_accuracy
+from hpo.search.inner_runs import FDSConfig
 from hpo.search.pbt import PBTSearch
-from hpo.validate_schedule import validation_accuracy
+from hpo.search.space import default_space
 from tests.conftest import tiny_task
 
 RULE = SGDMomentum()

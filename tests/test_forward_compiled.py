@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.backend import run_inner
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
-from hpo.device import device_for_tests
+from hpo.checking.unroll import reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
+from hpo.runtime.device import device_for_tests
 from hpo.tasks.base import model_functions, split_state
-from hpo.unroll import reverse_hypergradient
 
 DEV = device_for_tests()
 

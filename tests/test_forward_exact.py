@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from hpo.backend import run_inner
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import run_inner
 from tests.conftest import DT, max_rel_err, sgd_schedule, tiny_problem
 
 
@@ -40,7 +40,7 @@ def test_manual_and_jvp_agree_to_round_off(references):
 
 def test_validation_loss_is_reported_at_final_weights(references):
     problem, sched, _, _ = references
-    from hpo.unroll import unrolled_validation_loss
+    from hpo.checking.unroll import unrolled_validation_loss
 
     res = run_inner(ForwardManualBackend(), problem, sched)
     assert res.val_loss == pytest.approx(float(unrolled_validation_loss(problem, sched.values)), rel=1e-12)
@@ -49,7 +49,7 @@ def test_validation_loss_is_reported_at_final_weights(references):
 def test_zero_learning_rate_start_moves_only_learning_rates():
     """With every value at 0 (the FDS start), momentum and weight-decay tangents stay zero."""
     problem = tiny_problem()
-    from hpo.schedule import Schedule
+    from hpo.core.schedule import Schedule
 
     zero = Schedule({"lr": torch.zeros(3, dtype=DT), "momentum": torch.zeros(1, dtype=DT), "wd": torch.zeros(1, dtype=DT)})
     res = run_inner(ForwardManualBackend(), problem, zero)

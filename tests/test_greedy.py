@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hpo.backend import run_inner
 from hpo.backends.greedy import GreedyBackend, validation_batches
-from hpo.online_greedy import online_greedy, summarise
-from hpo.schedule import Schedule, segment_index
-from hpo.unroll import reverse_hypergradient
+from hpo.checking.unroll import reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.schedule import Schedule, segment_index
+from hpo.search.online_greedy import online_greedy, summarise
 from tests.conftest import tiny_schedule, tiny_task_problem
 
 

@@ -11,17 +11,18 @@ from torch import nn
 
 import hpo
 from hpo import ConfigError, RetrainConfig, RunConfig
+from hpo.app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from hpo.app.retrain import retrain_schedule
-from hpo.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from hpo.grouping import grouped_rule, resolve_grouping
+from hpo.core.grouping import grouped_rule, resolve_grouping
+from hpo.core.schedule import Schedule
+from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers import Adam, SGDMomentum
 from hpo.optimizers.grouped import GroupedRule
-from hpo.outer import OuterState, sign_update
-from hpo.report import format_values
-from hpo.retrain import retrain
-from hpo.schedule import Schedule
-from hpo.schedule_plot import heatmap_figure, schedule_figure
-from hpo.torch_scheduler import ScheduleDriver
+from hpo.outer.base import OuterState
+from hpo.outer.sign import SignDescent
+from hpo.reporting.report import format_values
+from hpo.reporting.schedule_plot import heatmap_figure, schedule_figure
+from hpo.search.retrain import retrain
 from tests.conftest import TorchlessSGD, tiny_mlp_task, tiny_problem
 
 DT = torch.float64
@@ -64,10 +65,10 @@ def test_outer_update_is_elementwise_on_tables() -> None:
     state = OuterState.start(s.values, {"lr": 0.1, "momentum": 0.1, "wd": 3e-4})
     hg = {"lr": torch.tensor([[1.0, -1.0, 0.0], [-2.0, float("nan"), 3.0]], dtype=DT),
           "momentum": torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=DT), "wd": torch.tensor([-1.0], dtype=DT)}
-    new = sign_update(state, hg, specs)
+    new = SignDescent().update(state, hg, specs)
     torch.testing.assert_close(new.values["lr"], torch.tensor([[0.1, 0.15, 0.1], [0.2, 0.3, 0.0]], dtype=DT))
     assert new.values["momentum"].shape == (2, 2) and new.values["wd"].shape == (1,)
-    flipped = sign_update(new, {k: -v for k, v in hg.items()}, specs)
+    flipped = SignDescent().update(new, {k: -v for k, v in hg.items()}, specs)
     assert flipped.steps["lr"].tolist() == [[0.05, 0.05, 0.1], [0.05, 0.1, 0.05]]
 
 
@@ -115,7 +116,7 @@ def test_schedule_driver_with_param_groups_equals_the_functional_rule(make) -> N
         p = {k: v.requires_grad_() for k, v in params.items()}
         loss = torch.func.functional_call(model, p, (x,)).pow(2).mean()
         grads = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
-        from hpo.step import hyper_at_step
+        from hpo.core.step import hyper_at_step
 
         params, state = rule.step({k: v.detach() for k, v in p.items()}, state, grads,
                                   hyper_at_step(sched.values, t, horizon), t)
@@ -229,7 +230,7 @@ def test_schedule_init_shared_starts_every_group(tmp_path: Path) -> None:
 
 
 def test_a_diverged_grouped_run_lowers_every_started_group(tmp_path: Path) -> None:
-    from hpo.report import divergence_text
+    from hpo.reporting.report import divergence_text
 
     result = hpo.run(RunConfig(**SMALL, outer_steps=1, init={"lr": 1e30}, logdir=str(tmp_path / "d")))
     record = result.history[0]

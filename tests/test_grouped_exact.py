@@ -14,16 +14,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from hpo.backend import run_inner
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.greedy import GreedyBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-from hpo.grouping import grouped_rule
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.grouping import grouped_rule
+from hpo.core.schedule import Schedule
 from hpo.optimizers import Adam, AdamW, SGDMomentum, UpdateRule
 from hpo.optimizers.grouped import GroupedRule
-from hpo.schedule import Schedule
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from tests import conftest as helpers
 from tests.test_reverse_checkpointed import rel_err, rmsprop
 

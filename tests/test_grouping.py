@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from hpo.cli import cli
 from hpo.cli.types import GroupRules
+from hpo.core.grouping import check_groups, grouped_rule, matches, resolve_grouping
 from hpo.errors import ConfigError
-from hpo.grouping import check_groups, grouped_rule, matches, resolve_grouping
 from hpo.optimizers import SGDMomentum
 from hpo.optimizers.grouped import Cell, GroupedRule
 

@@ -5,7 +5,10 @@ import math
 import torch
 
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.outer import OuterState, converged, safe_direction, sign_update
+from hpo.outer.base import OuterState, converged
+from hpo.outer.divergence import safe_direction
+from hpo.outer.rprop import Rprop
+from hpo.outer.sign import SignDescent
 
 SPECS = {s.name: s for s in SGDMomentum().hyperparameters}
 
@@ -14,7 +17,8 @@ def run(hypergrads, name="lr", init=0.0, step=0.1, decay=0.5, grow=1.0):
     st = OuterState.start({name: torch.tensor([init], dtype=torch.float64)}, {name: step})
     out = []
     for h in hypergrads:
-        st = sign_update(st, {name: torch.tensor([h], dtype=torch.float64)}, SPECS, decay, grow)
+        opt = SignDescent(decay) if grow == 1.0 else Rprop(decay, grow)
+        st = opt.update(st, {name: torch.tensor([h], dtype=torch.float64)}, SPECS)
         out.append((round(float(st.values[name][0]), 12), round(float(st.steps[name][0]), 12)))
     return out, st
 
@@ -52,7 +56,7 @@ def test_zero_and_nan_hypergradients_leave_the_value_and_sign():
 def test_each_value_keeps_its_own_step():
     st = OuterState.start({"lr": torch.zeros(3, dtype=torch.float64)}, {"lr": 0.1})
     for h in ([-1, -1, -1], [1, -1, 1], [1, -1, -1]):
-        st = sign_update(st, {"lr": torch.tensor(h, dtype=torch.float64)}, SPECS)
+        st = SignDescent().update(st, {"lr": torch.tensor(h, dtype=torch.float64)}, SPECS)
     assert [round(x, 12) for x in st.values["lr"].tolist()] == [0.0, 0.3, 0.075]
     assert st.steps["lr"].tolist() == [0.05, 0.1, 0.025]
 

@@ -9,14 +9,17 @@ import pytest
 import torch
 
 import hpo
+from hpo.app.config import RunConfig
 from hpo.backends.forward import ForwardManualBackend
-from hpo.config import RunConfig
-from hpo.coordinates import LOG_STEP, Coordinate, coordinate
 from hpo.errors import ConfigError
-from hpo.fds import FDSConfig, initial_state, run_fds
 from hpo.optimizers.adam import Adam
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.outer import OuterState, backtrack, converged, sign_update
+from hpo.outer.base import OuterState, converged
+from hpo.outer.coordinates import LOG_STEP, Coordinate, coordinate
+from hpo.outer.divergence import backtrack
+from hpo.outer.sign import SignDescent
+from hpo.search.fds import initial_state, run_fds
+from hpo.search.inner_runs import FDSConfig
 from tests.test_divergence import tiny_task
 
 SGD = SGDMomentum()
@@ -56,12 +59,12 @@ def test_log_steps_double_halve_and_shrink_on_a_flip() -> None:
                                                                                     "wd": LOG_STEP},
                           {"lr": "log", "momentum": "log1m", "wd": "log"})
     # Negative hypergradient: raise.  lr doubles, momentum's distance to 1 halves, wd halves (positive h).
-    st = sign_update(st, {"lr": t(-3.0, 2.0), "momentum": t(-1.0), "wd": t(7.0)}, SPECS)
+    st = SignDescent().update(st, {"lr": t(-3.0, 2.0), "momentum": t(-1.0), "wd": t(7.0)}, SPECS)
     assert st.values["lr"].tolist() == pytest.approx([0.2, 0.05], rel=1e-14)
     assert st.values["momentum"].tolist() == pytest.approx([0.95], rel=1e-14)
     assert st.values["wd"].tolist() == pytest.approx([2.5e-4], rel=1e-14)
     # A flip halves the log step: x sqrt(2) instead of x 2.
-    st = sign_update(st, {"lr": t(1.0, 2.0), "momentum": t(1.0), "wd": t(7.0)}, SPECS)
+    st = SignDescent().update(st, {"lr": t(1.0, 2.0), "momentum": t(1.0), "wd": t(7.0)}, SPECS)
     assert st.values["lr"].tolist() == pytest.approx([0.2 / math.sqrt(2), 0.025], rel=1e-14)
     assert st.values["momentum"].tolist() == pytest.approx([1 - 0.05 * math.sqrt(2)], rel=1e-14)
     assert st.steps["lr"].tolist() == pytest.approx([LOG_STEP / 2, LOG_STEP], rel=1e-14)

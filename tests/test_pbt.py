@@ -12,7 +12,7 @@ pytest.importorskip("ray.tune")
 import hpo.search.pbt as pbt_search
 from hpo import CompareConfig, compare
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.pbt import Report, interval_bounds, replay_schedule
+from hpo.search.pbt import Report, interval_bounds, replay_schedule
 
 FIXTURES = Path(__file__).parent / "conftest.py"
 TASK = f"{FIXTURES}:tiny_task"
@@ -142,7 +142,7 @@ def test_pbt_needs_a_budget_of_two_members_and_says_so_in_one_line(tmp_path: Pat
 
 
 def test_environment_is_set_for_the_block_and_restored(monkeypatch) -> None:
-    from hpo.pbt import environment
+    from hpo.search.pbt import environment
 
     monkeypatch.setenv("HPO_TEST_KEPT", "old")
     monkeypatch.delenv("HPO_TEST_NEW", raising=False)

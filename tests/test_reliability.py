@@ -26,18 +26,18 @@ from click.testing import CliRunner, Result
 
 import hpo
 from hpo import CompareConfig, ConfigError, RunConfig
-from hpo.app.lock import LOCK_NAME, LogdirLock
-from hpo.app.logdir import default_logdir
-from hpo.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
-from hpo.cli import cli
-from hpo.compare import resume_compare
-from hpo.compare_checkpoint import (
+from hpo.app.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, save_checkpoint
+from hpo.app.compare import resume_compare
+from hpo.app.compare_checkpoint import (
     CompareCheckpoint,
     compare_checkpoint_path,
     load_compare_checkpoint,
     save_compare_checkpoint,
 )
-from hpo.outer import OuterState
+from hpo.app.lock import LOCK_NAME, LogdirLock
+from hpo.app.logdir import default_logdir
+from hpo.cli import cli
+from hpo.outer.base import OuterState
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "conftest.py"
@@ -123,7 +123,7 @@ def test_default_logdirs_started_in_the_same_second_differ() -> None:
 
 def test_a_logging_failure_after_the_checkpoint_keeps_the_finished_step(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpo.tensorboard_log import TensorBoardLogger
+    from hpo.reporting.tensorboard_log import TensorBoardLogger
 
     logdir = tmp_path / "run"
     seen: list[int] = []
@@ -353,7 +353,7 @@ def test_compare_pictures_are_atomic_and_a_failure_is_one_warning(finished_compa
 
 def test_compare_results_failing_to_write_keep_the_old_ones(finished_compare: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpo.compare_outputs
+    import hpo.app.compare_outputs
 
     logdir = tmp_path / "c"
     shutil.copytree(finished_compare, logdir)
@@ -364,9 +364,9 @@ def test_compare_results_failing_to_write_keep_the_old_ones(finished_compare: Pa
             f.write(b"method,seed\n")
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        hpo.compare_outputs.atomic_write(path, write)
+        hpo.app.compare_outputs.atomic_write(path, write)
 
-    monkeypatch.setattr(hpo.compare_outputs, "write_csv", torn_write)
+    monkeypatch.setattr(hpo.app.compare_outputs, "write_csv", torn_write)
     r = invoke("compare", "--resume", str(logdir), "--task", TASK)
     assert_one_line(r, "cannot write the results", code=1)
     assert "resuming writes them again" in r.stderr

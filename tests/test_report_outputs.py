@@ -10,10 +10,10 @@ import torch
 
 import hpo
 from hpo import RunConfig
-from hpo.callbacks import OuterRecord
 from hpo.cli.console import ConsoleReporter
-from hpo.schedule import Schedule
-from hpo.schedule_plot import schedule_figure
+from hpo.core.callbacks import OuterRecord
+from hpo.core.schedule import Schedule
+from hpo.reporting.schedule_plot import schedule_figure
 
 TASK = f"{Path(__file__).parent / 'conftest.py'}:tiny_task"
 SMALL = {"task": TASK, "inner_steps": (6,), "counts": {"lr": 2}, "val_frac": 0.25, "device": "cpu", "retrain_steps": 6}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.checkpoint import checkpoint_path, load_checkpoint
+from hpo.app.checkpoint import checkpoint_path, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Outer step 0 is short, outer step 1 long enough to be killed in the middle of it.

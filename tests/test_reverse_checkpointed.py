@@ -15,16 +15,16 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from hpo.backend import HypergradResult, run_inner
 from hpo.backends.forward import ForwardJvpBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend, checkpoint_interval
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import HypergradResult, run_inner
+from hpo.core.problem import InnerProblem
+from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
 from hpo.optimizers import Adam, AdamW, SGDMomentum, UpdateRule
-from hpo.problem import InnerProblem
-from hpo.schedule import Schedule
 from hpo.tasks.augment import Augment
 from hpo.tasks.base import model_functions, split_state
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
 from tests import conftest as helpers
 
 F64 = torch.float64

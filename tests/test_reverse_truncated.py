@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.func import grad
 
-from hpo.backend import run_inner
 from hpo.backends.forward import ForwardManualBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
-from hpo.schedule import segment_index
-from hpo.step import tree_clamp
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.schedule import segment_index
+from hpo.core.step import tree_clamp
 from tests.conftest import tiny_schedule, tiny_task_problem
 
 

@@ -23,16 +23,18 @@ from click.testing import CliRunner
 from torch import Tensor
 from torch.func import jvp
 
-from hpo.backend import run_inner
+from hpo.app.registry import BUILTIN_RULES, load_object, resolve_rule
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
 from hpo.cli import cli
-from hpo.fds import FDSConfig
+from hpo.core.backend import run_inner
+from hpo.core.schedule import Schedule, segment_index
+from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers import Adam, UpdateRule
-from hpo.outer import OuterState, safe_direction, sign_update
-from hpo.registry import BUILTIN_RULES, load_object, resolve_rule
-from hpo.schedule import Schedule, segment_index
-from hpo.torch_scheduler import ScheduleDriver
-from hpo.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.outer.base import OuterState
+from hpo.outer.divergence import safe_direction
+from hpo.outer.sign import SignDescent
+from hpo.search.inner_runs import FDSConfig
 from tests.conftest import tiny_problem
 
 F64 = torch.float64
@@ -133,7 +135,7 @@ def test_divergence_moves_each_value_the_way_its_rule_says(case: RuleCase) -> No
     specs = {s.name: s for s in rule.hyperparameters}
     start = OuterState.start(case.values(), {s.name: s.step for s in rule.hyperparameters})
     nan = {k: torch.full_like(v, float("nan")) for k, v in start.values.items()}
-    moved = sign_update(start, safe_direction(nan, specs), specs)
+    moved = SignDescent().update(start, safe_direction(nan, specs), specs)
     for name, s in specs.items():
         expected = s.clamp(start.values[name] + s.on_divergence * s.step)
         torch.testing.assert_close(moved.values[name], expected, rtol=0, atol=0)

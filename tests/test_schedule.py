@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from hpo.core.schedule import Schedule, check_counts, segment_index, segment_indices, segment_starts
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.schedule import Schedule, check_counts, segment_index, segment_indices, segment_starts
 
 
 def test_segment_indices_literal():

@@ -12,9 +12,9 @@ pytest.importorskip("schedulefree")
 import schedulefree
 
 from hpo import CompareConfig, compare
-from hpo.retrain import RETRAIN_SEED_OFFSET
-from hpo.schedule import Schedule
-from hpo.schedule_free import DEFAULT_SPACE, NAMES, retrain_schedule_free, train_schedule_free
+from hpo.core.schedule import Schedule
+from hpo.search.retrain import RETRAIN_SEED_OFFSET
+from hpo.search.schedule_free import DEFAULT_SPACE, NAMES, retrain_schedule_free, train_schedule_free
 from tests.conftest import tiny_task
 
 FIXTURES = Path(__file__).parent / "conftest.py"
@@ -82,7 +82,7 @@ def test_schedule_free_stops_at_its_time_budget(tmp_path: Path) -> None:
 
 def test_a_batchnorm_model_is_evaluated_with_statistics_of_the_averaged_weights(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpo.schedule_free as sf
+    import hpo.search.schedule_free as sf
 
     task = tiny_task(batchnorm=True)
     batches = [(t, task.train_x[8 * (t % 4):8 * (t % 4) + 8], task.train_y[8 * (t % 4):8 * (t % 4) + 8])

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from hpo.core.schedule import Schedule, segment_index
+from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.schedule import Schedule, segment_index
-from hpo.torch_scheduler import ScheduleDriver
 
 DT = torch.float64
 
@@ -105,7 +105,7 @@ def test_driver_step_and_past_horizon():
 
 def test_retrain_torch_path_equals_functional_fallback():
     """The retrain through torch.optim + ScheduleDriver equals the rule's own step loop."""
-    from hpo.retrain import retrain
+    from hpo.search.retrain import retrain
     from tests.conftest import TorchlessSGD, tiny_mlp_task, tiny_problem
 
     task = tiny_mlp_task(tiny_problem())

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from hpo.cli import cli
-from hpo.device import device_for_tests
+from hpo.runtime.device import device_for_tests
 from hpo.tasks.vision import SPECS, DatasetMissing, load_raw, read_idx, vision_task
 
 

@@ -17,15 +17,16 @@ from mkdocs.structure.files import File, Files
 PACKAGES = {
     "hpo": "The schedule, the outer loop, the backend interface, retraining, the CLI and logging.",
     "hpo.optimizers": "Update rules: pure functions of (params, state, grads, hyperparameters).",
-    "hpo.backends": "Hypergradient backends (implementations of `hpo.backend.HypergradientBackend`).",
+    "hpo.backends": "Hypergradient backends (implementations of `hpo.core.backend.HypergradientBackend`).",
     "hpo.tasks": "Tasks: data, a model and a loss, called functionally by the inner loop.",
 }
 #: Where each package's source lives: the design card's top-level folders, mapped into ``hpo``.
 FOLDERS = {"hpo": "hpo", "hpo.optimizers": "optimizers", "hpo.backends": "backends", "hpo.tasks": "tasks"}
 ORDER = {
-    "hpo": ["config", "app.run", "app.retrain", "compare", "compare_config", "errors", "schedule",
-            "torch_scheduler", "fds", "outer", "backend", "problem", "step", "unroll", "retrain", "search.base",
-            "registry", "callbacks", "tensorboard_log", "cli.main", "cli.errors"],
+    "hpo": ["app.config", "app.run", "app.retrain", "app.compare", "app.compare_config", "errors", "core.schedule",
+            "core.torch_scheduler", "search.fds", "search.inner_runs", "outer.base", "outer.sign", "core.backend",
+            "core.problem", "core.step", "checking.unroll", "search.retrain", "search.base", "app.registry",
+            "core.callbacks", "reporting.tensorboard_log", "cli.main", "cli.errors"],
     "hpo.optimizers": ["base", "sgd"],
     "hpo.backends": ["forward", "columns"],
     "hpo.tasks": ["base", "mnist1d"],

@@ -11,7 +11,7 @@ from typing import Any, final
 
 from torch import Tensor
 
-from hpo.callbacks import Callbacks, OuterRecord
+from hpo.core.callbacks import Callbacks, OuterRecord
 
 
 @final

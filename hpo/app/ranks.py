@@ -13,14 +13,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import final
 
-from hpo.callbacks import CallbackList
-from hpo.checkpoint import Checkpoint
-from hpo.config import RunConfig
-from hpo.distributed import Communicator, leave
+from hpo.app.checkpoint import Checkpoint
+from hpo.app.config import RunConfig
+from hpo.core.callbacks import CallbackList
 from hpo.errors import ConfigError
-from hpo.fds import FDSConfig, FDSResult, run_fds
 from hpo.optimizers.base import UpdateRule
-from hpo.outer import OuterState
+from hpo.outer.sign import OuterState
+from hpo.runtime.distributed import Communicator, leave
+from hpo.search.fds import FDSResult, run_fds
+from hpo.search.inner_runs import FDSConfig
 from hpo.tasks.base import Task
 
 #: Settings that may differ between ranks (each process's own thread count).

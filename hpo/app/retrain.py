@@ -14,17 +14,17 @@ from typing import Any, final
 import torch
 
 from hpo import checks
+from hpo.app.config import cls_replace, resolve_rule_field
+from hpo.app.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS
 from hpo.app.task_loading import load_task
-from hpo.config import cls_replace, resolve_rule_field
-from hpo.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
+from hpo.core.grouping import check_groups, grouped_rule
+from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
-from hpo.grouping import check_groups, grouped_rule
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
-from hpo.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS
-from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
-from hpo.schedule import Schedule
-from hpo.schedule_file import read_json, read_schedule
+from hpo.reporting.schedule_file import read_json, read_schedule
+from hpo.runtime.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
+from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.tasks.base import Task, init_model
 
 

@@ -21,28 +21,30 @@ from typing import Any, final
 import torch
 
 from hpo import checks
+from hpo.app.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, remove_stale_temporaries
+from hpo.app.checkpoint_writer import CheckpointWriter
+from hpo.app.config import RunConfig, known_fields, plain, show
 from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.ranks import StartSignal, check_launch, check_processes, follow, follower_logdir, sharded
 from hpo.app.task_loading import check_split, load_task
 from hpo.backends.auto_backend import AutoBackend
-from hpo.callbacks import CallbackList, Callbacks, OuterRecord
-from hpo.checkpoint import Checkpoint, atomic_write, checkpoint_path, load_checkpoint, remove_stale_temporaries
-from hpo.checkpoint_writer import CheckpointWriter
-from hpo.config import RunConfig, known_fields, plain, show
-from hpo.determinism import use_deterministic_kernels
-from hpo.device import DTYPES, cpu_threads, torch_threads
-from hpo.distributed import Communicator, RankError, join, launched_world_size, leave
+from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.fds import FDSConfig, initial_state, make_problem, rule_with_groups, run_fds, start_at
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
-from hpo.outer import OuterState
-from hpo.report import format_values
-from hpo.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
-from hpo.schedule import Schedule
-from hpo.schedule_plot import save_schedule_figure
+from hpo.outer.sign import OuterState
+from hpo.reporting.report import format_values
+from hpo.reporting.schedule_plot import save_schedule_figure
+from hpo.runtime.determinism import use_deterministic_kernels
+from hpo.runtime.device import DTYPES, cpu_threads, torch_threads
+from hpo.runtime.distributed import Communicator, RankError, join, launched_world_size, leave
+from hpo.runtime.files import atomic_write
+from hpo.search.fds import initial_state, run_fds, start_at
+from hpo.search.inner_runs import FDSConfig, make_problem, rule_with_groups
+from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.tasks.base import Task
 from hpo.tasks.mnist1d import DEFAULT_SAMPLES
 
@@ -155,7 +157,7 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     if config.compile:
         cb.on_message("compiling the inner step with torch.compile: the first steps take minutes on a CPU")
 
-    from hpo.tensorboard_log import TensorBoardLogger  # imports tensorboard: only when a run starts
+    from hpo.reporting.tensorboard_log import TensorBoardLogger  # imports tensorboard: only when a run starts
 
     # A fresh run purges from step 0: leftovers of a run killed before its first checkpoint vanish.
     tb = GuardedLogger(None, cb.on_message)

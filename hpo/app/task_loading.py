@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from hpo.app.registry import resolve_task
 from hpo.errors import ConfigError
-from hpo.registry import resolve_task
 from hpo.tasks.base import Task
 from hpo.tasks.vision import DatasetMissing
 

@@ -1,10 +1,10 @@
-"""``hpo check-rule SPEC``: check a rule's hypergradients on a tiny float64 problem (see :mod:`hpo.check_rule`)."""
+"""``hpo check-rule SPEC``: check a rule's hypergradients on a tiny float64 problem (see :mod:`hpo.checking.check_rule`)."""
 
 from __future__ import annotations
 
 import click
 
-from hpo.registry import BUILTIN_RULES, resolve_rule
+from hpo.app.registry import BUILTIN_RULES, resolve_rule
 
 HELP = f"""Check the update rule SPEC on a tiny float64 problem: one line per hyperparameter.
 
@@ -21,8 +21,8 @@ hand-derived tangent the derived one.  Exit status 0 when every check passes, 1 
 @click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-6, show_default=True,
               help="Largest relative error allowed against finite differences.")
 def check_rule_command(spec: str, horizon: int, rtol: float) -> None:
-    """Resolve SPEC, print :func:`hpo.check_rule.check_rule`'s lines, exit 1 if a check fails."""
-    from hpo.check_rule import check_rule
+    """Resolve SPEC, print :func:`hpo.checking.check_rule.check_rule`'s lines, exit 1 if a check fails."""
+    from hpo.checking.check_rule import check_rule
 
     try:
         rule = resolve_rule(spec)

@@ -10,8 +10,8 @@ import click
 from torch import Tensor
 from tqdm import tqdm
 
-from hpo.callbacks import Callbacks, OuterRecord
-from hpo.report import divergence_text, format_values
+from hpo.core.callbacks import Callbacks, OuterRecord
+from hpo.reporting.report import divergence_text, format_values
 
 
 @final

@@ -9,8 +9,8 @@ from typing import Any, final
 
 import click
 
-from hpo.distributed import RankError
 from hpo.errors import CompareInterrupted, ConfigError, Interrupted, RunError
+from hpo.runtime.distributed import RankError
 
 
 def flag_of(group: click.Group, field: str) -> str | None:

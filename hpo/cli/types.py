@@ -65,7 +65,7 @@ class GroupRules(click.ParamType):
     Pieces are separated by commas; a piece with ``=`` starts a type's rule, a piece without one
     adds a pattern to the rule before it (so ``lr=conv*,fc*,wd=bias-vs-rest`` gives
     ``{"lr": "conv*,fc*", "wd": "bias-vs-rest"}``).  The rules themselves are checked by
-    :func:`hpo.grouping.check_groups` when the configuration is built.
+    :func:`hpo.core.grouping.check_groups` when the configuration is built.
     """
 
     name = "TYPE=RULE,..."

@@ -8,7 +8,7 @@ seconds spent so far, so every method is scored at the same budget points::
     result = method.retrain(task, rule, incumbents[-1].schedule, steps, seed)
 
 A method whose incumbent is a schedule of the rule's hyperparameters retrains with the rule
-(:func:`hpo.retrain.retrain`, the default); a method that trains with another optimizer (schedule-free
+(:func:`hpo.search.retrain.retrain`, the default); a method that trains with another optimizer (schedule-free
 SGD) overrides :meth:`SearchMethod.retrain`, so ``hpo compare`` retrains every incumbent the
 way its search trained it.
 """
@@ -23,11 +23,13 @@ from typing import ClassVar, final
 
 import torch
 
-from hpo.baselines import SearchSpace
-from hpo.fds import FDSConfig
+from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
-from hpo.retrain import RetrainResult, retrain
-from hpo.schedule import Schedule
+from hpo.outer.base import OuterOptimizer
+from hpo.outer.sign import SignDescent
+from hpo.search.inner_runs import FDSConfig
+from hpo.search.retrain import RetrainResult, retrain
+from hpo.search.space import SearchSpace
 from hpo.tasks.base import Task
 
 
@@ -38,9 +40,9 @@ class SearchSettings:
 
     ``budget`` is in inner steps; ``seconds`` (None: no limit) also stops a method once its search
     has run that long: it starts no further unit of work (outer step, trial, online run) after it.
-    ``short_steps``, ``keep_best``, ``grow`` and ``magnitude`` (:func:`hpo.outer.sign_update`), ``divergence``
-    (:func:`hpo.fds.after_divergence`), ``outer_space`` (:mod:`hpo.coordinates`), ``steps`` (initial
-    outer step sizes) and ``init`` (starting values) change the FDS outer loop only (:class:`~hpo.search.fds_search.FDSSearch`).
+    ``short_steps``, ``keep_best``, ``outer`` (the outer optimizer, :mod:`hpo.outer`), ``divergence``
+    (:func:`hpo.search.fds.after_divergence`), ``outer_space`` (:mod:`hpo.outer.coordinates`), ``steps`` (initial
+    outer step sizes) and ``init`` (starting values) change the FDS outer loop only (:class:`~hpo.search.fds.FDSSearch`).
     """
 
     horizon: int
@@ -56,8 +58,7 @@ class SearchSettings:
     seconds: float | None = None
     short_steps: int = 0
     keep_best: bool = False
-    grow: float = 1.0
-    magnitude: float = 0.0
+    outer: OuterOptimizer = field(default_factory=SignDescent)
     divergence: str = "lower"
     outer_space: str = "linear"
     steps: Mapping[str, float] = field(default_factory=dict)
@@ -72,7 +73,7 @@ class SearchSettings:
         """The outer-loop settings of a method run with ``seed``."""
         return FDSConfig(outer_steps=max(1, self.units), inner_steps=(self.horizon,), counts=dict(self.counts),
                          val_frac=self.val_frac, batch_size=self.batch_size, seed=seed, grad_clip=self.grad_clip,
-                         dtype=self.dtype, device=self.device, grow=self.grow, magnitude=self.magnitude,
+                         dtype=self.dtype, device=self.device, outer=self.outer,
                          divergence=self.divergence,
                          outer_space=self.outer_space, steps=dict(self.steps), init=dict(self.init))
 
@@ -129,7 +130,7 @@ class SearchMethod(ABC):
                 grad_clip: float | None = None) -> RetrainResult:
         """Train a fresh model on ``task`` for ``steps`` steps with an incumbent ``schedule`` and test it.
 
-        By default the schedule drives ``rule`` (:func:`hpo.retrain.retrain`, through its
+        By default the schedule drives ``rule`` (:func:`hpo.search.retrain.retrain`, through its
         ``torch.optim`` counterpart); a method whose incumbent sets another optimizer overrides this.
         """
         return retrain(task, rule, schedule, steps, seed, dtype, device, grad_clip=grad_clip)

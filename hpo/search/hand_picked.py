@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import final
 
+from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
-from hpo.schedule import Schedule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings
 from hpo.tasks.base import Task
 
