@@ -175,3 +175,39 @@ def test_spatial_average_is_the_original_for_2d_kernels() -> None:
     torch.testing.assert_close(spatial_average(d) ** 2, original_spatial_average(d) ** 2)
     w = torch.randn(4, 5, dtype=F64)
     torch.testing.assert_close(spatial_average(w) ** 2, original_spatial_average(w) ** 2)
+
+
+@pytest.mark.parametrize("backend", ["forward-manual", "greedy", "reverse-truncated"])
+def test_backends_that_cannot_differentiate_curvature_refuse_in_one_line(backend: str, tmp_path) -> None:
+    """``hpo run --optimizer sophia --backend B``: one line naming the field, exit 2, before any work."""
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    result = CliRunner().invoke(cli, ["run", "--optimizer", "sophia", "--backend", backend,
+                                      "--logdir", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "'--backend': optimizer 'sophia' uses a curvature estimate" in result.output
+
+
+def test_rules_without_curvature_never_compute_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sgd/adam/adamw take the plain path of train_step and forward mode: no probes, no estimate."""
+    from hpo.backends import forward
+    from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+    from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+    from hpo.checking.tiny import tiny_problem, tiny_schedule
+    from hpo.core import step
+    from hpo.core.backend import run_inner
+    from hpo.optimizers import Adam, AdamW, SGDMomentum
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a rule without curvature computed an estimate")
+
+    for module in (step, forward):
+        monkeypatch.setattr(module, "rademacher_probes", forbidden)
+        monkeypatch.setattr(module, "gradient_and_curvature", forbidden)
+    for rule in (SGDMomentum(), Adam(), AdamW()):
+        problem = tiny_problem(rule, horizon=4)
+        for backend in (ForwardManualBackend(), ForwardJvpBackend(), ReverseCheckpointedBackend()):
+            assert not run_inner(backend, problem, tiny_schedule(rule, 4)).diverged
