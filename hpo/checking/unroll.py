@@ -25,7 +25,7 @@ def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -
     for t, x, y in problem.batches():
         hyper = hyper_at_step(values, t, problem.horizon)
         params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, x, y,
-                                                  problem.grad_clip)
+                                                  problem.grad_clip, seed=problem.seed)
     return validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
 
 

@@ -186,7 +186,7 @@ def validation_accuracy(task: Task, rule: UpdateRule, config: FDSConfig, values:
     with torch.no_grad(), seeded_rng(config.seed * 1000 + k + 500_009, config.device):
         for t, x, y in problem.batches():
             out = train_step(rule, problem.loss_fn, params, buffers, state, hyper_at_step(vals, t, problem.horizon),
-                             t, x, y, problem.grad_clip)
+                             t, x, y, problem.grad_clip, seed=problem.seed)
             params, state, buffers = out.params, out.opt_state, out.buffers
         loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y)
     return float(acc) if math.isfinite(float(loss)) else 0.0

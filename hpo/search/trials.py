@@ -52,7 +52,7 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     for t, x, y in problem.batches():
         params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
                                                      hyper_at_step(values, t, problem.horizon), t, x, y,
-                                                     problem.grad_clip)
+                                                     problem.grad_clip, seed=problem.seed)
         if t % 25 == 0 and not bool(torch.isfinite(loss)):
             return math.inf, 0.0, True
     vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
