@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import click
 from click.core import ParameterSource
@@ -156,7 +158,7 @@ def main() -> None:
     """Console-script entry point."""
     # torch.func emits this while building its decompositions on first use; it is not ours to fix.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # SIGTERM stops like Ctrl-C: it says how to resume
+    SigtermStop().install()  # SIGTERM stops like Ctrl-C: it says how to resume
     try:
         cli()
     except SystemExit as e:
@@ -165,9 +167,41 @@ def main() -> None:
         raise
 
 
-def stop_on_sigterm(signum: int, frame: object) -> None:
-    """Turn SIGTERM into ``KeyboardInterrupt``, so a run stops with its resume hint."""
-    raise KeyboardInterrupt
+@final
+class SigtermStop:
+    """SIGTERM stops a command as Ctrl-C does (``KeyboardInterrupt``), so a run says how to resume.
+
+    Only the first SIGTERM raises: a later one would cut short the cleanup that writes the resume
+    line.  Python drops an exception raised in a finalizer or weakref callback ("Exception ignored
+    in ..."), which the garbage collector runs between any two bytecodes; a stop dropped there
+    would leave the run going, so it is raised again a moment later.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.unraisable = sys.unraisablehook
+
+    def install(self) -> None:
+        """Handle SIGTERM in this process, and catch the stops Python drops."""
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = self.on_unraisable
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        """Raise ``KeyboardInterrupt``, unless a stop is under way."""
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def on_unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """Have another thread send a dropped stop's SIGTERM again (raising here would be dropped too)."""
+        if not (self.stopping and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            self.unraisable(unraisable)
+            return
+        self.stopping = False
+        again = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+        again.daemon = True
+        again.start()
 
 
 if __name__ == "__main__":
