@@ -37,7 +37,8 @@ from torch.func import grad, jvp, vmap
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.data_parallel import parallel_step_core
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
@@ -122,14 +123,14 @@ def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase
 
 def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, hz_clip: float | None,
               params: Params, buffers: Buffers, opt_state: State, dp_k: Params, ds_k: State, direct: Hyper,
-              hyper: Hyper, t: int, x: Tensor, y: Tensor) -> tuple[Params, State, Params, State, Tensor, Buffers]:
+              hyper: Hyper, t: int, batch: Batch) -> tuple[Params, State, Params, State, Tensor, Buffers]:
     """One primal step and the tangent update of the ``k`` started columns (one vmap over columns).
 
     Returns ``(params, opt_state, d_params[:k], d_state[:k], loss, buffers)`` after the step.  A pure
     function of tensors (the callables and floats are configuration), so it can be ``torch.compile``d.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, x, y)
+        loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
 
     grad_fn = grad(loss_only, has_aux=True)
@@ -198,7 +199,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         checks += [torch.isfinite(v).all() for v in state.d_params.values()]
         return torch.stack(checks).all()
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, batch: Batch) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
         inner = state.inner
         phase = state.phase(t)
@@ -208,7 +209,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         ds_k = {sk: {n: _grow_rows(v, k) for n, v in sv.items()} for sk, sv in state.d_state.items()}
         new_params, new_opt, d_params, d_state, loss, new_buffers = core(
             type(self).tangent_fn, problem.rule, problem.loss_fn, problem.grad_clip, problem.hz_clip,
-            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, x, y)
+            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, batch)
         return replace(state, inner=InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params=d_params,
                        d_state=d_state)
 
@@ -217,10 +218,10 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         inner = state.inner
         params, buffers = inner.params, inner.buffers
         chunk = problem.eval_batch_size
-        g_val = grad(lambda p: validation_loss(problem.eval_fn, p, buffers, problem.val_x, problem.val_y, chunk))(params)
+        g_val = grad(lambda p: validation_loss(problem.eval_fn, p, buffers, problem.val, chunk))(params)
         started = sum((state.d_params[k].flatten(1) @ g_val[k].flatten()) for k in params)
         per_col = _grow_rows(started, state.layout.size)  # columns that never started have zero tangents
-        loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(params, buffers)
         return HypergradResult(
             hypergrad=state.layout.to_types(per_col),
             val_loss=float(loss),

@@ -45,7 +45,8 @@ from torch.func import grad, vjp
 
 from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule, segment_indices
 from hpo.core.step import StepOutput, hyper_at_step, train_step, validation_loss
 from hpo.errors import ConfigError
@@ -115,14 +116,14 @@ def checkpoint_interval(every: int | None, horizon: int) -> int:
 
 
 def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-               opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor) -> StepOutput:
+               opt_state: State, hyper: Hyper, t: int, batch: Batch) -> StepOutput:
     """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
-        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, x, y, grad_clip)
+        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip)
 
 
 def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-                 opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor, a_params: Params,
+                 opt_state: State, hyper: Hyper, t: int, batch: Batch, a_params: Params,
                  a_state: State) -> tuple[Params, State, Hyper]:
     """:math:`(a_t, \\bar\\lambda_t) = \\mathrm{VJP}_{F_t}(s_t, \\lambda_t)[a_{t+1}]` with
     :math:`F_t: (\\theta_t, s_t, \\lambda_t) \\mapsto (\\theta_{t+1}, s_{t+1})`, buffers held constant.
@@ -131,7 +132,7 @@ def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, par
     step's adjoint to the next (which would keep every step's graph alive).
     """
     def f(p: Params, s: State, h: Hyper) -> tuple[Params, State]:
-        out = train_step(rule, loss_fn, p, buffers, s, h, t, x, y, grad_clip)
+        out = train_step(rule, loss_fn, p, buffers, s, h, t, batch, grad_clip)
         return out.params, out.opt_state
 
     with torch.no_grad():
@@ -199,8 +200,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         """The primal inner state."""
         return state.inner
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, x: Tensor,
-             y: Tensor) -> CheckpointedState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, batch: Batch) -> CheckpointedState:
         """A plain step without a graph; before steps ``0, k, 2k, ...`` first store the checkpoint."""
         inner = state.inner
         checkpoints = state.checkpoints
@@ -208,7 +208,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
             rng = RngState.capture(inner.loss.device)
             checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng))
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
-                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, x, y)
+                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
                        checkpoints=checkpoints)
 
@@ -219,8 +219,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         ``diverged=True`` and an all-NaN hypergradient, never a finite-looking one.
         """
         inner = state.inner
-        chunk = problem.eval_batch_size
-        loss, acc = evaluate(problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(inner.params, inner.buffers)
         info = {"every": state.every, "checkpoints": len(state.checkpoints)}
 
         def failed(cause: str) -> HypergradResult:
@@ -253,7 +252,7 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     inner = state.inner
     horizon, rule, loss_fn, clip = problem.horizon, problem.rule, problem.loss_fn, problem.grad_clip
     adjoint = state.functions.adjoint
-    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val_x, problem.val_y,
+    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
                                               problem.eval_batch_size))(inner.params)
     a_state = {sk: {n: torch.zeros_like(v) for n, v in sv.items()} for sk, sv in inner.opt_state.items()}
     per_segment: dict[str, list[Tensor]] = {name: [] for name in state.values}  # (b - a,) per segment
@@ -264,9 +263,9 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
             h_bars: list[Hyper] = []
             for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
                 rng.restore()
-                x, y = problem.batch(t)
+                batch = problem.batch(t)
                 hyper = hyper_at_step(state.values, t, horizon)
-                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, x, y,
+                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, batch,
                                                    a_params, a_state)
                 h_bars.append(h_bar)
             for name, segments in per_segment.items():  # one tensor per segment, not T 0-d tensors; step order
@@ -287,9 +286,9 @@ def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
     device = state.inner.loss.device
     states = [(ckpt.t, params, opt_state, buffers, ckpt.rng)]
     for t in range(ckpt.t, end - 1):  # s_end is not needed: it is the next checkpoint, or the final state
-        x, y = problem.batch(t)
+        batch = problem.batch(t)
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, params, buffers, opt_state,
-                                    hyper_at_step(state.values, t, problem.horizon), t, x, y)
+                                    hyper_at_step(state.values, t, problem.horizon), t, batch)
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
         states.append((t + 1, params, opt_state, buffers, RngState.capture(device)))
     return states

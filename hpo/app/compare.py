@@ -80,18 +80,12 @@ MAY_CHANGE_ON_RESUME = ("device", "jobs")
 
 def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
     """``(search_task, holdout_task)``: the train set minus a fixed hold-out, and the hold-out as its test set."""
-    n = task.train_x.shape[0]
+    n = len(task.train_rows)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(12_345))
     n_hold = max(1, math.ceil(frac * n))
     hold, rest = perm[:n_hold], perm[n_hold:]
-    search = replace(task, train_x=task.train_x[rest], train_y=task.train_y[rest])
-    holdout = replace(
-        task,
-        train_x=task.train_x[rest],
-        train_y=task.train_y[rest],
-        test_x=task.train_x[hold],
-        test_y=task.train_y[hold],
-    )
+    search = replace(task, train=task.train_rows.subset(rest))
+    holdout = replace(task, train=task.train_rows.subset(rest), test=task.train_rows.subset(hold))
     return search, holdout
 
 

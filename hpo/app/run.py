@@ -104,7 +104,7 @@ def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint
         if comm is None or comm.rank == 0:
             raise
         raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
-    check_split(task.train_x.shape[0], fds.val_frac)
+    check_split(len(task.train_rows), fds.val_frac, fds.batch_size or task.batch_size)
     rule = rule_with_groups(task, config.resolved_rule, fds)  # an unmatched parameter fails here, before any write
     state = checkpoint.state if checkpoint is not None else start_state(config, rule)
     try:
@@ -146,7 +146,7 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     remove_stale_temporaries(logdir)  # under the lock: no other process is writing here
     history = checkpoint.history if checkpoint is not None else ()
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
-                  f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
+                  f"dtype={config.dtype} train={len(task.train_rows)} test={len(task.test_rows)} logdir={logdir}")
     for name, groups in group_names(rule).items():
         cb.on_message(f"{name} per group ({config.groups[name]}): {len(groups)} groups {', '.join(groups)}")
     if checkpoint is not None:
@@ -205,7 +205,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     seed = config.seed + RETRAIN_SEED_OFFSET
     final = retrain(task, rule, result.schedule, steps, seed, DTYPES[config.dtype], fds.device,
                     on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss), grad_clip=fds.grad_clip)
-    lines = [f"learned schedule   test_acc={final.test_acc:.4f}  test_loss={final.test_loss:.4f}  "
+    lines = [f"learned schedule   {metrics_text(final)}  "
              f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
     results: dict[str, Any] = {"learned": final.__dict__}
     base = None
@@ -215,7 +215,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
                        on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss),
                        grad_clip=fds.grad_clip)
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
-        lines.append(f"hand-picked ({desc})  test_acc={base.test_acc:.4f}  test_loss={base.test_loss:.4f}  "
+        lines.append(f"hand-picked ({desc})  {metrics_text(base)}  "
                      f"({steps} steps{', DIVERGED' if base.diverged else ''})")
         results["hand_picked"] = {"hyper": hand, **base.__dict__}
     out = {
@@ -385,3 +385,9 @@ def effective(saved: Mapping[str, Any], name: str) -> Any:
     if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
         return DEFAULT_SAMPLES
     return value
+
+
+def metrics_text(result: RetrainResult) -> str:
+    """``test_<metric>=v ... test_loss=v``: every reported test metric of a retrain, then the objective."""
+    shown = {k: v for k, v in result.metrics.items() if k != "loss"}
+    return "  ".join([*(f"test_{k}={v:.4f}" for k, v in shown.items()), f"test_loss={result.test_loss:.4f}"])

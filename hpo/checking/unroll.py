@@ -22,11 +22,11 @@ def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -
     rule = problem.rule
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
-    for t, x, y in problem.batches():
+    for t, batch in problem.batches():
         hyper = hyper_at_step(values, t, problem.horizon)
-        params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, x, y,
+        params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, batch,
                                                   problem.grad_clip)
-    return validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+    return validation_loss(problem.eval_fn, params, buffers, problem.val, problem.eval_batch_size)
 
 
 def reverse_hypergradient(problem: InnerProblem, values: dict[str, Tensor]) -> dict[str, Tensor]:

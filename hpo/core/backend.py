@@ -4,8 +4,8 @@ A backend holds configuration only.  What changes during a run lives in an expli
 that each call returns::
 
     state = backend.init(problem, schedule)
-    for t, x, y in problem.batches():
-        state = backend.step(problem, schedule, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, schedule, state, t, batch)
     result = backend.hypergradient(problem, schedule, state)
 
 ``result.hypergrad[name][j]`` is :math:`\\partial L_{val}(\\theta_T) / \\partial \\lambda_{name, j}`,
@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar, final
 import torch
 from torch import Tensor
 
+from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import Params, State, UpdateRule
@@ -72,7 +73,7 @@ class HypergradientBackend(ABC, Generic[S]):
         """State before inner step 0."""
 
     @abstractmethod
-    def step(self, problem: InnerProblem, schedule: Schedule, state: S, t: int, x: Tensor, y: Tensor) -> S:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: S, t: int, batch: Batch) -> S:
         """Inner step ``t`` on minibatch ``(x, y)``; returns the new state."""
 
     @abstractmethod
@@ -117,8 +118,8 @@ def run_inner(
     state = backend.init(problem, schedule)
     diverged = False
     cause: dict[str, Any] = {}
-    for t, x, y in problem.batches():
-        state = backend.step(problem, schedule, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, schedule, state, t, batch)
         inner = backend.inner(state)
         if on_step is not None:
             on_step(t, inner)

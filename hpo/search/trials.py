@@ -33,7 +33,7 @@ from typing import final
 
 import torch
 
-from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step
 from hpo.optimizers.base import UpdateRule
@@ -49,13 +49,13 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     values = schedule.values_like(next(iter(problem.params.values())))
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
-    for t, x, y in problem.batches():
+    for t, batch in problem.batches():
         params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
-                                                     hyper_at_step(values, t, problem.horizon), t, x, y,
+                                                     hyper_at_step(values, t, problem.horizon), t, batch,
                                                      problem.grad_clip)
         if t % 25 == 0 and not bool(torch.isfinite(loss)):
             return math.inf, 0.0, True
-    vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+    vloss, vacc = problem.evaluate(params, buffers)
     if not math.isfinite(float(vloss)):
         return math.inf, float(vacc), True
     return float(vloss), float(vacc), False

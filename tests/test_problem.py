@@ -1,0 +1,190 @@
+"""A user's own problem: any model, loss and data (tensors or a map-style Dataset), exact hypergradients.
+
+Exactness: every exact backend equals the reference reverse unroll and central finite differences
+in float64, on the diabetes regression (SGD and AdamW) and on a Dataset with a random torchvision
+v2 transform.  Replay: ``batch(t)`` of a Dataset with a random transform equals the stream in any
+order.  Bad definitions: one ``ConfigError`` line each, naming what to fix.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from hpo.app.task_loading import check_split
+from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
+from hpo.core.backend import run_inner
+from hpo.core.data import DatasetRows
+from hpo.core.schedule import Schedule
+from hpo.errors import ConfigError
+from hpo.optimizers.adam import AdamW
+from hpo.optimizers.sgd import SGDMomentum
+from hpo.search.inner_runs import FDSConfig, make_problem
+from hpo.tasks.base import Metric, Problem, check_problem
+from hpo.tasks.diabetes import diabetes_task, squared_error
+
+F64 = torch.float64
+
+
+def schedule_for(rule_name: str) -> Schedule:
+    """Distinct values per segment, away from range edges."""
+    if rule_name == "sgd":
+        return Schedule({"lr": torch.tensor([0.05, 0.1, 0.03], dtype=F64), "momentum": torch.tensor([0.5, 0.8], dtype=F64),
+                         "wd": torch.tensor([1e-2], dtype=F64)})
+    return Schedule({"lr": torch.tensor([0.01, 0.02], dtype=F64), "beta1": torch.tensor([0.8], dtype=F64),
+                     "beta2": torch.tensor([0.95], dtype=F64), "wd": torch.tensor([0.05, 0.1], dtype=F64)})
+
+
+def assert_all_backends_exact(problem, sched: Schedule, eps: float = 1e-6, fd_rtol: float = 1e-5) -> None:
+    ref = reverse_hypergradient(problem, dict(sched.values))
+    fd = finite_difference_hypergradient(problem, dict(sched.values), eps=eps)
+    backends = [ReverseCheckpointedBackend(every=3), ForwardJvpBackend()]
+    if problem.rule.hand_tangent:
+        backends.append(ForwardManualBackend())
+    for k in ref:
+        assert ref[k].abs().max() > 1e-8, k  # the comparison is not vacuous
+        torch.testing.assert_close(ref[k], fd[k], rtol=fd_rtol, atol=1e-8, msg=f"reverse unroll vs FD {k}")
+    for backend in backends:
+        got = run_inner(backend, problem, sched).hypergrad
+        for k in ref:
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-8, atol=1e-11, msg=f"{backend.name} {k}")
+
+
+@pytest.mark.parametrize("rule", [SGDMomentum(), AdamW()], ids=["sgd", "adamw"])
+def test_regression_hypergradients_are_exact(rule) -> None:
+    task = diabetes_task(hidden=8, batch_size=16, samples=64)
+    problem = make_problem(task, rule, FDSConfig(inner_steps=(9,), dtype=F64, val_frac=0.25, seed=3), k=0)
+    assert_all_backends_exact(problem, schedule_for("sgd" if isinstance(rule, SGDMomentum) else "adamw"))
+
+
+def random_image_dataset():
+    from torchvision.transforms import v2
+
+    class Images(Dataset):
+        """Random 3x8x8 images with a random crop and flip in ``__getitem__`` (torch's global RNG)."""
+
+        def __init__(self, n: int) -> None:
+            gen = torch.Generator().manual_seed(0)
+            self.x = torch.randn(n, 3, 8, 8, generator=gen)
+            self.y = torch.randint(0, 3, (n,), generator=gen)
+            self.transform = v2.Compose([v2.RandomCrop(8, padding=2), v2.RandomHorizontalFlip()])
+            self.reads = 0
+
+        def __len__(self) -> int:
+            return self.x.shape[0]
+
+        def __getitem__(self, i: int):
+            self.reads += 1
+            return self.transform(self.x[i]), self.y[i]
+
+    return Images
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(144, 3))
+
+
+def dataset_problem(n: int = 40) -> Problem:
+    images = random_image_dataset()
+
+    def loss(model, batch):
+        x, y = batch
+        return -torch.log_softmax(model(x), -1).gather(-1, y.unsqueeze(-1)).mean()
+
+    return Problem("images", conv_net, loss, images(n), images(12), batch_size=6)
+
+
+def test_dataset_batch_t_equals_the_stream_with_a_random_transform() -> None:
+    task = dataset_problem()
+    problem = make_problem(task, SGDMomentum(), FDSConfig(inner_steps=(14,), seed=2, val_frac=0.2), k=1)
+    assert isinstance(problem.train, DatasetRows)
+    stream = list(problem.batches())
+    state = torch.random.get_rng_state()
+    for t in reversed(range(problem.horizon)):  # backwards, twice: no hidden state carried between fetches
+        for _ in range(2):
+            x, y = problem.batch(t)
+            assert torch.equal(x, stream[t][1][0]) and torch.equal(y, stream[t][1][1])
+    assert torch.equal(torch.random.get_rng_state(), state)  # fetching never moves the global RNG
+    # the transform is random: the same rows differ from the raw images and between steps
+    ds = task.train_rows.dataset
+    rows = problem.train.indices[problem.order[0]]
+    assert not torch.equal(stream[0][1][0], ds.x[rows])
+    # only batch t's rows are read
+    before = ds.reads
+    problem.batch(5)
+    assert ds.reads - before == problem.batch_size
+
+
+def test_dataset_with_random_transform_hypergradient_is_exact() -> None:
+    task = dataset_problem(30)
+    problem = make_problem(task, SGDMomentum(), FDSConfig(inner_steps=(8,), seed=1, dtype=F64, val_frac=0.2), k=0)
+    assert_all_backends_exact(problem, schedule_for("sgd"))
+
+
+# Bad problem definitions: one line, naming what to fix.
+
+def linear_problem(loss=squared_error, train=None, metrics=None, **kw) -> Problem:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=gen), torch.randn(20, generator=gen)
+    return Problem("p", lambda: nn.Linear(3, 1), loss, (x, y) if train is None else train, (x, y),
+                   metrics=metrics or {}, **kw)
+
+
+class NotTensors(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        return "a string"
+
+
+class Empty(Dataset):
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int):
+        raise IndexError(i)
+
+
+def per_example(model, batch):
+    return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+
+def not_a_tensor(model, batch):
+    return 1.0
+
+
+def with_item(model, batch):
+    return squared_error(model, batch) * float(model.weight.sum())
+
+
+def in_place(model, batch):
+    model.weight.mul_(2.0)
+    return squared_error(model, batch)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor")
+@pytest.mark.parametrize("make,expect", [
+    (lambda: check_problem(linear_problem(per_example)), "must return a scalar (0-d) tensor, got shape (4,)"),
+    (lambda: check_problem(linear_problem(not_a_tensor)), "must return a tensor, got float"),
+    (lambda: check_problem(linear_problem(with_item)), "float(), .item() or .detach()"),
+    (lambda: check_problem(linear_problem(in_place)), "remove in-place ops on weights"),
+    (lambda: linear_problem(train=NotTensors()), "a Dataset item must be a tensor"),
+    (lambda: linear_problem(train=Empty()), "the dataset is empty"),
+    (lambda: linear_problem(metrics={"mse": squared_error}), "metric 'mse' has no direction"),
+    (lambda: Metric(squared_error, "down"), "direction must be 'higher' or 'lower'"),
+    (lambda: check_split(20, 0.25, batch_size=32), "a batch of 32 is larger than the 15 training examples"),
+])
+def test_bad_problem_is_one_line(make, expect: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        make()
+    assert expect in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_good_problem_passes_the_check() -> None:
+    check_problem(linear_problem(metrics={"mse": Metric(squared_error, "lower")}))
+    check_problem(dataset_problem())
