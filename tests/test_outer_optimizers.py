@@ -118,3 +118,10 @@ def test_settings_stored_with_the_old_switches_map_onto_the_optimizers() -> None
     assert legacy_outer({"grow": 1.0, "magnitude": 2.0, "decay": 0.6}) == {
         "outer": "sign-magnitude", "outer_options": {"decay": 0.6, "cap": 2.0}}
     assert RunConfig.from_dict({"grow": 1.0, "magnitude": 0.0, "decay": 0.5}).resolved_outer == SignDescent()
+
+
+def test_a_configuration_is_resolved_once() -> None:
+    """The outer-loop settings and the outer optimizer are built with the configuration, then reused."""
+    config = RunConfig(outer="adam", outer_options={"beta1": 0.8})
+    assert config.fds() is config.fds() is config.resolved_fds
+    assert config.fds().outer is config.resolved_outer and config.resolved_outer == Adam(beta1=0.8)

@@ -15,7 +15,7 @@ from typing import Any
 from mkdocs.structure.files import File, Files
 
 PACKAGES = {
-    "hpo": "The schedule, the outer loop, the backend interface, retraining, the CLI and logging.",
+    "hpo": "The layers: runtime, core, outer optimizers, checking, search methods, reporting, application, CLI.",
     "hpo.optimizers": "Update rules: pure functions of (params, state, grads, hyperparameters).",
     "hpo.backends": "Hypergradient backends (implementations of `hpo.core.backend.HypergradientBackend`).",
     "hpo.tasks": "Tasks: data, a model and a loss, called functionally by the inner loop.",
@@ -24,7 +24,8 @@ PACKAGES = {
 FOLDERS = {"hpo": "hpo", "hpo.optimizers": "optimizers", "hpo.backends": "backends", "hpo.tasks": "tasks"}
 ORDER = {
     "hpo": ["app.config", "app.run", "app.retrain", "app.compare", "app.compare_config", "errors", "core.schedule",
-            "core.torch_scheduler", "search.fds", "search.inner_runs", "outer.base", "outer.sign", "core.backend",
+            "core.torch_scheduler", "app.plan", "search.fds", "search.inner_runs", "outer.base", "outer.sign", "outer.rprop",
+            "outer.sign_magnitude", "outer.adam", "outer.divergence", "outer.coordinates", "core.backend",
             "core.problem", "core.step", "checking.unroll", "search.retrain", "search.base", "app.registry",
             "core.callbacks", "reporting.tensorboard_log", "cli.main", "cli.errors"],
     "hpo.optimizers": ["base", "sgd"],

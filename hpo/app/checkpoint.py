@@ -6,16 +6,16 @@ A checkpoint is a plain dictionary saved with :func:`torch.save` and read back w
     {"format": "hpo-fds-checkpoint", "version": 2,
      "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k;
                                              # (segments,) or, grouped, (groups, segments) each;
-                                             # good (last values that trained) and kinds
-                                             # (coordinate per type) when set
+                                             # good (last values that trained), kinds
+                                             # (coordinate per type) and slots (what an
+                                             # outer optimizer keeps, e.g. Adam's moments)
      "history": [OuterRecord.__dict__, ...], # one per completed outer step
      "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
      "search_seconds": float,
      "processes": int}                        # data-parallel processes (absent: 1)
 
-Writing goes to a temporary file in the same directory, which is flushed, ``fsync``-ed and then
-renamed over the old checkpoint with :func:`os.replace` (atomic on POSIX and Windows), so a crash
-at any moment leaves either the old or the new checkpoint, never a torn one.
+Writing is atomic (:func:`hpo.runtime.files.atomic_write`), so a crash at any moment leaves either
+the old or the new checkpoint, never a torn one.
 """
 
 from __future__ import annotations

@@ -74,6 +74,7 @@ class CompareConfig:
     resolved_methods: dict[str, SearchMethod] = field(init=False, repr=False, compare=False)
     resolved_space: SearchSpace = field(init=False, repr=False, compare=False)
     resolved_outer: OuterOptimizer = field(init=False, repr=False, compare=False)
+    resolved_settings: SearchSettings = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Check every field; resolve the optimizer, the search space and every method."""
@@ -140,6 +141,7 @@ class CompareConfig:
                     if not s.contains(x):
                         raise ConfigError("space", f"{s.name} bound {x:g} is out of range ({s.range_text()})")
         set_(self, "resolved_space", space)
+        set_(self, "resolved_settings", self.build_settings())
         self.settings().fds(0).validate(rule)
         if self.window is not None and "reverse-truncated" not in self.methods:
             raise ConfigError("window", "applies only to the reverse-truncated backend, which is not among the methods")
@@ -177,8 +179,12 @@ class CompareConfig:
         return max(self.budget)
 
     def settings(self) -> SearchSettings:
-        """What every method shares."""
-        space = getattr(self, "resolved_space", {})
+        """What every method shares, built once with the configuration."""
+        return self.resolved_settings
+
+    def build_settings(self) -> SearchSettings:
+        """What every method shares, from the fields."""
+        space = self.resolved_space
         return SearchSettings(horizon=self.inner_steps, budget=max(self.budget), space=space, counts=dict(self.counts),
                               hyper_lr=dict(self.hyper_lr), val_frac=self.val_frac, batch_size=self.batch_size,
                               grad_clip=self.grad_clip, dtype=DTYPES[self.dtype], device=str(pick_device(self.device)),

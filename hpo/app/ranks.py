@@ -15,10 +15,9 @@ from typing import final
 
 from hpo.app.checkpoint import Checkpoint
 from hpo.app.config import RunConfig
+from hpo.app.plan import RunPlan
 from hpo.core.callbacks import CallbackList
 from hpo.errors import ConfigError
-from hpo.optimizers.base import UpdateRule
-from hpo.outer.sign import OuterState
 from hpo.runtime.distributed import Communicator, leave
 from hpo.search.fds import FDSResult, run_fds
 from hpo.search.inner_runs import FDSConfig
@@ -83,18 +82,18 @@ def wait_for_rank0(comm: Communicator) -> None:
         raise ConfigError(field, message)
 
 
-def follow(config: RunConfig, task: Task, fds: FDSConfig, rule: UpdateRule, start: OuterState,
-           checkpoint: Checkpoint | None) -> FDSResult:
+def follow(plan: RunPlan, checkpoint: Checkpoint | None) -> FDSResult:
     """A rank other than 0: the outer loop of rank 0, on this rank's shards, silent and writing nothing.
 
-    ``rule`` is the run's rule, wrapped for its parameter groups as on rank 0.  Every collective of
+    ``plan.rule`` is the run's rule, wrapped for its parameter groups as on rank 0.  Every collective of
     rank 0's search happens here in the same order, so the schedules agree bit for bit; the retrain
     and every output are rank 0's.
     """
+    fds = plan.fds
     if fds.comm is not None:
         wait_for_rank0(fds.comm)
     history = checkpoint.history if checkpoint is not None else ()
-    result = run_fds(task, rule, config.resolved_backend, fds, CallbackList(), state=start, history=history)
+    result = run_fds(plan.task, plan.rule, plan.backend, fds, CallbackList(), state=plan.state, history=history)
     leave(fds.comm)  # with rank 0, which leaves right after its search too
     return result
 

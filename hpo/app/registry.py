@@ -99,6 +99,7 @@ OUTER_OPTIMIZERS: Mapping[str, type[OuterOptimizer]] = MappingProxyType({
     "sign-magnitude": SignMagnitude,
     "adam": OuterAdam,
 })
+"""Outer optimizers by name (``--outer``); a new one is one file in ``hpo/outer`` and one line here."""
 
 
 #: Search methods of ``hpo compare`` besides the backends (each backend name is FDS with that backend).

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, final
 
@@ -27,25 +27,22 @@ from hpo.app.config import RunConfig, known_fields, plain, show
 from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
+from hpo.app.plan import RunPlan, make_plan
 from hpo.app.ranks import StartSignal, check_launch, check_processes, follow, follower_logdir, sharded
-from hpo.app.task_loading import check_split, load_task
 from hpo.backends.auto_backend import AutoBackend
 from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.optimizers.base import UpdateRule
-from hpo.optimizers.grouped import group_counts, group_names
-from hpo.outer.sign import OuterState
+from hpo.optimizers.grouped import group_names
 from hpo.reporting.report import format_values
 from hpo.reporting.schedule_plot import save_schedule_figure
 from hpo.runtime.determinism import use_deterministic_kernels
 from hpo.runtime.device import DTYPES, cpu_threads, torch_threads
-from hpo.runtime.distributed import Communicator, RankError, join, launched_world_size, leave
+from hpo.runtime.distributed import Communicator, join, launched_world_size, leave
 from hpo.runtime.files import atomic_write
-from hpo.search.fds import initial_state, run_fds, start_at
-from hpo.search.inner_runs import FDSConfig, make_problem, rule_with_groups
+from hpo.search.fds import run_fds
+from hpo.search.inner_runs import make_problem
 from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
-from hpo.tasks.base import Task
 from hpo.tasks.mnist1d import DEFAULT_SAMPLES
 
 #: Settings that may differ from the checkpoint's on resume (the new value is used).
@@ -91,31 +88,18 @@ def run(config: RunConfig, callbacks: Sequence[Callbacks] = (), checkpoint: Chec
 
 def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint | None,
                      comm: Communicator | None = None) -> RunResult:
-    """:func:`run` with the thread count set: load and check the data, then take the log directory."""
-    fds = config.fds()
+    """:func:`run` with the thread count set: resolve the plan (data checked), then take the log directory."""
     if comm is not None:
         check_launch(config, comm)
     check_processes(checkpoint, comm.world_size if comm is not None else 1)
     if config.deterministic:
         use_deterministic_kernels()
-    try:
-        task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
-    except ConfigError as e:
-        if comm is None or comm.rank == 0:
-            raise
-        raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
-    check_split(len(task.train_rows), fds.val_frac, fds.batch_size or task.batch_size)
-    rule = rule_with_groups(task, config.resolved_rule, fds)  # an unmatched parameter fails here, before any write
-    state = checkpoint.state if checkpoint is not None else start_state(config, rule)
-    try:
-        Schedule(dict(state.values)).check_groups(group_counts(rule))
-    except ValueError as e:
-        raise ConfigError("resume", f"the checkpoint does not fit the parameter groups: {e}") from None
+    plan = make_plan(config, checkpoint, comm)
     if comm is not None:
-        fds = sharded(fds, task, comm)
-        if comm.rank != 0:
-            followed = follow(config, task, fds, rule, state, checkpoint)
-            return RunResult(config, followed.schedule, followed.history, None, None, 0.0, follower_logdir(config))
+        plan = replace(plan, fds=sharded(plan.fds, plan.task, comm))
+    if comm is not None and comm.rank != 0:
+        followed = follow(plan, checkpoint)
+        return RunResult(config, followed.schedule, followed.history, None, None, 0.0, follower_logdir(config))
     signal = StartSignal(comm)
     try:
         logdir = Path(config.logdir) if config.logdir is not None else default_logdir("hpo")
@@ -125,22 +109,19 @@ def run_with_threads(config: RunConfig, cb: CallbackList, checkpoint: Checkpoint
             raise ConfigError("logdir", f"{logdir} holds a finished run (schedule.json); choose another log directory")
         ensure_writable_dir(logdir)
         with LogdirLock(logdir):
-            return run_locked(config.replace(logdir=str(logdir)), cb, task, checkpoint, rule, state, fds, signal)
+            return run_locked(plan, logdir, cb, checkpoint, signal)
     except ConfigError as e:
         signal.fail(e)
         raise
 
 
-def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Checkpoint | None,
-               rule: UpdateRule, state: OuterState, fds: FDSConfig | None = None,
+def run_locked(plan: RunPlan, logdir: Path, cb: CallbackList, checkpoint: Checkpoint | None,
                signal: StartSignal | None = None) -> RunResult:
-    """The body of :func:`run`, holding the log directory; ``rule`` is already wrapped for the groups.
+    """The body of :func:`run`, holding the log directory ``logdir``.
 
     ``signal`` starts the other ranks' search in a data-parallel run.
     """
-    backend = config.resolved_backend
-    fds = fds or config.fds()
-    logdir = Path(str(config.logdir))
+    config, task, rule, backend, fds = plan.config, plan.task, plan.rule, plan.backend, plan.fds
     if checkpoint is None and checkpoint_path(logdir).exists():  # checked again under the lock
         raise ConfigError("logdir", f"{logdir} already holds a run; resume it or choose another log directory")
     remove_stale_temporaries(logdir)  # under the lock: no other process is writing here
@@ -152,7 +133,7 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     if checkpoint is not None:
         cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
     if isinstance(backend, AutoBackend):
-        choice = backend.choose(make_problem(task, rule, fds, state.k), Schedule(dict(state.values)))
+        choice = backend.choose(make_problem(task, rule, fds, plan.state.k), Schedule(dict(plan.state.values)))
         cb.on_message(f"backend auto: {choice.name}, {choice.reason}")
     if config.compile:
         cb.on_message("compiling the inner step with torch.compile: the first steps take minutes on a CPU")
@@ -170,32 +151,30 @@ def run_locked(config: RunConfig, cb: CallbackList, task: Task, checkpoint: Chec
     if processes > 1:
         cb.on_message(f"data-parallel over {processes} processes: each takes {(fds.batch_size or task.batch_size) // processes} "
                       f"rows of every minibatch; rank 0 writes")
-    writer = CheckpointWriter(checkpoint_path(logdir), config.to_dict(),
+    stored = {**config.to_dict(), "logdir": str(logdir)}
+    writer = CheckpointWriter(checkpoint_path(logdir), stored,
                               checkpoint.search_seconds if checkpoint is not None else 0.0, processes)
     logged = CallbackList(cb, tb)
     logged.on_run_start(tuple(fds.horizon(k) for k in range(config.outer_steps)))
     if signal is not None:
         signal.go()
     try:
-        return search_and_retrain(config, cb, tb, task, rule, state, history, writer, logged, fds)
+        return search_and_retrain(plan, logdir, cb, tb, history, writer, logged)
     except KeyboardInterrupt:
         done = load_checkpoint(checkpoint_path(logdir)).state.k if checkpoint_path(logdir).exists() else 0
         raise Interrupted(logdir, done) from None
 
 
-def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, task: Task, rule: UpdateRule,
-                       state: OuterState, history: tuple[OuterRecord, ...], writer: CheckpointWriter,
-                       logged: CallbackList, fds: FDSConfig | None = None) -> RunResult:
+def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: GuardedLogger,
+                       history: tuple[OuterRecord, ...], writer: CheckpointWriter, logged: CallbackList) -> RunResult:
     """The outer loop, the two retrains and the outputs (``schedule.json``, ``schedule.png``).
 
     The learned schedule retrains with ``rule`` (grouped when ``config.groups`` is set); the
     hand-picked constant baseline with the plain rule (a constant shared by every group is the
     same training).
     """
-    backend = config.resolved_backend
-    fds = fds or config.fds()
-    logdir = Path(str(config.logdir))
-    result = run_fds(task, rule, backend, fds, logged, state=state, history=history, after_step=writer)
+    config, task, rule, backend, fds = plan.config, plan.task, plan.rule, plan.backend, plan.fds
+    result = run_fds(task, rule, backend, fds, logged, state=plan.state, history=history, after_step=writer)
     search_seconds = writer.seconds()
     leave(fds.comm)  # the search is over: the ranks part together, and rank 0 retrains alone
     for line in zero_hypergradient_warnings(result.history):
@@ -221,7 +200,7 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
         "schedule": result.schedule.to_dict(), **grouped_entry(result.schedule), "retrain_steps": steps,
-        "search_seconds": search_seconds, "results": results, "config": config.to_dict(), "versions": versions(),
+        "search_seconds": search_seconds, "results": results, "config": writer.config, "versions": versions(),
         "processes": fds.comm.world_size if fds.comm is not None else 1,
         "history": [r.__dict__ for r in result.history],
     }
@@ -245,7 +224,8 @@ def search_and_retrain(config: RunConfig, cb: CallbackList, tb: GuardedLogger, t
                f"logs (tensorboard --logdir {logdir})")
     for line in summary:
         cb.on_message(line)
-    return RunResult(config, result.schedule, result.history, final, base, search_seconds, logdir, summary)
+    return RunResult(config.replace(logdir=str(logdir)), result.schedule, result.history, final, base, search_seconds,
+                     logdir, summary)
 
 
 def zero_hypergradient_warnings(history: Sequence[OuterRecord]) -> list[str]:
@@ -284,23 +264,6 @@ def grouped_entry(schedule: Schedule) -> dict[str, Any]:
     """``{"groups": {type: [group names]}}`` for schedule.json when a type is grouped, else nothing."""
     groups = schedule.groups_dict()
     return {"groups": groups} if groups else {}
-
-
-def start_state(config: RunConfig, rule: UpdateRule | None = None) -> OuterState:
-    """The outer state before step 0: the starting schedule (or the rule's defaults) and initial steps.
-
-    ``rule`` (default: the configuration's) may be grouped; a shared type of the starting
-    schedule is then copied to every group of its type.
-    """
-    rule = rule or config.resolved_rule
-    fds = config.fds()
-    if config.initial_schedule is not None:
-        try:
-            start = config.initial_schedule.broadcast_groups(group_counts(rule))
-        except ValueError as e:
-            raise ConfigError("schedule_init", f"{config.schedule_init}: {e}") from None
-        return start_at(start.values, rule, fds)
-    return initial_state(rule, fds)
 
 
 def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,

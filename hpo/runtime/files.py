@@ -1,21 +1,8 @@
-"""Checkpoints of an FDS run: written atomically after every outer step, loaded without running code.
-
-A checkpoint is a plain dictionary saved with :func:`torch.save` and read back with
-``torch.load(weights_only=True)``, so it holds only tensors, numbers, strings, lists and dicts::
-
-    {"format": "hpo-fds-checkpoint", "version": 2,
-     "state": OuterState.to_dict(),          # values, step sizes, last signs (float64), k;
-                                             # (segments,) or, grouped, (groups, segments) each;
-                                             # good (last values that trained) and kinds
-                                             # (coordinate per type) when set
-     "history": [OuterRecord.__dict__, ...], # one per completed outer step
-     "config": RunConfig.to_dict(),          # the run's configuration (version 1: "options")
-     "search_seconds": float,
-     "processes": int}                        # data-parallel processes (absent: 1)
+"""Atomic file writes: a crash at any moment leaves the old file or the new one, never a torn one.
 
 Writing goes to a temporary file in the same directory, which is flushed, ``fsync``-ed and then
-renamed over the old checkpoint with :func:`os.replace` (atomic on POSIX and Windows), so a crash
-at any moment leaves either the old or the new checkpoint, never a torn one.
+renamed over the target with :func:`os.replace` (atomic on POSIX and Windows).  Checkpoints,
+schedule files and comparison tables are written this way.
 """
 
 from __future__ import annotations
