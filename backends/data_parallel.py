@@ -82,7 +82,7 @@ def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: Up
     def hvp_column(dp: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
         return jvp(grad_fn, (params,), (dp,), has_aux=True)
 
-    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None))(dp_k)
+    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None), randomness="same")(dp_k)
     g, hz, loss, new_buffers = averaged(comm, g_r, hz_r, loss_r, buffers_r)
     g = tree_clamp(g, grad_clip)
     dg = tree_clamp(hz, hz_clip)

@@ -145,8 +145,9 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
         primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
         return g, new_dp, new_ds, aux, primal
 
-    grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = vmap(column, out_dims=(None, 0, 0, None, None))(
-        dp_k, ds_k, direct)
+    # randomness="same": every column sees the one dropout mask the primal step draws (as an unbatched call would)
+    batched = vmap(column, out_dims=(None, 0, 0, None, None), randomness="same")
+    grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = batched(dp_k, ds_k, direct)
     new_params, new_opt = primal if primal is not None else rule.step(params, opt_state, grads, hyper, t)
     return new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers
 

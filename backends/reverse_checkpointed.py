@@ -17,12 +17,13 @@ column ``j`` of the ``(groups, segments)`` table).
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
-The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers and the global
-RNG state, for dropout) every ``k`` steps.  The reverse sweep takes the segments ``[a, b)`` between
-checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
-on ``problem.batch(t)`` with the RNG replayed, then steps the adjoint from ``b - 1`` down to ``a``.
-(The replay assumes that nothing but the steps draws from the global RNG during the forward pass,
-as in :func:`hpo.core.backend.run_inner`; the sweep leaves the global RNG as it found it.)
+The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k``
+steps.  The reverse sweep takes the segments ``[a, b)`` between checkpoints from the last to the
+first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint on ``problem.batch(t)``, then
+steps the adjoint from ``b - 1`` down to ``a``.  Every step, forward, replayed or adjoint, first
+seeds the global RNG with :meth:`~hpo.core.problem.InnerProblem.seed_step` (as
+:func:`hpo.core.backend.run_inner` does), so dropout masks are those of the forward pass, exactly;
+the sweep leaves the global RNG as it found it.
 Memory holds :math:`T/k + k` states (``k = sqrt(T)`` by default); the cost is one plain pass, one
 recomputation and ``T`` vector-Jacobian products of a step, about 4x a plain step whatever the
 number of shared values (measured on a CPU: 3.8x to 4.4x for LeNet; a 15k-weight MLP, where
@@ -56,37 +57,14 @@ from hpo.runtime.distributed import Communicator
 
 @final
 @dataclass(frozen=True)
-class RngState:
-    """The global generators' states before a step: CPU always, CUDA when the weights live there."""
-
-    cpu: Tensor
-    cuda: Tensor | None = None
-    device: torch.device | None = None
-
-    @classmethod
-    def capture(cls, device: torch.device) -> RngState:
-        """The current states of the CPU generator and of ``device``'s (if CUDA)."""
-        if device.type == "cuda":
-            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
-        return cls(torch.get_rng_state())
-
-    def restore(self) -> None:
-        """Set the global generators back to this state (callers fork the RNG around replays)."""
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
-@final
-@dataclass(frozen=True)
 class Checkpoint:
-    """:math:`s_t`: weights, optimizer state and buffers before step ``t``, and the RNG state then."""
+    """:math:`s_t`: weights, optimizer state and buffers before step ``t`` (the RNG needs no saving:
+    step ``t`` reseeds it, :meth:`~hpo.core.problem.InnerProblem.seed_step`)."""
 
     t: int
     params: Params
     opt_state: State
     buffers: Buffers
-    rng: RngState
 
 
 @final
@@ -205,8 +183,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         inner = state.inner
         checkpoints = state.checkpoints
         if t % state.every == 0:
-            rng = RngState.capture(inner.loss.device)
-            checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng))
+            checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers))
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
                                     inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
@@ -261,8 +238,8 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for ckpt, end in zip(reversed(state.checkpoints), reversed(ends)):
             h_bars: list[Hyper] = []
-            for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
-                rng.restore()
+            for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
+                problem.seed_step(t)  # the masks step t drew in the forward pass
                 batch = problem.batch(t)
                 hyper = hyper_at_step(state.values, t, horizon)
                 a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, batch,
@@ -276,19 +253,18 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
 
 
 def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
-           end: int) -> list[tuple[int, Params, State, Buffers, RngState]]:
-    """``(t, params, opt_state, buffers, rng)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
+           end: int) -> list[tuple[int, Params, State, Buffers]]:
+    """``(t, params, opt_state, buffers)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
 
-    The RNG is set to the checkpoint's state, so the steps draw what the forward pass drew.
+    Each step reseeds the RNG as the forward pass did, so it draws the same dropout masks.
     """
-    ckpt.rng.restore()
     params, opt_state, buffers = ckpt.params, ckpt.opt_state, ckpt.buffers
-    device = state.inner.loss.device
-    states = [(ckpt.t, params, opt_state, buffers, ckpt.rng)]
+    states = [(ckpt.t, params, opt_state, buffers)]
     for t in range(ckpt.t, end - 1):  # s_end is not needed: it is the next checkpoint, or the final state
+        problem.seed_step(t)
         batch = problem.batch(t)
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, params, buffers, opt_state,
                                     hyper_at_step(state.values, t, problem.horizon), t, batch)
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
-        states.append((t + 1, params, opt_state, buffers, RngState.capture(device)))
+        states.append((t + 1, params, opt_state, buffers))
     return states

@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, jvp
 from torch.utils.data import Dataset
 
 from hpo.core.data import Batch, Rows, TensorRows, as_rows, cast
-from hpo.core.problem import Buffers, EvalFn, LossFn, ScoreFn
+from hpo.core.problem import Buffers, EvalFn, LossFn, MetricLabel, ScoreFn
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Params
 
@@ -143,6 +143,11 @@ class Problem:
     def higher_is_better(self) -> bool:
         """Whether a larger value of the ranking metric is better."""
         return self.rank_by is not None and self.metrics[self.rank_by].direction == "higher"
+
+    @property
+    def label(self) -> MetricLabel:
+        """Name and direction of the ranking metric, to show scores in the metric's own units."""
+        return MetricLabel(self.metric_name, self.higher_is_better)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
         """The problem with floating data in ``dtype`` on ``device`` (a Dataset is cast batch by batch)."""

@@ -1,7 +1,7 @@
 """A user's own problem: any model, loss and data (tensors or a map-style Dataset), exact hypergradients.
 
 Exactness: every exact backend equals the reference reverse unroll and central finite differences
-in float64, on the diabetes regression (SGD and AdamW) and on a Dataset with a random torchvision
+in float64, on the diabetes regression (SGD and AdamW; with dropout too, its masks seeded per step) and on a Dataset with a random torchvision
 v2 transform.  Replay: ``batch(t)`` of a Dataset with a random transform equals the stream in any
 order.  Bad definitions: one ``ConfigError`` line each, naming what to fix.
 """
@@ -59,6 +59,36 @@ def test_regression_hypergradients_are_exact(rule) -> None:
     task = diabetes_task(hidden=8, batch_size=16, samples=64)
     problem = make_problem(task, rule, FDSConfig(inner_steps=(9,), dtype=F64, val_frac=0.25, seed=3), k=0)
     assert_all_backends_exact(problem, schedule_for("sgd" if isinstance(rule, SGDMomentum) else "adamw"))
+
+
+def dropout_regression(p_drop: float) -> Problem:
+    """The diabetes MLP with dropout after each hidden layer (a user's model, as written in PyTorch)."""
+    base = diabetes_task(hidden=8, batch_size=16, samples=64)
+
+    def make_model() -> nn.Module:
+        return nn.Sequential(nn.Linear(10, 8), nn.Tanh(), nn.Dropout(p_drop), nn.Linear(8, 8), nn.Tanh(),
+                             nn.Dropout(p_drop), nn.Linear(8, 1))
+
+    return Problem("dropout", make_model, squared_error, base.train, base.test, base.metrics, batch_size=16)
+
+
+@pytest.mark.parametrize("rule", [SGDMomentum(), AdamW()], ids=["sgd", "adamw"])
+def test_dropout_hypergradients_are_exact(rule) -> None:
+    """Masks seeded per step: forward, replayed and finite-difference runs all draw the same ones."""
+    name = "sgd" if isinstance(rule, SGDMomentum) else "adamw"
+    config = FDSConfig(inner_steps=(9,), dtype=F64, val_frac=0.25, seed=3)
+    problem = make_problem(dropout_regression(0.3), rule, config, k=0)
+    torch.manual_seed(11)  # the global RNG before the run does not matter
+    assert_all_backends_exact(problem, schedule_for(name))
+    torch.manual_seed(12)
+    again = run_inner(ReverseCheckpointedBackend(every=2), problem, schedule_for(name)).hypergrad
+    torch.manual_seed(11)
+    first = run_inner(ForwardJvpBackend(), problem, schedule_for(name)).hypergrad
+    no_masks = run_inner(ForwardJvpBackend(), make_problem(dropout_regression(0.0), rule, config, k=0),
+                         schedule_for(name)).hypergrad
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], rtol=1e-10, atol=1e-13)
+        assert (first[k] - no_masks[k]).norm() > 1e-3 * no_masks[k].norm(), k  # the masks change the training
 
 
 def random_image_dataset():
@@ -188,3 +218,59 @@ def test_bad_problem_is_one_line(make, expect: str) -> None:
 def test_a_good_problem_passes_the_check() -> None:
     check_problem(linear_problem(metrics={"mse": Metric(squared_error, "lower")}))
     check_problem(dataset_problem())
+
+
+# Labels: every output shows the ranking metric by its own name, in its own units.
+
+def test_regression_run_prints_and_writes_the_rmse(tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    logdir = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["run", "--task", "diabetes-mlp", "--samples", "64", "--outer-steps", "2",
+                                   "--inner-steps", "10", "--retrain-steps", "10", "--no-progress",
+                                   "--logdir", str(logdir)])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("outer ")]
+    assert len(lines) == 2 and all("  val_rmse=" in ln and "val_acc" not in ln for ln in lines)
+    saved = json.loads((logdir / "schedule.json").read_text())
+    for rec, line in zip(saved["history"], lines):
+        assert "val_acc" not in rec and 20.0 < rec["val_rmse"] < 200.0  # an RMSE in the target's units, positive
+        assert f"val_rmse={rec['val_rmse']:.4f}" in line
+    learned = saved["results"]["learned"]
+    assert "test_acc" not in learned and learned["test_rmse"] == pytest.approx(learned["metrics"]["rmse"])
+    assert f"learned schedule   test_rmse={learned['test_rmse']:.4f}" in res.output
+    assert saved["results"]["hand_picked"]["test_rmse"] > 0
+
+
+def test_compare_outputs_name_the_metric_and_keep_accuracy_as_it_was() -> None:
+    from hpo.app.compare_checkpoint import Row
+    from hpo.app.compare_outputs import csv_text, summary_table
+    from hpo.core.problem import ACCURACY, MetricLabel
+
+    rows = [Row("auto", s, 20, 20, 1.0, 1.0, -50.0 - s, -40.0, 10, False, {"lr": [0.1]}, -45.0) for s in (0, 1)]
+    rmse = MetricLabel("rmse", higher=False)
+    header, first = csv_text(rows, rmse).splitlines()[:2]
+    assert header.split(",")[6:9] == ["search_val_rmse", "val_rmse", "test_rmse"]
+    assert first.split(",")[6:9] == ["45.0000", "40.0000", "50.0000"]
+    table = summary_table(rows, ("auto",), 20, rmse)
+    assert "| method | val rmse | test rmse |" in table and "| auto | 40.0000 ± 0.0000 | 50.5000 ± 0.7071 |" in table
+    acc_rows = [Row("auto", 0, 20, 20, 1.0, 1.0, 0.75, 0.5, 10, False, {"lr": [0.1]}, 0.6)]
+    assert csv_text(acc_rows, ACCURACY) == csv_text(acc_rows)
+    assert csv_text(acc_rows).splitlines()[0].split(",")[6:9] == ["search_val_acc", "val_acc", "test_acc"]
+    assert "| method | val acc | test acc |" in summary_table(acc_rows, ("auto",), 20)
+
+
+def test_a_problem_without_metrics_shows_its_loss_once() -> None:
+    from hpo.core.callbacks import OuterRecord
+
+    task = linear_problem()
+    assert task.label.is_loss and not task.label.higher
+    rec = OuterRecord(0, 10, 10, 0.25, -0.25, {}, {}, {}, False, 0.1, metric="loss", higher=False)
+    assert rec.val_metric == 0.25 and "val_acc" not in rec.to_json() and rec.to_json()["val_loss"] == 0.25
+    acc = OuterRecord(0, 10, 10, 0.9, 0.625, {}, {}, {}, False, 0.1)
+    assert list(acc.to_json())[:5] == ["k", "horizon", "steps_run", "val_loss", "val_acc"]
+    assert acc.to_json()["val_acc"] == 0.625

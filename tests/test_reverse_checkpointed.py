@@ -168,16 +168,20 @@ def test_dropout_masks_are_replayed() -> None:
     problem = dropout_problem()
     sched = helpers.sgd_schedule()
     torch.manual_seed(123)
+    fresh = torch.get_rng_state()
     ref = reverse_hypergradient(problem, sched.values)
-    after_ref = torch.get_rng_state()
+    assert torch.equal(torch.get_rng_state(), fresh)  # the unroll leaves the global RNG as it was
     for every in (1, 5, None, 12):
-        torch.manual_seed(123)
+        torch.manual_seed(123 + every if every else 0)  # masks are seeded per step: the global RNG is irrelevant
+        before = torch.get_rng_state()
         res = checkpointed(problem, sched, every)
         assert rel_err(res.hypergrad, ref) < 1e-10
-        assert torch.equal(torch.get_rng_state(), after_ref)  # the sweep leaves the global RNG where it was
-    torch.manual_seed(124)
-    other = checkpointed(problem, sched).hypergrad
-    assert rel_err(other, ref) > 1e-3  # the masks matter
+        assert torch.equal(torch.get_rng_state(), before)  # the run leaves the global RNG where it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Identity(), nn.Linear(8, 3))
+    without = checkpointed(helpers.tiny_problem(horizon=12, model=plain), sched).hypergrad
+    assert rel_err(without, ref) > 1e-3  # the masks matter
 
 
 def test_huge_learning_rate_stops_early_with_no_hypergradient() -> None:

@@ -120,8 +120,10 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
         pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
                         steps, r.diverged, point.schedule.to_dict(), searched))
     if pair:
-        val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
-        lines.append(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")
+        label = task.label
+        val_text = "-" if pair[-1].val_acc is None else f"{label.value(pair[-1].val_acc):.4f}"
+        lines.append(f"seed {seed}  {name:<18} test_{label.name}={label.value(pair[-1].test_acc):.4f}  "
+                     f"val_{label.name}={val_text}")
     return pair, lines
 
 
@@ -220,7 +222,7 @@ def compare_with_threads(cfg: CompareConfig, settings: SearchSettings, log: Log,
 
         try:
             rows = run_compare(cfg, task, log, checkpoint, save)
-            return rows, write_outputs(rows, cfg, logdir, header, log)
+            return rows, write_outputs(rows, cfg, logdir, header, log, task.label)
         except KeyboardInterrupt:
             raise CompareInterrupted(logdir, finished_pairs(path)) from None
 

@@ -31,6 +31,7 @@ from hpo.app.plan import RunPlan, make_plan
 from hpo.app.ranks import StartSignal, check_launch, check_processes, follow, follower_logdir, sharded
 from hpo.backends.auto_backend import AutoBackend
 from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.core.problem import MetricLabel
 from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError, Interrupted, WriteError
 from hpo.optimizers.grouped import group_names
@@ -186,7 +187,7 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
                     on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss), grad_clip=fds.grad_clip)
     lines = [f"learned schedule   {metrics_text(final)}  "
              f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
-    results: dict[str, Any] = {"learned": final.__dict__}
+    results: dict[str, Any] = {"learned": result_json(final, task.label)}
     base = None
     hand = config.resolved_baseline
     if hand is not None:
@@ -196,13 +197,13 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
         lines.append(f"hand-picked ({desc})  {metrics_text(base)}  "
                      f"({steps} steps{', DIVERGED' if base.diverged else ''})")
-        results["hand_picked"] = {"hyper": hand, **base.__dict__}
+        results["hand_picked"] = {"hyper": hand, **result_json(base, task.label)}
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
         "schedule": result.schedule.to_dict(), **grouped_entry(result.schedule), "retrain_steps": steps,
         "search_seconds": search_seconds, "results": results, "config": writer.config, "versions": versions(),
         "processes": fds.comm.world_size if fds.comm is not None else 1,
-        "history": [r.__dict__ for r in result.history],
+        "history": [r.to_json() for r in result.history],
     }
     text = json.dumps(out, indent=2) + "\n"
     try:
@@ -348,6 +349,13 @@ def effective(saved: Mapping[str, Any], name: str) -> Any:
     if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
         return DEFAULT_SAMPLES
     return value
+
+
+def result_json(result: RetrainResult, label: MetricLabel) -> dict[str, Any]:
+    """A retrain's entry in ``schedule.json``: the test score shown as ``test_<metric>`` in the metric's
+    own units (``test_acc`` of a classifier, as always; no second entry when the metric is the loss)."""
+    d = {k: v for k, v in result.__dict__.items() if k != "test_acc"}
+    return d if label.is_loss else {f"test_{label.name}": label.value(result.test_acc), **d}
 
 
 def metrics_text(result: RetrainResult) -> str:

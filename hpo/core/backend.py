@@ -109,7 +109,9 @@ def run_inner(
     ``check_every`` steps :meth:`HypergradientBackend.finite` checks the loss (and the tangents,
     for backends that carry them) in one host sync; when anything is non-finite the run stops
     early and the result has ``diverged=True`` and ``info["diverged_at"]`` (steps run) and
-    ``info["divergence"]`` (``"loss"`` or ``"tangents"``).
+    ``info["divergence"]`` (``"loss"`` or ``"tangents"``).  Before step ``t`` the global RNG is
+    seeded by :meth:`InnerProblem.seed_step` (dropout masks replay exactly); the caller's RNG state
+    is restored afterwards.
     """
     try:
         schedule.check_groups(group_counts(problem.rule))
@@ -118,18 +120,26 @@ def run_inner(
     state = backend.init(problem, schedule)
     diverged = False
     cause: dict[str, Any] = {}
-    for t, batch in problem.batches():
-        state = backend.step(problem, schedule, state, t, batch)
-        inner = backend.inner(state)
-        if on_step is not None:
-            on_step(t, inner)
-        if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
-            if not bool(backend.finite(state)):
-                diverged = True
-                cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
-                break
-    result = backend.hypergradient(problem, schedule, state)
+    with torch.random.fork_rng(devices=rng_devices(problem)):  # the caller's global RNG is left as it was
+        for t, batch in problem.batches():
+            problem.seed_step(t)  # dropout masks of step t depend on (seed, rank, t) only: replayable
+            state = backend.step(problem, schedule, state, t, batch)
+            inner = backend.inner(state)
+            if on_step is not None:
+                on_step(t, inner)
+            if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
+                if not bool(backend.finite(state)):
+                    diverged = True
+                    cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
+                    break
+        result = backend.hypergradient(problem, schedule, state)
     return replace(result, diverged=diverged or result.diverged, info={**(result.info or {}), **cause})
+
+
+def rng_devices(problem: InnerProblem) -> list[torch.device]:
+    """The CUDA devices whose RNG a loop over ``problem``'s steps reseeds (none for CPU weights)."""
+    devices = {p.device for p in problem.params.values() if p.device.type == "cuda"}
+    return sorted(devices, key=str)
 
 
 def is_finite(x: Tensor) -> bool:

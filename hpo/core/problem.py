@@ -31,6 +31,47 @@ EvalFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 ScoreFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
 
+@final
+@dataclass(frozen=True)
+class MetricLabel:
+    """The name and direction of a problem's ranking metric, to show a score in its own units.
+
+    Searches rank by a score :math:`s` that is larger when better; the metric :math:`m` is
+    :math:`m = s` when ``higher`` (accuracy) and :math:`m = -s` otherwise (an RMSE, bits per
+    character, or the objective itself when a problem has no metrics: ``name == "loss"``).
+
+    Example::
+
+        >>> MetricLabel("rmse", higher=False).value(-56.77)
+        56.77
+    """
+
+    name: str = "acc"
+    higher: bool = True
+
+    def value(self, score: float) -> float:
+        """The metric :math:`m` of a score :math:`s`: :math:`s` if higher is better, else :math:`-s`."""
+        return score if self.higher else -score
+
+    @property
+    def is_loss(self) -> bool:
+        """Whether the metric is the validation objective itself (a problem without metrics)."""
+        return self.name == "loss"
+
+    @property
+    def direction(self) -> str:
+        """``higher`` or ``lower``: which way is better."""
+        return "higher" if self.higher else "lower"
+
+    def describe(self) -> str:
+        """``accuracy`` for the default metric, else ``rmse (lower is better)``: for axis labels and headings."""
+        return "accuracy" if (self.name, self.higher) == ("acc", True) else f"{self.name} ({self.direction} is better)"
+
+
+#: The label of a classifier: accuracy, higher is better (what every output showed before problems had metrics).
+ACCURACY = MetricLabel()
+
+
 def negative_loss(loss: Tensor, metrics: Mapping[str, Tensor]) -> Tensor:
     """The score of a problem without metrics: minus its validation objective."""
     return -loss
@@ -93,6 +134,17 @@ class InnerProblem:
             return tree_map(self.comm.shard, batch)
         return batch
 
+    def seed_step(self, t: int) -> None:
+        """Seed torch's global RNG (CPU and every CUDA device) for inner step ``t``.
+
+        Random ops of the loss (dropout masks) then depend only on ``(seed, rank, t)``:
+        :math:`\\mathrm{mask}_t = \\mathrm{draw}(\\mathrm{step\\_seed}(s, t, r))`, so the forward pass,
+        a replay of any segment in the reverse sweep, the reference unroll and every finite-difference
+        run draw the same masks at step ``t``, whatever ran before.  Callers run their loop inside
+        ``torch.random.fork_rng`` (:func:`hpo.core.backend.run_inner` does) and call this before each step.
+        """
+        torch.manual_seed(step_seed(self.seed, t, self.comm.rank if self.comm is not None else 0))
+
     def batches(self) -> Iterator[tuple[int, Batch]]:
         """Yield ``(t, batch_t)`` for ``t = 0..horizon-1``: epochs of shuffled minibatches.
 
@@ -108,6 +160,15 @@ class InnerProblem:
         with torch.no_grad():
             loss, metrics = evaluate(self.eval_fn, params, buffers, self.val, self.eval_batch_size)
         return loss, self.score_fn(loss, metrics)
+
+
+def step_seed(seed: int, t: int, rank: int = 0) -> int:
+    """The global RNG's seed at inner step ``t`` of a run seeded ``seed`` on data-parallel rank ``rank``.
+
+    Distinct from :func:`~hpo.core.data.batch_seed` (the augmentation's), so dropout masks and
+    augmentation draws are not the same stream; each rank draws its own masks for its shard.
+    """
+    return (batch_seed(seed, t) ^ 0x5EED_D209) + (int(rank) << 44)
 
 
 def augment_generator(device: torch.device | str, seed: int, t: int) -> torch.Generator:

@@ -131,6 +131,8 @@ def outer_step(
         converged=converged(new, config.converged_frac),
         extra=extra,
         groups={n: list(g) for n, g in group_names(rule).items()},
+        metric=task.label.name,
+        higher=task.label.higher,
     )
     return new, record
 
@@ -184,6 +186,7 @@ def validation_accuracy(task: Task, rule: UpdateRule, config: FDSConfig, values:
     params, buffers, state = problem.params, problem.buffers, rule.init(problem.params)
     with torch.no_grad(), seeded_rng(config.seed * 1000 + k + 500_009, config.device):
         for t, batch in problem.batches():
+            problem.seed_step(t)  # the dropout masks the search's run of split k drew
             out = train_step(rule, problem.loss_fn, params, buffers, state, hyper_at_step(vals, t, problem.horizon),
                              t, batch, problem.grad_clip)
             params, state, buffers = out.params, out.opt_state, out.buffers
