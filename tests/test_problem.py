@@ -274,3 +274,67 @@ def test_a_problem_without_metrics_shows_its_loss_once() -> None:
     acc = OuterRecord(0, 10, 10, 0.9, 0.625, {}, {}, {}, False, 0.1)
     assert list(acc.to_json())[:5] == ["k", "horizon", "steps_run", "val_loss", "val_acc"]
     assert acc.to_json()["val_acc"] == 0.625
+
+
+# The character-level Transformer: LayerNorm, causal attention, GELU and dropout seeded per step.
+
+def tiny_transformer(dropout: float = 0.1) -> Problem:
+    """1 layer, width 8, 2 heads, context 6, on the first 2,100 bytes of the standard library."""
+    from hpo.tasks.char_transformer import char_transformer_task
+
+    return char_transformer_task(chars=2_100, context=6, width=8, layers=1, heads=2, dropout=dropout, batch_size=4,
+                                 samples=40)
+
+
+@pytest.mark.parametrize("rule", [SGDMomentum(), AdamW()], ids=["sgd", "adamw"])
+def test_transformer_hypergradients_are_exact(rule) -> None:
+    name = "sgd" if isinstance(rule, SGDMomentum) else "adamw"
+    config = FDSConfig(inner_steps=(7,), dtype=F64, val_frac=0.25, seed=5)
+    problem = make_problem(tiny_transformer(), rule, config, k=0)
+    sched = schedule_for(name) if name == "adamw" else Schedule(
+        {"lr": torch.tensor([0.5, 1.0, 0.3], dtype=F64), "momentum": torch.tensor([0.5, 0.8], dtype=F64),
+         "wd": torch.tensor([1e-2], dtype=F64)})
+    assert_all_backends_exact(problem, sched)
+    no_masks = run_inner(ForwardJvpBackend(), make_problem(tiny_transformer(0.0), rule, config, k=0), sched).hypergrad
+    got = run_inner(ForwardJvpBackend(), problem, sched).hypergrad
+    assert any((got[k] - no_masks[k]).norm() > 1e-3 * no_masks[k].norm() for k in got)  # dropout is on
+
+
+def test_char_transformer_task_reads_the_standard_library_deterministically() -> None:
+    import math
+
+    from hpo.tasks.char_transformer import VOCAB, stdlib_bytes, stdlib_sources
+
+    files = stdlib_sources()
+    assert [p.name for p in files] == sorted(p.name for p in files) and files[0].suffix == ".py"
+    head = files[0].read_bytes()[:100]
+    tokens = stdlib_bytes(1000)
+    assert tokens.shape == (1000,) and tokens.dtype == torch.int64 and int(tokens.max()) < VOCAB
+    assert bytes(tokens[:100].tolist()) == bytes(b if b < VOCAB else 0 for b in head)
+    assert torch.equal(stdlib_bytes(1000), tokens)
+    task = tiny_transformer()
+    assert task.metric_name == "bpc" and not task.higher_is_better and len(task.train) == 40
+    assert task.train_rows.data.shape == (40, 7)
+    loss = 4.0  # nats; bits per character is loss / ln 2
+    assert task.metrics["bpc"].reported(torch.tensor(loss)).item() == pytest.approx(loss / math.log(2))
+    with pytest.raises(ConfigError, match="^task: char-transformer needs 10000000000 characters"):
+        stdlib_bytes(10_000_000_000)
+
+
+def test_char_transformer_runs_from_any_folder_and_reports_bits_per_character(tmp_path, monkeypatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from hpo.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # the corpus is the standard library: nothing relative to the repository
+    res = CliRunner().invoke(cli, ["run", "--task", "char-transformer", "--optimizer", "adamw", "--samples", "64",
+                                   "--batch-size", "4", "--outer-steps", "2", "--inner-steps", "8",
+                                   "--retrain-steps", "8", "--no-progress", "--logdir", "run"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    assert saved["task"] == "char-transformer" and saved["optimizer"] == "adamw"
+    bpc = saved["history"][0]["val_bpc"]
+    assert 5.0 < bpc < 7.5  # about log2(128) = 7 bits before training, a little less after 8 steps
+    assert f"val_bpc={bpc:.4f}" in res.output and "learned schedule   test_bpc=" in res.output
