@@ -33,10 +33,22 @@ from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
 from hpo.core.data import Batch
-from hpo.core.problem import Buffers, LossFn
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.step import StepOutput, loss_gradient, tree_clamp
+from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.runtime.distributed import Communicator
+
+
+def refuse_parallel_curvature(problem: InnerProblem) -> None:
+    """:class:`~hpo.errors.ConfigError` for a data-parallel run of a curvature rule (not supported yet).
+
+    The Hutchinson estimate would need its own average over ranks (it is linear in the loss, so one
+    more ``all_reduce`` would do); until that is written, such a run is refused in one line.
+    """
+    if problem.comm is not None and problem.rule.curvature is not None:
+        raise ConfigError("optimizer", f"{problem.rule.name!r} uses a curvature estimate, which data-parallel "
+                                       "runs do not support yet; run it in one process")
 
 
 def float_keys(buffers: Buffers) -> list[str]:
@@ -67,7 +79,8 @@ def averaged(comm: Communicator, grads: Params, extra: Params, loss: Tensor,
 
 def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: UpdateRule, loss_fn: LossFn,
                        grad_clip: float | None, hz_clip: float | None, params: Params, buffers: Buffers,
-                       opt_state: State, dp_k: Params, ds_k: State, direct: Hyper, hyper: Hyper, t: int, batch: Batch) -> tuple[Params, State, Params, State, Tensor, Buffers]:
+                       opt_state: State, dp_k: Params, ds_k: State, direct: Hyper, hyper: Hyper, t: int, batch: Batch,
+                       seed: int = 0) -> tuple[Params, State, Params, State, Tensor, Buffers]:
     """:func:`hpo.backends.forward.step_core` on this rank's shard, with one ``all_reduce`` per step.
 
     Two vmaps over the started columns: the first gives this rank's :math:`g^{(r)}` and
@@ -99,7 +112,8 @@ def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: Up
 
 
 def parallel_plain_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None,
-                        params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch) -> StepOutput:
+                        params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                        seed: int = 0) -> StepOutput:
     """:func:`hpo.backends.reverse_checkpointed.plain_step` on this rank's shard: the gradient, loss
     and float buffers averaged in one ``all_reduce``, then the rule's step (no graph)."""
     with torch.no_grad():
@@ -111,7 +125,8 @@ def parallel_plain_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, g
 
 
 def parallel_adjoint_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None,
-                          params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch, a_params: Params, a_state: State) -> tuple[Params, State, Hyper]:
+                          params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                          a_params: Params, a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:func:`hpo.backends.reverse_checkpointed.adjoint_step` on this rank's shard (module docstring).
 
     Two ``all_reduce`` calls: the gradient (the rule's step needs the averaged one) and the

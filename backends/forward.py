@@ -19,6 +19,13 @@ is :math:`C_{t+1} = \\mu C_t + (H + \\mathrm{wd}) Z_t + [d\\mu] v_t + [d\\mathrm
 All started columns go through one :func:`torch.func.vmap` call per step.  ``forward-manual``
 takes the tangent update from the rule's hand-derived ``tangent``; ``forward-jvp`` derives it with
 :func:`torch.func.jvp`.  They differ in nothing else.
+
+A curvature rule (``rule.curvature`` set, see :mod:`hpo.optimizers.base`) on a step where the
+estimate is due also needs the estimate's tangent,
+:math:`\\dot D = \\mathrm{mean}_i\\, z_i \\odot \\partial_\\theta(H z_i)\\, Z_t` (a third derivative
+of the loss): the column's ``jvp`` is taken of :func:`hpo.core.step.gradient_and_curvature`
+instead of the gradient alone, and ``(D, \\dot D)`` enter ``jvp(rule.step)``.  ``forward-manual``
+refuses such rules: a hand-derived tangent has no term for :math:`\\dot D`.
 """
 
 from __future__ import annotations
@@ -35,18 +42,19 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 
 from hpo.backends.columns import ColumnLayout
-from hpo.backends.data_parallel import parallel_step_core
+from hpo.backends.data_parallel import parallel_step_core, refuse_parallel_curvature
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule
-from hpo.core.step import hyper_at_step, tree_clamp, validation_loss
+from hpo.core.step import gradient_and_curvature, hyper_at_step, rademacher_probes, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 
-#: ``(rule, p, s, g, h, t, dp, ds, dg, dh) -> (primal step output or None, (new dp, new ds))``.
+#: ``(rule, p, s, g, h, t, dp, ds, dg, dh, curv) -> (primal step output or None, (new dp, new ds))``;
+#: ``curv`` is ``(D, dD)``, a curvature rule's estimate and its tangent on a step where it is due, else None.
 TangentFn = Callable[
-    [UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper],
+    [UpdateRule, Params, State, Params, Hyper, int, Params, State, Params, Hyper, "tuple[Params, Params] | None"],
     tuple[tuple[Params, State] | None, tuple[Params, State]],
 ]
 
@@ -89,21 +97,36 @@ class ForwardState:
 
 
 def _manual_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                    dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[None, tuple[Params, State]]:
-    """The rule's hand-derived tangent; the primal step is left to the caller."""
+                    dp: Params, ds: State, dg: Params, dh: Hyper,
+                    curv: tuple[Params, Params] | None = None) -> tuple[None, tuple[Params, State]]:
+    """The rule's hand-derived tangent; the primal step is left to the caller (curvature rules are refused)."""
     return None, rule.tangent(p, s, g, h, t, dp, ds, dg, dh)
 
 
 def _jvp_tangent(rule: UpdateRule, p: Params, s: State, g: Params, h: Hyper, t: int,
-                 dp: Params, ds: State, dg: Params, dh: Hyper) -> tuple[tuple[Params, State], tuple[Params, State]]:
+                 dp: Params, ds: State, dg: Params, dh: Hyper,
+                 curv: tuple[Params, Params] | None = None) -> tuple[tuple[Params, State], tuple[Params, State]]:
     """``torch.func.jvp`` of ``rule.step``: the primal step (unbatched under vmap) and its tangent.
 
-    The primal output is returned so the caller need not run ``rule.step`` a second time.
+    The primal output is returned so the caller need not run ``rule.step`` a second time.  For a
+    curvature rule, ``curv = (D, dD)`` is one more input of the step (``hess_diag``) with its
+    tangent; None on the steps where no estimate is due.
     """
-    def step(p_: Params, s_: State, g_: Params, h_: Hyper) -> tuple[Params, State]:
-        return rule.step(p_, s_, g_, h_, t)
+    if rule.curvature is None:
+        def step(p_: Params, s_: State, g_: Params, h_: Hyper) -> tuple[Params, State]:
+            return rule.step(p_, s_, g_, h_, t)
 
-    return jvp(step, (p, s, g, h), (dp, ds, dg, dh))
+        return jvp(step, (p, s, g, h), (dp, ds, dg, dh))
+    if curv is None:
+        def stale(p_: Params, s_: State, g_: Params, h_: Hyper) -> tuple[Params, State]:
+            return rule.step(p_, s_, g_, h_, t, hess_diag=None)  # type: ignore[call-arg]
+
+        return jvp(stale, (p, s, g, h), (dp, ds, dg, dh))
+
+    def fresh(p_: Params, s_: State, g_: Params, h_: Hyper, d_: Params) -> tuple[Params, State]:
+        return rule.step(p_, s_, g_, h_, t, hess_diag=d_)  # type: ignore[call-arg]
+
+    return jvp(fresh, (p, s, g, h, curv[0]), (dp, ds, dg, dh, curv[1]))
 
 
 def _grow_rows(x: Tensor, k: int) -> Tensor:
@@ -123,12 +146,22 @@ def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase
 
 def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, hz_clip: float | None,
               params: Params, buffers: Buffers, opt_state: State, dp_k: Params, ds_k: State, direct: Hyper,
-              hyper: Hyper, t: int, batch: Batch) -> tuple[Params, State, Params, State, Tensor, Buffers]:
+              hyper: Hyper, t: int, batch: Batch,
+              seed: int = 0) -> tuple[Params, State, Params, State, Tensor, Buffers]:
     """One primal step and the tangent update of the ``k`` started columns (one vmap over columns).
 
     Returns ``(params, opt_state, d_params[:k], d_state[:k], loss, buffers)`` after the step.  A pure
     function of tensors (the callables and floats are configuration), so it can be ``torch.compile``d.
+    ``seed`` seeds a curvature rule's probes (:func:`hpo.core.step.rademacher_probes`).
     """
+    curvature = rule.curvature
+    z = rademacher_probes(params, seed, t, curvature.probes) if curvature is not None and curvature.due(t) else None
+
+    def with_curvature(p: Params) -> tuple[tuple[Params, Params], tuple[Tensor, Buffers]]:
+        assert z is not None
+        g_, d_, aux_ = gradient_and_curvature(loss_fn, p, buffers, batch, z)
+        return (g_, d_), aux_
+
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
         loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
@@ -137,12 +170,17 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
 
     def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, Buffers],
                                                           tuple[Params, State] | None]:
-        g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
+        curv: tuple[Params, Params] | None = None
+        if z is None:
+            g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
+        else:
+            (g, d), (dg, dd), aux = jvp(with_curvature, (params,), (dp,), has_aux=True)
+            curv = (d, dd)
         g = tree_clamp(g, grad_clip)
         dg = tree_clamp(dg, hz_clip)
         if grad_clip is not None:
             dg = {n: dg[n] * (g[n].abs() < grad_clip) for n in dg}
-        primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh)
+        primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh, curv)
         return g, new_dp, new_ds, aux, primal
 
     # randomness="same": every column sees the one dropout mask the primal step draws (as an unbatched call would)
@@ -171,6 +209,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> ForwardState:
         """Zero tangents for every column; the primal state of step 0."""
+        refuse_parallel_curvature(problem)
         p0 = problem.params
         rule = problem.rule
         layout = ColumnLayout.build(schedule.counts, problem.horizon, schedule.group_counts)
@@ -210,7 +249,8 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         ds_k = {sk: {n: _grow_rows(v, k) for n, v in sv.items()} for sk, sv in state.d_state.items()}
         new_params, new_opt, d_params, d_state, loss, new_buffers = core(
             type(self).tangent_fn, problem.rule, problem.loss_fn, problem.grad_clip, problem.hz_clip,
-            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, batch)
+            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, batch,
+            seed=problem.seed)
         return replace(state, inner=InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params=d_params,
                        d_state=d_state)
 
@@ -239,7 +279,10 @@ class ForwardManualBackend(ForwardModeBackend):
     tangent_fn = staticmethod(_manual_tangent)
 
     def check_rule(self, rule: UpdateRule) -> None:
-        """The rule must carry a hand-derived tangent."""
+        """The rule must carry a hand-derived tangent and ask for no curvature estimate."""
+        if rule.curvature is not None:
+            raise ValueError(f"optimizer {rule.name!r} uses a curvature estimate, whose derivative a hand-derived "
+                             "tangent does not carry; use forward-jvp or reverse-checkpointed")
         if not rule.hand_tangent:
             raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use the forward-jvp backend")
 

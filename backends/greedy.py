@@ -32,7 +32,7 @@ from hpo.core.data import EVAL_SEED, Batch
 from hpo.core.problem import InnerProblem, batch_index_stream
 from hpo.core.schedule import Schedule, segment_index
 from hpo.core.step import hyper_at_step, train_step
-from hpo.optimizers.base import Hyper, Params
+from hpo.optimizers.base import Hyper, Params, UpdateRule
 
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
@@ -78,8 +78,15 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
 
     name: ClassVar[str] = "greedy"
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """A curvature rule is refused: the one-step hypergradient does not carry its estimate."""
+        if rule.curvature is not None:
+            raise ValueError(f"optimizer {rule.name!r} uses a curvature estimate, which the greedy backend's "
+                             "one-step hypergradient does not include; use reverse-checkpointed or forward-jvp")
+
     def init(self, problem: InnerProblem, schedule: Schedule) -> GreedyState:
         """Zero sums; the validation minibatch of every step drawn from ``problem.seed``."""
+        self.check_rule(problem.rule)
         ref = next(iter(problem.params.values()))
         values = schedule.values_like(ref)
         opt0 = problem.rule.init(problem.params)
@@ -99,7 +106,8 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
         seg = {k: segment_index(t, problem.horizon, v.shape[-1]) for k, v in state.values.items()}
         hyper = hyper_at_step(state.values, t, problem.horizon)
         params, opt, buffers, loss, g = train_step(problem.rule, problem.loss_fn, inner.params, inner.buffers,
-                                                   inner.opt_state, hyper, t, batch, problem.grad_clip)
+                                                   inner.opt_state, hyper, t, batch, problem.grad_clip,
+                                                   seed=problem.seed)
         idx = state.val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
         sums = {  # h[k] is 0-d, or (groups,) for a grouped type: added to the active segment (last dim)

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, vjp
 
-from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step
+from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step, refuse_parallel_curvature
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem, LossFn
@@ -94,23 +94,25 @@ def checkpoint_interval(every: int | None, horizon: int) -> int:
 
 
 def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-               opt_state: State, hyper: Hyper, t: int, batch: Batch) -> StepOutput:
+               opt_state: State, hyper: Hyper, t: int, batch: Batch, seed: int = 0) -> StepOutput:
     """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
-        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip)
+        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
 
 
 def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
                  opt_state: State, hyper: Hyper, t: int, batch: Batch, a_params: Params,
-                 a_state: State) -> tuple[Params, State, Hyper]:
+                 a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:math:`(a_t, \\bar\\lambda_t) = \\mathrm{VJP}_{F_t}(s_t, \\lambda_t)[a_{t+1}]` with
     :math:`F_t: (\\theta_t, s_t, \\lambda_t) \\mapsto (\\theta_{t+1}, s_{t+1})`, buffers held constant.
 
     Runs under ``no_grad``: the transforms inside still differentiate, but no outer graph links one
-    step's adjoint to the next (which would keep every step's graph alive).
+    step's adjoint to the next (which would keep every step's graph alive).  For a curvature rule
+    the step includes the Hutchinson estimate (probes of ``(seed, t)``), so the VJP goes through its
+    ``jvp(grad)``: a third derivative of the loss.
     """
     def f(p: Params, s: State, h: Hyper) -> tuple[Params, State]:
-        out = train_step(rule, loss_fn, p, buffers, s, h, t, batch, grad_clip)
+        out = train_step(rule, loss_fn, p, buffers, s, h, t, batch, grad_clip, seed)
         return out.params, out.opt_state
 
     with torch.no_grad():
@@ -168,6 +170,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         if problem.hz_clip is not None:
             raise ConfigError("hz_clip", "the reverse-checkpointed backend does not support it "
                                          "(a clamp of forward mode's Hessian-tangent product); leave it unset")
+        refuse_parallel_curvature(problem)
         ref = next(iter(problem.params.values()))
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
@@ -185,7 +188,8 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         if t % state.every == 0:
             checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers))
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
-                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch)
+                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch,
+                                    seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
                        checkpoints=checkpoints)
 
@@ -243,7 +247,7 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
                 batch = problem.batch(t)
                 hyper = hyper_at_step(state.values, t, horizon)
                 a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, batch,
-                                                   a_params, a_state)
+                                                   a_params, a_state, seed=problem.seed)
                 h_bars.append(h_bar)
             for name, segments in per_segment.items():  # one tensor per segment, not T 0-d tensors; step order
                 segments.append(torch.stack([h[name] for h in reversed(h_bars)]))
@@ -264,7 +268,7 @@ def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
         problem.seed_step(t)
         batch = problem.batch(t)
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, params, buffers, opt_state,
-                                    hyper_at_step(state.values, t, problem.horizon), t, batch)
+                                    hyper_at_step(state.values, t, problem.horizon), t, batch, seed=problem.seed)
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
         states.append((t + 1, params, opt_state, buffers))
     return states

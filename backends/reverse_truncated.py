@@ -98,12 +98,19 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             raise ConfigError("window", f"must be at least 1, got {window}")
         self.window = window
 
+    def check_rule(self, rule: UpdateRule) -> None:
+        """A curvature rule is refused: ``higher``'s optimizer step does not see the estimate."""
+        if rule.curvature is not None:
+            raise ValueError(f"optimizer {rule.name!r} uses a curvature estimate, which the reverse-truncated "
+                             "backend does not compute; use reverse-checkpointed or forward-jvp")
+
     def window_start(self, horizon: int) -> int:
         """First step run on the tape: ``max(0, T - W)``."""
         return 0 if self.window is None else max(0, horizon - self.window)
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> TruncatedState:
         """Primal state of step 0; the schedule's values become leaves requiring grad."""
+        self.check_rule(problem.rule)
         ref = next(iter(problem.params.values()))
         values = {n: v.detach().requires_grad_() for n, v in schedule.values_like(ref).items()}
         params = {k: v.detach() for k, v in problem.params.items()}

@@ -13,6 +13,19 @@ construction, so the same rule can be differentiated with respect to them.
 A rule may also carry a hand-derived ``tangent``: the Jacobian-vector product of ``step`` with
 respect to ``(params, state, grads, hyper)``.  When it does not, the ``forward-jvp`` backend
 derives it with :func:`torch.func.jvp`.
+
+**Curvature.**  A rule that preconditions with the Hessian's diagonal (Sophia, AdaHessian) sets
+``curvature`` to a :class:`Curvature` (refresh interval ``every``, number of ``probes``).  The
+library then computes the Hutchinson estimate from step ``t``'s own minibatch,
+
+.. math::  \\hat D_t = \\frac1P \\sum_{i=1}^{P} z_i \\odot (H_t z_i), \\qquad z_i \\in \\{-1, +1\\}^n
+           \\text{ Rademacher, drawn from a generator seeded by } (\\mathrm{seed}, t),
+
+and calls ``step(params, state, grads, hyper, t, hess_diag=D)``: ``D`` is the estimate (a dict
+shaped like ``params``) on the steps with ``t % every == 0`` and ``None`` on the others.  The rule
+stays pure; the estimate is a function of the weights, so every exact backend differentiates
+through it (one more derivative order).  A rule that leaves ``curvature`` at ``None`` is called
+exactly as before and pays nothing.
 """
 
 from __future__ import annotations
@@ -107,6 +120,33 @@ class HyperSpec:
         return x.clamp(min=self.lower, max=self.upper)
 
 
+@final
+@dataclass(frozen=True)
+class Curvature:
+    """A rule's request for a Hutchinson estimate of the Hessian diagonal (see the module docstring).
+
+    ``every``: the estimate is computed on steps ``t`` with ``t % every == 0`` (``update_period`` in
+    pytorch-optimizer); ``probes``: Rademacher vectors averaged per estimate (``num_samples``).
+
+    Example:
+        >>> Curvature(every=10).due(20), Curvature(every=10).due(21)
+        (True, False)
+    """
+
+    every: int = 1
+    probes: int = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise ValueError(f"curvature: every must be an integer >= 1, got {self.every!r}")
+        if not (isinstance(self.probes, int) and self.probes >= 1):
+            raise ValueError(f"curvature: probes must be an integer >= 1, got {self.probes!r}")
+
+    def due(self, t: int) -> bool:
+        """Whether inner step ``t`` gets a fresh estimate."""
+        return t % self.every == 0
+
+
 class UpdateRule(ABC):
     """An optimizer as pure functions of (params, state, grads, hyperparameters).
 
@@ -122,6 +162,9 @@ class UpdateRule(ABC):
     #: Declared, not detected: True when the rule carries a hand-derived :meth:`tangent`
     #: (``forward-manual`` needs one; ``forward-jvp`` and the reverse backends do not).
     hand_tangent: ClassVar[bool] = False
+    #: A Hessian-diagonal estimate the rule asks for, or None (the default: the plain contract).
+    #: A rule with ``curvature`` set takes ``hess_diag`` as a keyword of :meth:`step`.
+    curvature: Curvature | None = None
 
     @abstractmethod
     def init(self, params: Params) -> State:

@@ -30,7 +30,7 @@ from hpo.cli import cli
 from hpo.core.backend import run_inner
 from hpo.core.schedule import Schedule, segment_index
 from hpo.core.torch_scheduler import ScheduleDriver
-from hpo.optimizers import Adam, UpdateRule
+from hpo.optimizers import Adam, Sophia, UpdateRule
 from hpo.outer.base import OuterState
 from hpo.outer.divergence import safe_direction
 from hpo.outer.sign import SignDescent
@@ -42,6 +42,11 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "rmsprop_r
 EXAMPLE_SPEC = f"{EXAMPLE}:RMSprop"
 
 
+def sophia_every_3() -> UpdateRule:
+    """Sophia with its estimate refreshed every 3 steps (the default 10 would leave a tiny run one refresh)."""
+    return Sophia(every=3)
+
+
 @dataclass(frozen=True)
 class RuleCase:
     """A rule, a constant setting, and a schedule (several segments per type) away from range edges."""
@@ -50,6 +55,8 @@ class RuleCase:
     spec: str
     const: dict[str, float]
     schedule: dict[str, list[float]]
+    #: Central-difference step; EXAdam's ``m^2 / (m^2 + eps)`` varies on the scale of sqrt(eps) and needs a smaller one.
+    fd_eps: float = 1e-5
 
     def make(self) -> UpdateRule:
         """The rule, resolved as the CLI's ``--optimizer`` resolves it."""
@@ -67,10 +74,19 @@ CASES = [
              {"lr": [0.03, 0.02, 0.01], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [1e-2, 3e-2]}),
     RuleCase("adamw", "adamw", {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 0.1},
              {"lr": [0.03, 0.02, 0.01], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [0.1, 0.3]}),
+    RuleCase("exadam", "exadam", {"lr": 1e-2, "beta1": 0.8, "beta2": 0.95, "wd": 0.1},
+             {"lr": [0.03, 0.02, 0.01], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [0.1, 0.3]}, fd_eps=1e-6),
+    RuleCase("sophia", "tests.test_rules:sophia_every_3", {"lr": 0.05, "beta1": 0.9, "beta2": 0.95, "rho": 0.05, "wd": 0.1},
+             {"lr": [0.06, 0.04, 0.02], "beta1": [0.8, 0.9], "beta2": [0.9, 0.97], "rho": [0.05, 0.1],
+              "wd": [0.1, 0.3]}),
+    RuleCase("adahessian", "adahessian", {"lr": 0.05, "beta1": 0.8, "beta2": 0.95, "wd": 0.1},
+             {"lr": [0.06, 0.04, 0.02], "beta1": [0.7, 0.85], "beta2": [0.9, 0.97], "wd": [0.1, 0.3]}),
     RuleCase("example-rmsprop", EXAMPLE_SPEC, {"lr": 1e-2, "alpha": 0.9},
              {"lr": [0.03, 0.02, 0.01], "alpha": [0.8, 0.95]}),
 ]
 IDS = [c.key for c in CASES]
+#: Built-in rules without a ``torch.optim`` class; tests/test_related_rules.py holds them to pytorch-optimizer's.
+NO_TORCH_OPTIM = {"exadam", "sophia", "adahessian"}
 HAND = [c for c in CASES if c.make().hand_tangent]
 
 
@@ -150,8 +166,11 @@ def test_forward_manual_without_hand_tangent_is_one_line_error(tmp_path: Path) -
     assert len(result.output.strip().splitlines()) == 1
 
 
+TORCH_CASES = [c for c in CASES if c.key not in NO_TORCH_OPTIM]  # the others: tests/test_related_rules.py
+
+
 @pytest.mark.parametrize("scheduled", [False, True], ids=["constant", "scheduled"])
-@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=[c.key for c in TORCH_CASES])
 def test_equals_torch_optim(case: RuleCase, scheduled: bool) -> None:
     """Step for step equal to ``torch.optim`` driven by the same (constant or stepped) schedule."""
     rule = case.make()
@@ -186,7 +205,7 @@ def test_forward_jvp_equals_reverse_and_finite_differences(case: RuleCase) -> No
     values = case.values()
     fwd = run_inner(ForwardJvpBackend(), problem, Schedule(values)).hypergrad
     rev = reverse_hypergradient(problem, values)
-    fd = finite_difference_hypergradient(problem, values, eps=1e-5)
+    fd = finite_difference_hypergradient(problem, values, eps=case.fd_eps)
     assert all(bool((rev[k] != 0).all()) for k in rev), "every shared value must matter"
     assert rel_err(fwd, rev) < 1e-12
     assert rel_err(fd, rev) < 1e-6

@@ -26,9 +26,12 @@ from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.backends.reverse_truncated import ReverseTruncatedBackend
 from hpo.core.backend import HypergradientBackend
 from hpo.errors import ConfigError
+from hpo.optimizers.adahessian import AdaHessian
 from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.exadam import EXAdam
 from hpo.optimizers.sgd import SGDMomentum
+from hpo.optimizers.sophia import Sophia
 from hpo.outer.adam import Adam as OuterAdam
 from hpo.outer.base import OuterOptimizer
 from hpo.outer.rprop import Rprop
@@ -79,6 +82,9 @@ BUILTIN_RULES: Mapping[str, Callable[[], UpdateRule]] = MappingProxyType({
     "sgd": SGDMomentum,
     "adam": Adam,
     "adamw": AdamW,
+    "exadam": EXAdam,
+    "sophia": Sophia,
+    "adahessian": AdaHessian,
 })
 
 

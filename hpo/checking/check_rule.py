@@ -10,6 +10,9 @@ over the shared values of :func:`hpo.checking.tiny.tiny_schedule`:
   / (12\\epsilon)`, to ``rtol``;
 * a hand-derived tangent (``hand_tangent = True``, the ``forward-manual`` backend) equals ``forward-jvp``
   to ``1e-9``;
+* for a rule with ``curvature`` (Sophia, AdaHessian), the same three comparisons hold with the
+  Hutchinson estimate inside the differentiated step, and ``reverse-checkpointed`` (the VJP of
+  every step, with replay from checkpoints) equals the reference unroll to ``1e-9`` as well;
 * a hypergradient that is exactly zero where finite differences are not means a cut tangent
   (``float(hyper["lr"])``, ``.item()``, ``.detach()``); one that is exactly zero by every method
   means the value has no effect (``sign()`` or ``round()`` of it, or it is unused).
@@ -29,12 +32,13 @@ import torch
 from torch import Tensor
 
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
+from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.checking.tiny import tiny_problem, tiny_schedule
 from hpo.checking.unroll import reverse_hypergradient, unrolled_validation_loss
 from hpo.core.backend import run_inner
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
-from hpo.core.step import hyper_at_step, loss_gradient, validation_loss
+from hpo.core.step import hyper_at_step, loss_gradient, train_step, validation_loss
 from hpo.optimizers.base import HyperSpec, UpdateRule
 
 T = TypeVar("T")
@@ -46,6 +50,15 @@ DERIVED_RTOL = 1e-9
 
 #: Finite-difference step as a fraction of the distance from the value to its range's nearer bound.
 FD_STEP = 1e-3
+
+
+#: Checkpoint interval of the reverse-checkpointed run that a curvature rule is also checked with
+#: (small, so the tiny run's sweep replays several segments).
+CHECKPOINT_EVERY = 3
+
+
+#: Scale of the finite-difference steps of the one refinement, for the types whose first differences disagree.
+FD_REFINE = 0.05
 
 
 #: Words in an exception's text that say the rule read a tensor's value in Python.
@@ -126,15 +139,25 @@ def check_rule(rule: UpdateRule | type[UpdateRule], *, horizon: int = 12, seed: 
         jvp = _attempt(lambda: run_inner(ForwardJvpBackend(), problem, schedule).hypergrad)
         rev = _attempt(lambda: reverse_hypergradient(problem, values))
         hand = _attempt(lambda: run_inner(ForwardManualBackend(), problem, schedule).hypergrad) if rule.hand_tangent else None
+        ckpt = (_attempt(lambda: run_inner(ReverseCheckpointedBackend(every=CHECKPOINT_EVERY), problem, schedule).hypergrad)
+                if rule.curvature is not None else None)
         differences = _attempt(lambda: _finite_differences(problem, values, {s.name: s for s in rule.hyperparameters}))
     if isinstance(differences, Exception):
         return RuleReport(rule.name, tuple(HyperCheck(s.name, False, f"finite differences raise {_describe(differences)}: "
                                                       "rule.step fails near the checked values")
                                            for s in rule.hyperparameters))
     fd, steps = differences
+    if isinstance(jvp, dict):  # refine once where the differences disagree: a sharp but smooth rule (EXAdam's
+        # m^2 / (m^2 + eps)) needs a smaller step; a cut tangent still disagrees after it
+        coarse = [s.name for s in rule.hyperparameters if rel_err(jvp[s.name], fd[s.name]) > rtol]
+        if coarse:
+            finer = _attempt(lambda: _finite_differences(problem, values, {s.name: s for s in rule.hyperparameters},
+                                                         FD_REFINE, coarse))
+            if not isinstance(finer, Exception):
+                fd, steps = {**fd, **finer[0]}, {**steps, **finer[1]}
     scalar = any("to a scalar" in str(w.message) for w in caught)
     return RuleReport(rule.name, tuple(
-        _judge(s.name, jvp, rev, hand, fd[s.name], _noise(loss, steps[s.name]), rtol, scalar)
+        _judge(s.name, jvp, rev, hand, fd[s.name], _noise(loss, steps[s.name]), rtol, scalar, ckpt)
         for s in rule.hyperparameters))
 
 
@@ -174,6 +197,14 @@ def _plain_run(problem: InnerProblem, values: dict[str, Tensor]) -> HyperCheck |
     params, buffers = problem.params, problem.buffers
     with torch.no_grad():
         for t, batch in problem.batches():
+            if rule.curvature is not None:  # the estimate needs the loss: one call, reported as the rule's
+                try:
+                    out = train_step(rule, problem.loss_fn, params, buffers, state,
+                                     hyper_at_step(values, t, problem.horizon), t, batch, seed=problem.seed)
+                except Exception as e:  # noqa: BLE001
+                    return HyperCheck("step", False, f"rule.step raises {_describe(e)} (inner step {t})")
+                params, state, buffers = out.params, out.opt_state, out.buffers
+                continue
             try:
                 g, _, buffers = loss_gradient(problem.loss_fn, params, buffers, batch)
             except Exception as e:  # noqa: BLE001 - only a bad step output can break the tiny model's loss
@@ -208,9 +239,12 @@ def fd_step(spec: HyperSpec, x: float) -> float:
     return FD_STEP * dist
 
 
-def _finite_differences(problem: InnerProblem, values: dict[str, Tensor],
-                        specs: dict[str, HyperSpec]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Fourth-order central differences of the validation loss, one value at a time, and their steps."""
+def _finite_differences(problem: InnerProblem, values: dict[str, Tensor], specs: dict[str, HyperSpec],
+                        scale: float = 1.0, names: list[str] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Fourth-order central differences of the validation loss, one value at a time, and their steps.
+
+    ``scale`` multiplies every step (:func:`fd_step`); ``names`` limits the types (default: all).
+    """
     def loss_at(name: str, j: int, delta: float) -> float:
         moved = {k: v.clone() for k, v in values.items()}
         moved[name][j] += delta
@@ -219,7 +253,9 @@ def _finite_differences(problem: InnerProblem, values: dict[str, Tensor],
     grads, steps = {}, {}
     with torch.no_grad():
         for name, v in values.items():
-            eps = torch.tensor([fd_step(specs[name], x) for x in v.tolist()], dtype=torch.float64)
+            if names is not None and name not in names:
+                continue
+            eps = torch.tensor([scale * fd_step(specs[name], x) for x in v.tolist()], dtype=torch.float64)
             g = torch.zeros_like(v)
             for j, e in enumerate(eps.tolist()):
                 near = loss_at(name, j, e) - loss_at(name, j, -e)
@@ -243,7 +279,7 @@ def rel_err(a: Tensor, b: Tensor) -> float:
 
 def _judge(name: str, jvp: dict[str, Tensor] | Exception, rev: dict[str, Tensor] | Exception,
            hand: dict[str, Tensor] | Exception | None, fd: Tensor, noise: Tensor, rtol: float,
-           scalar: bool) -> HyperCheck:
+           scalar: bool, ckpt: dict[str, Tensor] | Exception | None = None) -> HyperCheck:
     """The first check that fails for type ``name``, or the figures of all of them."""
     def fail(message: str, **errs: float) -> HyperCheck:
         return HyperCheck(name, False, message, **errs)
@@ -280,6 +316,15 @@ def _judge(name: str, jvp: dict[str, Tensor] | Exception, rev: dict[str, Tensor]
                     f"tangent of {name} (float(), .item(), .detach() or sign() of a hyperparameter) or is not "
                     "differentiable at these values", reverse_err=rev_err, fd_err=fd_err)
     figures = f"jvp vs reverse {rev_err:.1e}, vs finite differences {fd_err:.1e}"
+    if isinstance(ckpt, Exception):
+        return fail(f"reverse-checkpointed raises {_describe(ckpt)}{_hint(ckpt)}", reverse_err=rev_err, fd_err=fd_err)
+    if ckpt is not None:  # a curvature rule: the replayed sweep must draw the same probes
+        ckpt_err = rel_err(ckpt[name], rev[name])
+        if ckpt_err > DERIVED_RTOL:
+            return fail(f"reverse-checkpointed vs reverse {ckpt_err:.1e} > {DERIVED_RTOL:g}: the replay differs from "
+                        "the forward pass (curvature probes not drawn from (seed, t)?)", reverse_err=rev_err,
+                        fd_err=fd_err)
+        figures += f", checkpointed vs reverse {ckpt_err:.1e}"
     if hand is None:
         return HyperCheck(name, True, figures, rev_err, fd_err)
     if isinstance(hand, Exception):

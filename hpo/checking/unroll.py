@@ -32,7 +32,7 @@ def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -
             problem.seed_step(t)
             hyper = hyper_at_step(values, t, problem.horizon)
             params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, batch,
-                                                      problem.grad_clip)
+                                                      problem.grad_clip, seed=problem.seed)
     return validation_loss(problem.eval_fn, params, buffers, problem.val, problem.eval_batch_size)
 
 

@@ -14,6 +14,18 @@ greedy and truncated backends, the checkpointed reverse sweep and the retrain of
 mathematics inside their tangent update.  :func:`validation_loss` is the differentiable, chunked
 mean objective :math:`L_{val}(\\theta) = \\frac1n \\sum_c n_c \\ell(\\theta; b_c)` over the validation
 chunks :math:`b_c` every hypergradient starts from.
+
+**Curvature rules.**  When ``rule.curvature`` is set and due at step ``t``, the step also computes
+the Hutchinson estimate of the Hessian's diagonal on the same minibatch,
+
+.. math::  \\hat D_t = \\frac1P \\sum_i z_i \\odot \\big(\\nabla^2_\\theta L(\\theta_t; b_t)\\, z_i\\big),
+
+with Rademacher ``z_i`` from :func:`probe_generator` ``(seed, t)`` (so the reverse sweep's replay,
+the reference unroll and the forward pass draw the same probes), and passes it as
+``rule.step(..., hess_diag=D)``.  The gradient and the ``P`` Hessian-vector products come from one
+forward-over-reverse ``jvp(grad)`` vmapped over the probes (with ``randomness="same"``: every probe
+sees the step's one dropout mask); the gradient is its primal output.
+Nothing of this runs for a rule without ``curvature``.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple, final
 
+import torch
 from torch import Tensor
-from torch.func import grad
+from torch.func import grad, jvp, vmap
 
 from hpo.core.data import Batch, Rows, batch_size_of
 from hpo.core.problem import Buffers, EvalFn, LossFn
@@ -72,9 +85,74 @@ def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batc
     return tree_clamp(g, grad_clip), loss, new_buffers
 
 
+def probe_generator(device: torch.device | str, seed: int, t: int) -> torch.Generator:
+    """The generator of step ``t``'s Rademacher probes in a run seeded ``seed`` (never the global RNG)."""
+    return torch.Generator(device=device).manual_seed((int(seed) * 7 + 54321) * 1_000_003 + int(t))
+
+
+def rademacher_probes(params: Params, seed: int, t: int, probes: int) -> Params:
+    """``probes`` Rademacher vectors shaped like ``params``, stacked on a leading dim: ``z[k][i]`` is probe ``i``.
+
+    Drawn in the order of ``params`` from :func:`probe_generator`, on the weights' device and dtype,
+    so the same ``(seed, t)`` always gives the same probes.
+
+    Example:
+        >>> z = rademacher_probes({"w": torch.zeros(2, 3)}, seed=0, t=5, probes=2)
+        >>> z["w"].shape, bool((z["w"].abs() == 1).all())
+        (torch.Size([2, 2, 3]), True)
+    """
+    ref = next(iter(params.values()))
+    gen = probe_generator(ref.device, seed, t)
+    return {k: torch.randint(0, 2, (probes, *v.shape), generator=gen, device=v.device).to(v.dtype) * 2 - 1
+            for k, v in params.items()}
+
+
+def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch,
+                           z: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
+    """``(g, D, (loss, new_buffers))``: the gradient and :math:`D = \\mathrm{mean}_i\\, z_i \\odot H z_i`.
+
+    ``z`` holds the probes stacked on a leading dim (:func:`rademacher_probes`).  One
+    forward-over-reverse ``jvp(grad)`` vmapped over the probes: ``g`` is its (unbatched) primal
+    output.  A pure function of ``params``, so the backends differentiate through it.
+    """
+    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
+        loss, new_buffers = loss_fn(p, buffers, batch)
+        return loss, (loss.detach(), new_buffers)
+
+    def probe(zi: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
+        return jvp(grad(loss_only, has_aux=True), (params,), (zi,), has_aux=True)
+
+    g, hz, aux = vmap(probe, out_dims=(None, 0, None), randomness="same")(z)  # one dropout mask for all probes
+    return g, {k: (z[k] * hz[k]).mean(0) for k in g}, aux
+
+
+def curvature_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
+                   hyper: Hyper, t: int, batch: Batch, grad_clip: float | None,
+                   seed: int) -> StepOutput:
+    """:func:`train_step` for a rule with ``curvature``: the estimate (when due) passed as ``hess_diag``."""
+    curv = rule.curvature
+    assert curv is not None
+    if curv.due(t):
+        z = rademacher_probes(params, seed, t, curv.probes)
+        g, d, (loss, new_buffers) = gradient_and_curvature(loss_fn, params, buffers, batch, z)
+        g = tree_clamp(g, grad_clip)
+    else:
+        g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
+        d = None
+    new_params, new_state = rule.step(params, opt_state, g, hyper, t, hess_diag=d)  # type: ignore[call-arg]
+    return StepOutput(new_params, new_state, new_buffers, loss, g)
+
+
 def train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
-               hyper: Hyper, t: int, batch: Batch, grad_clip: float | None = None) -> StepOutput:
-    """One plain inner step (see the module docstring); pure and out of place."""
+               hyper: Hyper, t: int, batch: Batch, grad_clip: float | None = None,
+               seed: int = 0) -> StepOutput:
+    """One plain inner step (see the module docstring); pure and out of place.
+
+    ``seed`` (the run's seed) only seeds a curvature rule's probes; a rule without ``curvature``
+    takes the plain path, unchanged.
+    """
+    if rule.curvature is not None:
+        return curvature_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
     g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
     new_params, new_state = rule.step(params, opt_state, g, hyper, t)
     return StepOutput(new_params, new_state, new_buffers, loss, g)

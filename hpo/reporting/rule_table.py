@@ -14,8 +14,12 @@ def describe_rule(rule: UpdateRule) -> str:
     backends = ("reverse-checkpointed, forward-manual, forward-jvp" if rule.hand_tangent
                 else "reverse-checkpointed, forward-jvp")
     counterpart = type(rule).torch_optimizer is not UpdateRule.torch_optimizer
+    curv = rule.curvature
+    curvature = ("" if curv is None else
+                 f"; curvature: Hutchinson diag(H) every {curv.every} step{'s' if curv.every > 1 else ''}, "
+                 f"{curv.probes} probe{'s' if curv.probes > 1 else ''}")
     header = (f"{rule.name}  ({type(rule).__name__}; backends: {backends}; "
-              f"torch.optim counterpart: {'yes' if counterpart else 'no'})")
+              f"torch.optim counterpart: {'yes' if counterpart else 'no'}{curvature})")
     lines = [header]
     rows = [("name", "valid range", "init", "step", "count", "search range", "hand-picked", "on divergence",
              "description")]

@@ -188,7 +188,7 @@ def validation_accuracy(task: Task, rule: UpdateRule, config: FDSConfig, values:
         for t, batch in problem.batches():
             problem.seed_step(t)  # the dropout masks the search's run of split k drew
             out = train_step(rule, problem.loss_fn, params, buffers, state, hyper_at_step(vals, t, problem.horizon),
-                             t, batch, problem.grad_clip)
+                             t, batch, problem.grad_clip, seed=problem.seed)
             params, state, buffers = out.params, out.opt_state, out.buffers
         loss, acc = problem.evaluate(params, buffers)
     return float(acc) if math.isfinite(float(loss)) else 0.0

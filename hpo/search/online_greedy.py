@@ -89,7 +89,8 @@ def online_greedy(
         for k, v in hyper.items():
             used[k].append(v)
         params, opt, buffers, loss, g = train_step(rule, problem.loss_fn, inner.params, inner.buffers,
-                                                   inner.opt_state, hyper, t, batch, problem.grad_clip)
+                                                   inner.opt_state, hyper, t, batch, problem.grad_clip,
+                                                   seed=problem.seed)
         idx = val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
         hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}
@@ -111,7 +112,10 @@ class OnlineGreedySearch(SearchMethod):
     name = "online-greedy"
 
     def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
-        """Hyper-learning rates must name the rule's hyperparameters."""
+        """Hyper-learning rates must name the rule's hyperparameters; curvature rules are refused."""
+        if rule.curvature is not None:
+            raise ValueError(f"optimizer {rule.name!r} uses a curvature estimate, which online-greedy's one-step "
+                             "hypergradient does not include; use an FDS method")
         for k in settings.hyper_lr:
             if k not in rule.hyper_names:
                 raise ValueError(f"optimizer {rule.name!r} has no hyperparameter {k!r}")

@@ -92,7 +92,8 @@ def retrain(
         values = schedule.values_like(next(iter(params.values())))
         for t, batch in batches:
             params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, steps), t, batch, grad_clip)
+                                                         hyper_at_step(values, t, steps), t, batch, grad_clip,
+                                                         seed=seed + 1)
             if on_step is not None:
                 on_step(t, loss.detach())
             if not torch.isfinite(loss):

@@ -55,7 +55,7 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
             problem.seed_step(t)  # dropout masks as FDS's runs draw them
             params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
                                                          hyper_at_step(values, t, problem.horizon), t, batch,
-                                                         problem.grad_clip)
+                                                         problem.grad_clip, seed=problem.seed)
             if t % 25 == 0 and not bool(torch.isfinite(loss)):
                 return math.inf, 0.0, True
     vloss, vacc = problem.evaluate(params, buffers)
