@@ -19,6 +19,7 @@ from hpo.backends.auto import BackendChoice, choose_backend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.data import Batch
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 
@@ -92,10 +93,9 @@ class AutoBackend(HypergradientBackend[AutoState]):
         backend = self.build(choice.name)
         return AutoState(backend, choice, backend.init(problem, schedule))
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: AutoState, t: int, x: Tensor,
-             y: Tensor) -> AutoState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: AutoState, t: int, batch: Batch) -> AutoState:
         """The chosen backend's step."""
-        return replace(state, state=state.backend.step(problem, schedule, state.state, t, x, y))
+        return replace(state, state=state.backend.step(problem, schedule, state.state, t, batch))
 
     def inner(self, state: AutoState) -> InnerState:
         """The chosen backend's primal state."""

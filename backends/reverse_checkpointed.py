@@ -17,12 +17,13 @@ column ``j`` of the ``(groups, segments)`` table).
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
-The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers and the global
-RNG state, for dropout) every ``k`` steps.  The reverse sweep takes the segments ``[a, b)`` between
-checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
-on ``problem.batch(t)`` with the RNG replayed, then steps the adjoint from ``b - 1`` down to ``a``.
-(The replay assumes that nothing but the steps draws from the global RNG during the forward pass,
-as in :func:`hpo.core.backend.run_inner`; the sweep leaves the global RNG as it found it.)
+The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k``
+steps.  The reverse sweep takes the segments ``[a, b)`` between checkpoints from the last to the
+first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint on ``problem.batch(t)``, then
+steps the adjoint from ``b - 1`` down to ``a``.  Every step, forward, replayed or adjoint, first
+seeds the global RNG with :meth:`~hpo.core.problem.InnerProblem.seed_step` (as
+:func:`hpo.core.backend.run_inner` does), so dropout masks are those of the forward pass, exactly;
+the sweep leaves the global RNG as it found it.
 Memory holds :math:`T/k + k` states (``k = sqrt(T)`` by default); the cost is one plain pass, one
 recomputation and ``T`` vector-Jacobian products of a step, about 4x a plain step whatever the
 number of shared values (measured on a CPU: 3.8x to 4.4x for LeNet; a 15k-weight MLP, where
@@ -45,7 +46,8 @@ from torch.func import grad, vjp
 
 from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step, refuse_parallel_curvature
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule, segment_indices
 from hpo.core.step import StepOutput, hyper_at_step, train_step, validation_loss
 from hpo.errors import ConfigError
@@ -55,37 +57,14 @@ from hpo.runtime.distributed import Communicator
 
 @final
 @dataclass(frozen=True)
-class RngState:
-    """The global generators' states before a step: CPU always, CUDA when the weights live there."""
-
-    cpu: Tensor
-    cuda: Tensor | None = None
-    device: torch.device | None = None
-
-    @classmethod
-    def capture(cls, device: torch.device) -> RngState:
-        """The current states of the CPU generator and of ``device``'s (if CUDA)."""
-        if device.type == "cuda":
-            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
-        return cls(torch.get_rng_state())
-
-    def restore(self) -> None:
-        """Set the global generators back to this state (callers fork the RNG around replays)."""
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
-@final
-@dataclass(frozen=True)
 class Checkpoint:
-    """:math:`s_t`: weights, optimizer state and buffers before step ``t``, and the RNG state then."""
+    """:math:`s_t`: weights, optimizer state and buffers before step ``t`` (the RNG needs no saving:
+    step ``t`` reseeds it, :meth:`~hpo.core.problem.InnerProblem.seed_step`)."""
 
     t: int
     params: Params
     opt_state: State
     buffers: Buffers
-    rng: RngState
 
 
 @final
@@ -115,14 +94,14 @@ def checkpoint_interval(every: int | None, horizon: int) -> int:
 
 
 def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-               opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor, seed: int = 0) -> StepOutput:
+               opt_state: State, hyper: Hyper, t: int, batch: Batch, seed: int = 0) -> StepOutput:
     """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
-        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, x, y, grad_clip, seed)
+        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
 
 
 def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-                 opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor, a_params: Params,
+                 opt_state: State, hyper: Hyper, t: int, batch: Batch, a_params: Params,
                  a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:math:`(a_t, \\bar\\lambda_t) = \\mathrm{VJP}_{F_t}(s_t, \\lambda_t)[a_{t+1}]` with
     :math:`F_t: (\\theta_t, s_t, \\lambda_t) \\mapsto (\\theta_{t+1}, s_{t+1})`, buffers held constant.
@@ -133,7 +112,7 @@ def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, par
     ``jvp(grad)``: a third derivative of the loss.
     """
     def f(p: Params, s: State, h: Hyper) -> tuple[Params, State]:
-        out = train_step(rule, loss_fn, p, buffers, s, h, t, x, y, grad_clip, seed)
+        out = train_step(rule, loss_fn, p, buffers, s, h, t, batch, grad_clip, seed)
         return out.params, out.opt_state
 
     with torch.no_grad():
@@ -202,16 +181,14 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         """The primal inner state."""
         return state.inner
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, x: Tensor,
-             y: Tensor) -> CheckpointedState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, batch: Batch) -> CheckpointedState:
         """A plain step without a graph; before steps ``0, k, 2k, ...`` first store the checkpoint."""
         inner = state.inner
         checkpoints = state.checkpoints
         if t % state.every == 0:
-            rng = RngState.capture(inner.loss.device)
-            checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng))
+            checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers))
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
-                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, x, y,
+                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch,
                                     seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
                        checkpoints=checkpoints)
@@ -223,8 +200,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         ``diverged=True`` and an all-NaN hypergradient, never a finite-looking one.
         """
         inner = state.inner
-        chunk = problem.eval_batch_size
-        loss, acc = evaluate(problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(inner.params, inner.buffers)
         info = {"every": state.every, "checkpoints": len(state.checkpoints)}
 
         def failed(cause: str) -> HypergradResult:
@@ -257,7 +233,7 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     inner = state.inner
     horizon, rule, loss_fn, clip = problem.horizon, problem.rule, problem.loss_fn, problem.grad_clip
     adjoint = state.functions.adjoint
-    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val_x, problem.val_y,
+    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
                                               problem.eval_batch_size))(inner.params)
     a_state = {sk: {n: torch.zeros_like(v) for n, v in sv.items()} for sk, sv in inner.opt_state.items()}
     per_segment: dict[str, list[Tensor]] = {name: [] for name in state.values}  # (b - a,) per segment
@@ -266,11 +242,11 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for ckpt, end in zip(reversed(state.checkpoints), reversed(ends)):
             h_bars: list[Hyper] = []
-            for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
-                rng.restore()
-                x, y = problem.batch(t)
+            for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
+                problem.seed_step(t)  # the masks step t drew in the forward pass
+                batch = problem.batch(t)
                 hyper = hyper_at_step(state.values, t, horizon)
-                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, x, y,
+                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, batch,
                                                    a_params, a_state, seed=problem.seed)
                 h_bars.append(h_bar)
             for name, segments in per_segment.items():  # one tensor per segment, not T 0-d tensors; step order
@@ -281,19 +257,18 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
 
 
 def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
-           end: int) -> list[tuple[int, Params, State, Buffers, RngState]]:
-    """``(t, params, opt_state, buffers, rng)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
+           end: int) -> list[tuple[int, Params, State, Buffers]]:
+    """``(t, params, opt_state, buffers)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
 
-    The RNG is set to the checkpoint's state, so the steps draw what the forward pass drew.
+    Each step reseeds the RNG as the forward pass did, so it draws the same dropout masks.
     """
-    ckpt.rng.restore()
     params, opt_state, buffers = ckpt.params, ckpt.opt_state, ckpt.buffers
-    device = state.inner.loss.device
-    states = [(ckpt.t, params, opt_state, buffers, ckpt.rng)]
+    states = [(ckpt.t, params, opt_state, buffers)]
     for t in range(ckpt.t, end - 1):  # s_end is not needed: it is the next checkpoint, or the final state
-        x, y = problem.batch(t)
+        problem.seed_step(t)
+        batch = problem.batch(t)
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, params, buffers, opt_state,
-                                    hyper_at_step(state.values, t, problem.horizon), t, x, y, seed=problem.seed)
+                                    hyper_at_step(state.values, t, problem.horizon), t, batch, seed=problem.seed)
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
-        states.append((t + 1, params, opt_state, buffers, RngState.capture(device)))
+        states.append((t + 1, params, opt_state, buffers))
     return states

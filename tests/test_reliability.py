@@ -360,7 +360,7 @@ def test_compare_results_failing_to_write_keep_the_old_ones(finished_compare: Pa
     shutil.copytree(finished_compare, logdir)
     before = (logdir / "results.csv").read_bytes()
 
-    def torn_write(rows: Any, path: Path) -> None:
+    def torn_write(rows: Any, path: Path, *label: Any) -> None:
         def write(f: Any) -> None:
             f.write(b"method,seed\n")
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -21,7 +21,7 @@ from hpo.app.registry import (
     resolve_rule,
 )
 from hpo.app.retrain import RetrainConfig, retrain_schedule
-from hpo.app.run import resume, run
+from hpo.app.run import metrics_text, resume, run
 from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
 from hpo.cli.errors import OneLineErrors, data_parallel_launch
@@ -108,8 +108,7 @@ def retrain_command(steps: int | None = None, **options: Any) -> None:
     """Retrain from scratch with the schedule in FILE (stretched to --steps) and print test metrics."""
     config = RetrainConfig(steps=steps, **as_config_values(options))
     result = retrain_schedule(config)
-    click.echo(f"test_acc={result.test_acc:.4f}  test_loss={result.test_loss:.4f}  "
-               f"({config.resolved_steps} steps{', DIVERGED' if result.diverged else ''})")
+    click.echo(f"{metrics_text(result)}  ({config.resolved_steps} steps{', DIVERGED' if result.diverged else ''})")
 
 
 def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
