@@ -22,6 +22,7 @@ is better); ``root=True`` reports the square root of the mean (RMSE from squared
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, final
@@ -289,11 +290,21 @@ def _check_scalar(what: str, value: Any) -> None:
 def check_problem(task: Problem, seed: int = 0) -> None:
     """Run the problem once on a small batch in float64 and refuse what would cut the hypergradient.
 
+    The check runs with warnings silenced (torch warns about the very ``float()`` of a weight it
+    refuses), so a refusal is the one line of its ``ConfigError``.
+
     One line each (:class:`~hpo.errors.ConfigError` on ``task``): the loss, objective or a metric
     returns a non-tensor or a non-scalar; the loss cannot be differentiated by ``torch.func``
     (an in-place op on a weight, ``.item()``); or its directional derivative along a random
     direction differs from the central difference (``float()`` or ``.detach()`` of a weight).
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checked_problem(task, seed)
+
+
+def checked_problem(task: Problem, seed: int) -> None:
+    """The body of :func:`check_problem`."""
     model = init_model(task, seed, torch.float64, "cpu")
     n = min(4, len(task.train_rows))
     batch = cast(task.train_rows.fetch(torch.arange(n), seed, 0), torch.float64, "cpu")

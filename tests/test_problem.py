@@ -338,3 +338,24 @@ def test_char_transformer_runs_from_any_folder_and_reports_bits_per_character(tm
     bpc = saved["history"][0]["val_bpc"]
     assert 5.0 < bpc < 7.5  # about log2(128) = 7 bits before training, a little less after 8 steps
     assert f"val_bpc={bpc:.4f}" in res.output and "learned schedule   test_bpc=" in res.output
+
+
+@pytest.mark.parametrize(("factory", "flag", "message"), [
+    ("vector", "--task", "the loss must return a scalar (0-d) tensor, got shape (4,)"),
+    ("cut", "--task", "the loss's derivative through the weights is cut"),
+    ("big", "--batch-size", "a batch of 32 is larger than the 3 training examples"),
+])
+def test_a_bad_problem_file_is_one_line_and_exit_2(factory: str, flag: str, message: str, tmp_path) -> None:
+    """Through the CLI, as a user meets it: one line on stderr naming the flag, exit status 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).with_name("bad_problems.py")
+    out = subprocess.run([sys.executable, "-m", "hpo", "run", "--task", f"{src}:{factory}", "--outer-steps", "1",
+                          "--inner-steps", "10", "--no-progress", "--logdir", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=300, check=False)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr
+    assert len(lines) == 1 and f"Invalid value for '{flag}'" in lines[0] and message in lines[0], out.stderr
+    assert not (tmp_path / "r").exists(), "nothing is written for a refused problem"
