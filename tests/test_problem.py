@@ -359,3 +359,24 @@ def test_a_bad_problem_file_is_one_line_and_exit_2(factory: str, flag: str, mess
     assert out.returncode == 2, out.stderr
     assert len(lines) == 1 and f"Invalid value for '{flag}'" in lines[0] and message in lines[0], out.stderr
     assert not (tmp_path / "r").exists(), "nothing is written for a refused problem"
+
+
+def test_a_problem_object_runs_from_python_and_resumes_with_the_object(tmp_path) -> None:
+    """``hpo.run(RunConfig(task=problem))``: the object is used as it is; the checkpoint records a label, and
+    resuming needs the object again (one-line ConfigError without it)."""
+    import hpo
+    from hpo.app.checkpoint import checkpoint_path, load_checkpoint
+
+    problem = diabetes_task(samples=64)
+    logdir = tmp_path / "obj"
+    cfg = hpo.RunConfig(task=problem, outer_steps=1, inner_steps=(10,), retrain_steps=10, logdir=str(logdir),
+                        device="cpu")
+    first = hpo.run(cfg)
+    assert first.learned is not None and first.learned.metrics["rmse"] > 0
+    assert load_checkpoint(checkpoint_path(logdir)).config["task"] == "<problem diabetes-mlp>"
+    with pytest.raises(ConfigError, match="tuned a Problem object") as e:
+        hpo.resume(logdir, {"outer_steps": 2})
+    assert e.value.field == "resume"
+    (logdir / "schedule.json").unlink()  # a finished run; resume it for one more outer step
+    again = hpo.resume(logdir, {"outer_steps": 2, "task": problem})
+    assert len(again.history) == 2 and again.history[0] == first.history[0]

@@ -34,6 +34,7 @@ from hpo.reporting.schedule_file import read_schedule
 from hpo.runtime.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.search.inner_runs import DIVERGENCE_RULES, FDSConfig
 from hpo.tasks.augment import Augment
+from hpo.tasks.base import Problem
 
 
 @final
@@ -144,7 +145,7 @@ class RunConfig:
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""
         kwargs: dict[str, Any] = {"samples": self.samples} if self.samples is not None else {}
-        if self.task in VISION_TASKS:
+        if isinstance(self.task, str) and self.task in VISION_TASKS:
             kwargs.update(data_root=self.data_root, download=self.download, augment=self.augment)
         return kwargs
 
@@ -210,7 +211,18 @@ def plain(value: Any) -> Any:
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Problem):
+        return problem_label(value)
     return value
+
+
+def problem_label(problem: Problem) -> str:
+    """How a configuration whose task is a :class:`~hpo.tasks.base.Problem` object records it.
+
+    A checkpoint or schedule.json cannot hold the object (its code), so it holds this label, and
+    resuming such a run needs the object again (:func:`hpo.app.run.resume` with ``{"task": problem}``).
+    """
+    return f"<problem {problem.name}>"
 
 
 def show(value: Any) -> str:
@@ -243,7 +255,7 @@ def cls_replace(config: Any, changes: Mapping[str, Any]) -> Any:
 def normalized_fields(c: RunConfig) -> dict[str, Any]:
     """Each plain field checked for type and range, in the canonical Python type."""
     return {
-        "task": checks.text("task", c.task),
+        "task": c.task if isinstance(c.task, Problem) else checks.text("task", c.task),
         "optimizer": checks.text("optimizer", c.optimizer),
         "backend": checks.text("backend", c.backend),
         "outer_steps": checks.integer("outer_steps", c.outer_steps),
@@ -290,7 +302,8 @@ def resolve_rule_field(spec: str) -> UpdateRule:
 def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
     """The backend of ``c`` with its options (window, compile), checked against ``rule``."""
     try:
-        check_task_name(c.task)
+        if isinstance(c.task, str):
+            check_task_name(c.task)
     except ValueError as e:
         raise ConfigError("task", str(e)) from None
     try:
@@ -298,7 +311,7 @@ def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
     except ValueError as e:
         raise ConfigError("augment", str(e)) from None
     if c.download or c.augment:
-        if ":" not in c.task and c.task not in VISION_TASKS:  # a module:attr factory decides for itself
+        if isinstance(c.task, Problem) or (":" not in c.task and c.task not in VISION_TASKS):  # a module:attr factory decides for itself
             raise ConfigError("download" if c.download else "augment",
                               f"applies to the vision tasks ({', '.join(VISION_TASKS)}), not {c.task!r}")
     try:

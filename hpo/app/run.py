@@ -23,7 +23,7 @@ import torch
 from hpo import checks
 from hpo.app.checkpoint import Checkpoint, checkpoint_path, load_checkpoint, remove_stale_temporaries
 from hpo.app.checkpoint_writer import CheckpointWriter
-from hpo.app.config import RunConfig, known_fields, plain, show
+from hpo.app.config import RunConfig, known_fields, plain, problem_label, show
 from hpo.app.guarded_logging import GuardedLogger
 from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
@@ -44,6 +44,7 @@ from hpo.runtime.files import atomic_write
 from hpo.search.fds import run_fds
 from hpo.search.inner_runs import make_problem
 from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
+from hpo.tasks.base import Problem
 from hpo.tasks.mnist1d import DEFAULT_SAMPLES
 
 #: Settings that may differ from the checkpoint's on resume (the new value is used).
@@ -299,6 +300,14 @@ def resume(logdir: str | Path, overrides: Mapping[str, Any] | None = None,
     if "outer_steps" in overrides and checks.is_int(overrides["outer_steps"]) and overrides["outer_steps"] < ckpt.state.k:
         raise ConfigError("outer_steps", f"the run being resumed has done {ckpt.state.k} outer steps; ask for at "
                                          f"least that many, got {overrides['outer_steps']}")
+    stored_task = saved.get("task")
+    if isinstance(stored_task, str) and stored_task.startswith("<problem "):
+        given = (overrides or {}).get("task")
+        if not (isinstance(given, Problem) and problem_label(given) == stored_task):
+            raise ConfigError("resume", f"the run being resumed tuned a Problem object ({stored_task}), which a "
+                                        f"checkpoint cannot hold; resume it from Python: hpo.resume(logdir, "
+                                        f"{{'task': problem}})")
+        saved = {**saved, "task": given}
     merged = {**saved, "logdir": str(logdir)}
     for name, value in overrides.items():
         if name == "logdir":

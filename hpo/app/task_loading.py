@@ -14,14 +14,15 @@ from hpo.tasks.base import Task, check_problem
 from hpo.tasks.vision import DatasetMissing
 
 
-def load_task(spec: str, options: dict[str, Any], dtype: torch.dtype, device: str) -> Task:
-    """The task ``spec`` built with ``options`` on ``device``; missing data is a ``data_root`` error.
+def load_task(spec: str | Task, options: dict[str, Any], dtype: torch.dtype, device: str) -> Task:
+    """The task ``spec`` (a name, or a :class:`~hpo.tasks.base.Problem` object as it is) built with
+    ``options`` on ``device``; missing data is a ``data_root`` error.
 
     The problem is run once on a few examples first (:func:`~hpo.tasks.base.check_problem`): a loss
     that is not a scalar tensor, or whose derivative through the weights is cut, is refused here.
     """
     try:
-        task = resolve_task(spec, **options)
+        task = spec if isinstance(spec, Task) else resolve_task(spec, **options)
     except DatasetMissing as e:
         raise ConfigError("data_root", str(e)) from None
     except ValueError as e:
