@@ -2,8 +2,9 @@
 
 Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen model:
 
-* ``sgd``: a plain training step of the same model (``torch.optim.SGD``: forward, backward, step),
-  the yardstick; every other figure is also given as a multiple of it;
+* ``sgd``: a plain training step of the same model, the fastest a user would write: the
+  ``nn.Module`` itself, ``loss.backward()`` and ``torch.optim.SGD(..., foreach=True)`` on one fixed
+  batch (:data:`PLAIN_STEP`); the yardstick, every other figure is also given as a multiple of it;
 * ``forward-manual`` / ``forward-jvp``: one inner step with every tangent column started (the
   steady state of the last segment), for each ``--counts`` setting (lr,momentum,wd values), and
   with ``--compile inductor`` also with the step compiled (compilation happens in the warm-up);
@@ -12,7 +13,9 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
   as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
 * ``reverse-checkpointed``: a whole run of ``--checkpoint-horizon`` steps (the forward pass, then
   the recomputation and the reverse sweep) divided by its number of steps, eager and, with
-  ``--compile``, compiled; a second table splits it into the forward pass and the sweep;
+  ``--compile``, compiled, for each ``--regimes`` entry (``sqrt``: a checkpoint every
+  ``round(sqrt(T))`` steps; ``all``: every state stored, nothing recomputed); a second table splits
+  it into the forward pass and the sweep;
 * peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
   reverse-checkpointed, reverse-truncated with the largest window, and full reverse mode up to
   ``--full-reverse-max``).
@@ -49,17 +52,22 @@ from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import pick_device, pick_dtype, synchronize
 from hpo.tasks.base import cross_entropy, model_functions, split_state
-from hpo.tasks.mnist1d import MLP
+from hpo.tasks.mnist1d import CNN1D, MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
     "mlp": lambda s: MLP(in_features=math.prod(s)),
+    "cnn": lambda s: CNN1D(length=math.prod(s)),
     "lenet": lambda s: LeNet(s[0], 10, s[-1]),
     "wrn16": lambda s: wrn16_1(s[0], 10),
     "wrn40": lambda s: wrn40_2(s[0], 10),
 }
 HYPER = {"lr": 0.05, "momentum": 0.9, "wd": 5e-4}
+#: The yardstick's name in the tables.
+PLAIN_STEP = "plain step (nn.Module, backward, torch.optim.SGD foreach)"
+#: ``--regimes`` of reverse-checkpointed: the checkpoint interval for a horizon T.
+REGIMES: dict[str, Callable[[int], int]] = {"sqrt": lambda T: max(1, round(math.sqrt(T))), "all": lambda T: 1}
 
 
 def _malloc_trim() -> None:
@@ -132,8 +140,9 @@ def schedule_for(counts: dict[str, int], dtype: torch.dtype, device: torch.devic
 
 
 def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int) -> tuple[float, float]:
-    """ms per plain ``torch.optim.SGD`` step (forward, backward, update) and its peak memory."""
-    opt = torch.optim.SGD(net.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], weight_decay=HYPER["wd"])
+    """ms per plain step (:data:`PLAIN_STEP`: forward, backward, foreach update) and its peak memory."""
+    opt = torch.optim.SGD(net.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], weight_decay=HYPER["wd"],
+                          foreach=True)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -279,6 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint-horizon", type=int, default=100,
                     help="Steps of the timed reverse-checkpointed run (its interval is round(sqrt) of it).")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--regimes", type=lambda s: [r for r in s.split(",") if r], default=["sqrt", "all"],
+                    help="reverse-checkpointed checkpoint regimes: sqrt (k = round(sqrt(T))), all (k = 1).")
     ap.add_argument("--horizons", type=ints, default=[100, 1000, 10000], help="Horizons of the memory sweep ('' skips).")
     ap.add_argument("--horizon-model", choices=sorted(MODELS), default=None, help="Model of the sweep (default --model).")
     ap.add_argument("--horizon-input", choices=sorted(INPUTS), default=None)
@@ -296,6 +307,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(a.threads)
     counts_list = a.counts or [parse_counts("7,1,1"), parse_counts("7,7,7")]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    for regime in a.regimes:
+        if regime not in REGIMES:
+            ap.error(f"--regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
     shape = INPUTS[a.input]
     truncated = find_truncated(a.reverse_truncated) if ("reverse-truncated" in methods or a.horizons) else None
     from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
@@ -309,12 +323,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     net, x, y = build(a.model, shape, a.batch_size, dtype, device)
     print(f"parameters: {sum(p.numel() for p in net.parameters()):,}\n")
-    print("| method | shared values (lr/mom/wd) | ms per inner step | x plain SGD | peak memory (MiB) |")
+    print("| method | shared values (lr/mom/wd) | ms per inner step | x plain step | peak memory (MiB) |")
     print("|---|---|---|---|---|")
     sgd_ms = float("nan")
     if "sgd" in methods:
         sgd_ms, mib = time_sgd(build(a.model, shape, a.batch_size, dtype, device)[0], x, y, a.steps, a.warmup)
-        print(f"| plain SGD step | - | {sgd_ms:.2f} | 1.0 | {mib:.1f} |", flush=True)
+        print(f"| {PLAIN_STEP} | - | {sgd_ms:.2f} | 1.0 | {mib:.1f} |", flush=True)
         out["steps"].append({"method": "sgd", "ms": sgd_ms, "peak_mib": mib})
     for counts in counts_list:
         label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
@@ -327,10 +341,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
         if "reverse-checkpointed" in methods:
-            for comp in (None, a.compile) if a.compile else (None,):
-                row = "reverse-checkpointed" if comp is None else f"reverse-checkpointed (compiled, {comp})"
-                ms, fwd, rev, mib = time_checkpointed(lambda comp=comp: ReverseCheckpointedBackend(compile=comp),
-                                                      net, x, y, counts, a.checkpoint_horizon)
+            for comp, regime in [(c, r) for c in ((None, a.compile) if a.compile else (None,)) for r in a.regimes]:
+                every = REGIMES[regime](a.checkpoint_horizon)
+                row = f"reverse-checkpointed {regime} (k={every})" + ("" if comp is None else f" (compiled, {comp})")
+                ms, fwd, rev, mib = time_checkpointed(
+                    lambda comp=comp, every=every: ReverseCheckpointedBackend(every=every, compile=comp),
+                    net, x, y, counts, a.checkpoint_horizon)
                 print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib,
                                      "forward_ms": fwd, "sweep_ms": rev, "horizon": a.checkpoint_horizon})
@@ -343,8 +359,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     split = [r for r in out["steps"] if "sweep_ms" in r]
     if split:
-        k = round(math.sqrt(a.checkpoint_horizon))
-        print(f"\n## reverse-checkpointed split: T={a.checkpoint_horizon}, k={k}, ms per inner step (x plain SGD)\n")
+        print(f"\n## reverse-checkpointed split: T={a.checkpoint_horizon}, ms per inner step (x plain step)\n")
         print("| method | shared values (lr/mom/wd) | forward pass | recompute + reverse sweep | whole run |")
         print("|---|---|---|---|---|")
         for r in split:
