@@ -135,6 +135,7 @@ class StepFunctions:
 
     plain: Callable[..., StepOutput]
     adjoint: Callable[..., tuple[Params, State, Hyper]]
+    segment: Callable[..., tuple[Params, State, list[Hyper]]] | None = None
 
 
 @final
@@ -148,6 +149,7 @@ class CheckpointedState:
     stored: Stored | None
     functions: StepFunctions
     plan: CheckpointPlan
+    graph_bytes: int = 0
 
     @property
     def checkpoints(self) -> tuple[Checkpoint, ...]:
@@ -300,7 +302,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
             return StepFunctions(partial(parallel_plain_step, comm), partial(parallel_adjoint_step, comm))
         if self.compile is None:
             if rule is not None and rule.curvature is None:
-                return StepFunctions(autograd_plain_step, autograd_adjoint_step)
+                return StepFunctions(autograd_plain_step, autograd_adjoint_step, segment_adjoint)
             return StepFunctions(plain_step, adjoint_step)
         options = {"fallback_random": True} if self.compile == "inductor" else None
         return StepFunctions(torch.compile(plain_step, backend=self.compile, options=options),
@@ -331,11 +333,18 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         if t % state.every == 0:
             rng = RngState.capture(inner.loss.device)
             stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng), stored)
-        out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
-                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, x, y,
-                                    seed=problem.seed)
+        args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
+                hyper_at_step(state.values, t, problem.horizon), t, x, y)
+        graph_bytes = state.graph_bytes
+        if t == 0 and state.functions.segment is not None:  # measure one step's graph once
+            counter = SavedBytes()
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                out = state.functions.plain(*args, seed=problem.seed)
+            graph_bytes = counter.total
+        else:
+            out = state.functions.plain(*args, seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
-                       stored=stored)
+                       stored=stored, graph_bytes=graph_bytes)
 
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState) -> HypergradResult:
         """The reverse sweep over every segment, last to first (see the module docstring).
@@ -367,11 +376,92 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         return HypergradResult(hypergrad, float(loss), float(acc), inner.t, info=info)
 
 
+@final
+class SavedBytes:
+    """Saved-tensor hooks that add up the bytes a step's autograd graph saves (its activations)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def pack(self, x: Tensor) -> Tensor:
+        """Count ``x`` and save it unchanged."""
+        self.total += x.numel() * x.element_size()
+        return x
+
+    @staticmethod
+    def unpack(x: Tensor) -> Tensor:
+        """The saved tensor itself."""
+        return x
+
+
+#: A step's double-backward graph saves about this many times what its plain backward saves.
+TAPE_GRAPH_FACTOR = 4
+
+
+def fuse_segments(state: CheckpointedState) -> bool:
+    """Whether the sweep tapes whole segments (:func:`segment_adjoint`) instead of replaying them.
+
+    Only with the ``torch.autograd`` functions and ``k > 1``, and when ``k`` steps' double-backward
+    graphs (:data:`TAPE_GRAPH_FACTOR` times the activations measured at step 0) fit in what the budget
+    leaves beside the stored states.
+    """
+    if state.functions.segment is None or state.every <= 1:
+        return False
+    budget = state.plan.budget
+    return budget is None or state.every * TAPE_GRAPH_FACTOR * state.graph_bytes <= budget - state.plan.bytes
+
+
+def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Checkpoint, end: int,
+                    a_params: Params, a_state: State) -> tuple[Params, State, list[Hyper]]:
+    """:math:`a_{ckpt.t}` and :math:`\\bar\\lambda_t` for ``t`` in ``[ckpt.t, end)``, last step first, from one tape.
+
+    The segment's steps run from the checkpoint with ``create_graph=True`` gradients (the RNG set
+    to the checkpoint's), so the tape holds :math:`s_{a+1}, \\dots, s_b` as functions of
+    :math:`s_a` and the :math:`\\lambda_t`; one ``autograd.grad`` of :math:`s_b` with cotangent
+    :math:`a_b` then gives the same adjoint as :func:`autograd_adjoint_step` applied step by step,
+    and the separate recomputation of the segment is not needed: the tape is it.
+    """
+    rule, loss_fn, clip, horizon = problem.rule, problem.loss_fn, problem.grad_clip, problem.horizon
+    ckpt.rng.restore()
+    p0 = {k: v.detach().requires_grad_() for k, v in ckpt.params.items()}
+    s0 = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in ckpt.opt_state.items()}
+    p, s, buffers = p0, s0, ckpt.buffers
+    hypers: list[Hyper] = []
+    with torch.enable_grad():
+        for t in range(ckpt.t, end):
+            x, y = problem.batch(t)
+            h = {k: v.detach().requires_grad_() for k, v in hyper_at_step(values, t, horizon).items()}
+            loss, buffers = loss_fn(p, buffers, x, y)
+            g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
+            p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
+            hypers.append(h)
+        outs, cots = [], []
+        for k, v in p.items():
+            if v.requires_grad:
+                outs.append(v)
+                cots.append(a_params[k])
+        for sk, sv in s.items():
+            for k, v in sv.items():
+                if v.requires_grad:
+                    outs.append(v)
+                    cots.append(a_state[sk][k])
+        inputs = [*p0.values(), *(v for sv in s0.values() for v in sv.values()),
+                  *(v for h in hypers for v in h.values())]
+        bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    it = iter(b if b is not None else torch.zeros_like(v) for b, v in zip(bars, inputs))
+    out_p = {k: next(it) for k in p0}
+    out_s = {sk: {k: next(it) for k in sv} for sk, sv in s0.items()}
+    h_bars = [{k: next(it) for k in h} for h in hypers]
+    return out_p, out_s, h_bars[::-1]
+
+
 def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] | None:
     """:math:`\\bar\\lambda_t` of every step as a ``(T,)`` tensor per type, or None if the adjoint blew up.
 
     Segments from the last to the first: recompute the states of the segment from its checkpoint
-    (:func:`replay`), then step the adjoint back through them.  The per-step cotangents are stacked,
+    (:func:`replay`), then step the adjoint back through them; or, when :func:`fuse_segments`
+    allows, take the segment's adjoint from one tape of it (:func:`segment_adjoint`), which does
+    the recomputation and the vector-Jacobian products in one pass.  The per-step cotangents are stacked,
     and the adjoint checked for finiteness (one host sync), once at least :math:`\\sqrt T` steps
     have gone by since the last check (so ``k = 1`` does not sync every step); the sweep stops at
     the first non-finite check.  The global RNG is restored afterwards.
@@ -388,15 +478,20 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     checkpoints = state.checkpoints
     ends = [c.t for c in checkpoints[1:]] + [horizon]
     device = inner.loss.device
+    fused = state.functions.segment if fuse_segments(state) else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for ckpt, end in zip(reversed(checkpoints), reversed(ends)):
-            for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
-                rng.restore()
-                x, y = problem.batch(t)
-                hyper = hyper_at_step(state.values, t, horizon)
-                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, x, y,
-                                                   a_params, a_state, seed=problem.seed)
-                pending.append(h_bar)
+            if fused is not None:  # one tape of the segment: no separate recomputation
+                a_params, a_state, h_bars = fused(problem, state.values, ckpt, end, a_params, a_state)
+                pending.extend(h_bars)
+            else:
+                for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
+                    rng.restore()
+                    x, y = problem.batch(t)
+                    hyper = hyper_at_step(state.values, t, horizon)
+                    a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t,
+                                                       x, y, a_params, a_state, seed=problem.seed)
+                    pending.append(h_bar)
             if len(pending) >= check_every or ckpt.t == 0:
                 for name, stacked in chunks.items():  # one tensor per chunk, not T 0-d tensors
                     stacked.append(torch.stack([h[name] for h in pending]))

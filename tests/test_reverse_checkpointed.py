@@ -23,6 +23,7 @@ from hpo.backends.reverse_checkpointed import (
     autograd_adjoint_step,
     autograd_plain_step,
     checkpoint_interval,
+    fuse_segments,
     plain_step,
 )
 from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
@@ -331,3 +332,23 @@ def test_the_plan_takes_the_fewest_recomputations_the_budget_allows() -> None:
     assert [plan_checkpoints(100, 1, c).every for c in (100, 99, 51, 50, 19, 18)] == [1, 2, 2, 3, 10, 10]
     assert [plan_checkpoints(100, 1, c).regime for c in (100, 51, 19, 18)] == [ALL_STORED, SPACED, SQRT, OVER_BUDGET]
     assert plan_checkpoints(100, 1, None).every == 1
+
+
+@pytest.mark.parametrize("key", ["sgd", "adam"])
+def test_taped_segments_equal_replayed_segments(key: str) -> None:
+    """With room for a segment's graph the sweep tapes it (no separate replay); else it replays: same result."""
+    make, vals = RULES[key]
+    problem = helpers.tiny_problem(make(), horizon=25)
+    sched = Schedule(vals)
+    one = state_bytes(problem)
+    results = {}
+    for budget in (10**9, 9 * one):  # a segment's graph fits / only the sqrt(T) states fit
+        backend = ReverseCheckpointedBackend(every=5, memory_budget=budget)
+        state = backend.init(problem, sched)
+        for t, x, y in problem.batches():
+            state = backend.step(problem, sched, state, t, x, y)
+        assert state.graph_bytes > 0
+        results[fuse_segments(state)] = backend.hypergradient(problem, sched, state).hypergrad
+    assert set(results) == {True, False}
+    rev = reverse_hypergradient(problem, sched.values)
+    assert rel_err(results[True], rev) < 1e-13 and rel_err(results[False], rev) < 1e-13
