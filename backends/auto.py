@@ -9,14 +9,18 @@ Costs are in plain training steps per inner step; memory in bytes, with ``b`` by
     \\text{forward:}\\quad c_{fwd} = 1 + c_f N \\ \\text{(CPU)}, \\qquad
     c_{fwd} = 1 + c_{hvp} \\lceil N / W \\rceil \\ \\text{(CUDA)}, \\qquad m_{fwd} = 2 N P b
 
-    \\text{reverse-checkpointed:}\\quad c_{rev} = C_{pass} + r(k)\\, C_{pass} + C_{vjp}, \\qquad
-    m_{rev} = 2 (\\lceil T/k \\rceil + k - 1) P b
+    \\text{reverse-checkpointed:}\\quad c_{rev} = C_{pass} + C_{tape} \\ \\text{(taped segments)}, \\qquad
+    c_{rev} = C_{pass} (1 + r(k)) + C_{vjp} \\ \\text{(otherwise)}
 
-with ``k`` the checkpoint interval the budget allows (:func:`hpo.backends.memory_budget.plan_checkpoints`:
-``k = 1``, every state stored, when :math:`2 T P b \\le M`; else the smallest ``k`` that fits, at most
-:math:`\\sqrt T`) and :math:`r(k) = (T - \\lceil T/k \\rceil) / T` the fraction of steps recomputed
-(0 for ``k = 1``, about 1 for :math:`\\sqrt T`).  :math:`C_{pass}` is the forward pass (a plain step
-that also stores a checkpoint), :math:`C_{vjp}` one vector-Jacobian product of a step.
+with ``k`` and the regime the budget allows (:func:`hpo.backends.memory_budget.plan_checkpoints`):
+taped segments of :math:`\\sqrt T` steps when :math:`2 \\lceil T/k \\rceil P b + k G \\le M` (``G``
+one step's double-backward graph, estimated from one probe step); else ``k = 1``, every state
+stored, when :math:`2 T P b \\le M`; else the smallest ``k`` whose
+:math:`2 (\\lceil T/k \\rceil + k - 1) P b` fit, at most :math:`\\sqrt T`.
+:math:`r(k) = (T - \\lceil T/k \\rceil) / T` is the fraction of steps recomputed (0 for ``k = 1``,
+about 1 for :math:`\\sqrt T`).  :math:`C_{pass}` is the forward pass (a plain step that also stores
+a checkpoint), :math:`C_{vjp}` one vector-Jacobian product of a step on its own,
+:math:`C_{tape}` one step of a taped segment (the same products, one backward per segment).
 
 (``2 P``: the weights and one optimizer-state tensor per weight, as for SGD-momentum; forward
 mode's ``N`` columns are taken all started, the steady state of the last segment, an upper bound
@@ -65,9 +69,11 @@ from hpo.errors import ConfigError
 #: CPU: plain steps per started forward-mode column (MLP, eager; measured 1.1 to 1.6, LeNet 1.4 to 3.9).
 CPU_COST_PER_COLUMN = 1.3
 #: CPU: reverse-checkpointed's forward pass (a plain step storing checkpoints), in plain steps.
-CPU_PASS_COST = 1.05
-#: CPU: one vector-Jacobian product of a step (torch.autograd double backward), in plain steps.
-CPU_VJP_COST = 2.4
+CPU_PASS_COST = 1.1
+#: CPU: one vector-Jacobian product of a step on its own (torch.autograd double backward), in plain steps.
+CPU_VJP_COST = 3.0
+#: CPU: one step of a taped segment in the sweep, in plain steps.
+CPU_TAPE_COST = 2.7
 #: CUDA (assumed): columns that vmap runs side by side for the price of one.
 CUDA_FREE_COLUMNS = 32
 #: CUDA (assumed): one batched Hessian-vector product, in plain steps.
@@ -75,7 +81,9 @@ CUDA_HVP_COST = 2.5
 #: CUDA (assumed): reverse-checkpointed's forward pass, in plain steps.
 CUDA_PASS_COST = 1.0
 #: CUDA (assumed): one vector-Jacobian product of a step, in plain steps (the design's 2-2.6x a gradient).
-CUDA_VJP_COST = 2.0
+CUDA_VJP_COST = 2.5
+#: CUDA (assumed): one step of a taped segment, in plain steps.
+CUDA_TAPE_COST = 2.5
 #: Tensors of size P per state: the weights and one optimizer-state tensor (SGD-momentum).
 TENSORS_PER_STATE = 2
 
@@ -96,9 +104,14 @@ def forward_cost(n_values: int, device_type: str) -> float:
     return 1.0 + CPU_COST_PER_COLUMN * n_values
 
 
-def reverse_cost(device_type: str, horizon: int = 1, every: int = 1) -> float:
-    """Plain steps per inner step of reverse-checkpointed: :math:`C_{pass} (1 + r(k)) + C_{vjp}`."""
-    c_pass, c_vjp = (CUDA_PASS_COST, CUDA_VJP_COST) if device_type == "cuda" else (CPU_PASS_COST, CPU_VJP_COST)
+def reverse_cost(device_type: str, horizon: int = 1, every: int = 1, taped: bool = False) -> float:
+    """Plain steps per inner step of reverse-checkpointed: :math:`C_{pass} + C_{tape}` taped, else
+    :math:`C_{pass} (1 + r(k)) + C_{vjp}`."""
+    cuda = device_type == "cuda"
+    c_pass = CUDA_PASS_COST if cuda else CPU_PASS_COST
+    if taped:
+        return c_pass + (CUDA_TAPE_COST if cuda else CPU_TAPE_COST)
+    c_vjp = CUDA_VJP_COST if cuda else CPU_VJP_COST
     return c_pass * (1.0 + recomputed_steps(horizon, every) / horizon) + c_vjp
 
 
@@ -107,9 +120,10 @@ def forward_bytes(n_values: int, n_params: int, dtype_bytes: int = 4) -> int:
     return TENSORS_PER_STATE * n_values * n_params * dtype_bytes
 
 
-def reverse_plan(n_params: int, horizon: int, budget: int | None, dtype_bytes: int = 4) -> CheckpointPlan:
-    """The checkpoint plan under ``budget`` bytes, a state being :math:`2 P b` bytes."""
-    return plan_checkpoints(horizon, TENSORS_PER_STATE * n_params * dtype_bytes, budget)
+def reverse_plan(n_params: int, horizon: int, budget: int | None, dtype_bytes: int = 4,
+                 tape_bytes: int | None = None) -> CheckpointPlan:
+    """The checkpoint plan under ``budget`` bytes, a state being :math:`2 P b` bytes (``tape_bytes``: ``G``)."""
+    return plan_checkpoints(horizon, TENSORS_PER_STATE * n_params * dtype_bytes, budget, tape_bytes)
 
 
 def reverse_bytes(n_params: int, horizon: int, dtype_bytes: int = 4, budget: int | None = 0) -> int:
@@ -125,11 +139,12 @@ def _mib(n: int) -> str:
 
 
 def choose_backend(n_values: int, n_params: int, device_type: str, free_bytes: int | None, horizon: int,
-                   has_hand_tangent: bool = True, dtype_bytes: int = 4) -> BackendChoice:
+                   has_hand_tangent: bool = True, dtype_bytes: int = 4, tape_bytes: int | None = None) -> BackendChoice:
     """Pick ``forward-manual`` / ``forward-jvp`` or ``reverse-checkpointed`` (see the module docstring).
 
-    ``free_bytes`` is the memory budget (None: no constraint); reverse mode's regime (every state
-    stored, or checkpoints every ``k``) is the one the budget allows, and the reason names it.  ``has_hand_tangent`` (the rule's
+    ``free_bytes`` is the memory budget (None: no constraint); reverse mode's regime (taped
+    segments, every state stored, or checkpoints every ``k``) is the one the budget allows, and the
+    reason names it.  ``tape_bytes`` is one taped step's graph (None: reverse mode cannot tape).  ``has_hand_tangent`` (the rule's
     ``hand_tangent``) decides ``forward-manual`` over ``forward-jvp``.
 
     Example:
@@ -146,8 +161,8 @@ def choose_backend(n_values: int, n_params: int, device_type: str, free_bytes: i
     if free_bytes is not None and free_bytes < 0:
         raise ConfigError("free_bytes", f"must be at least 0, got {free_bytes}")
     fwd_name = "forward-manual" if has_hand_tangent else "forward-jvp"
-    plan = reverse_plan(n_params, horizon, free_bytes, dtype_bytes)
-    c_fwd, c_rev = forward_cost(n_values, device_type), reverse_cost(device_type, horizon, plan.every)
+    plan = reverse_plan(n_params, horizon, free_bytes, dtype_bytes, tape_bytes)
+    c_fwd, c_rev = forward_cost(n_values, device_type), reverse_cost(device_type, horizon, plan.every, plan.taped)
     m_fwd, m_rev = forward_bytes(n_values, n_params, dtype_bytes), plan.bytes
     costs = (f"forward {c_fwd:.1f} vs reverse {c_rev:.1f} plain steps per step ({n_values} values on "
              f"{device_type}), memory {_mib(m_fwd)} vs {_mib(m_rev)}; reverse regime: {plan.regime}, k={plan.every}")

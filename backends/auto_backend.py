@@ -18,7 +18,11 @@ from torch import Tensor
 from hpo.backends.auto import BackendChoice, choose_backend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.memory_budget import default_budget, parse_bytes
-from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+from hpo.backends.reverse_checkpointed import (
+    TAPE_GRAPH_FACTOR,
+    ReverseCheckpointedBackend,
+    SavedBytes,
+)
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
@@ -32,6 +36,22 @@ class AutoState:
     backend: HypergradientBackend[Any]
     choice: BackendChoice
     state: Any
+
+
+def tape_bytes(problem: InnerProblem) -> int | None:
+    """One taped step's graph, :data:`~hpo.backends.reverse_checkpointed.TAPE_GRAPH_FACTOR` times what a
+    probe step on minibatch 0 saves for its backward; None where reverse mode cannot tape (a
+    ``curvature`` rule, a data-parallel run).  The global RNG is left as it was."""
+    if problem.rule.curvature is not None or problem.comm is not None:
+        return None
+    counter = SavedBytes()
+    ref = next(iter(problem.params.values()))
+    x, y = problem.batch(0)
+    leaves = {k: v.detach().requires_grad_() for k, v in problem.params.items()}
+    with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []), torch.enable_grad(),
+          torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)):
+        problem.loss_fn(leaves, problem.buffers, x, y)  # the forward saves what its backward needs
+    return TAPE_GRAPH_FACTOR * counter.total
 
 
 @final
@@ -65,6 +85,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
             name = "forward-manual" if problem.rule.hand_tangent else "forward-jvp"
             return BackendChoice(name, "a Hessian-tangent clamp is set, which only forward mode has")
         return choose_backend(
+            tape_bytes=tape_bytes(problem),
             n_values=schedule.size, n_params=sum(p.numel() for p in problem.params.values()),
             device_type="cuda" if ref.device.type == "cuda" else "cpu", free_bytes=self.budget(ref.device),
             horizon=problem.horizon,

@@ -11,10 +11,22 @@ inner states (weights, optimizer state, buffers): the checkpoints, plus the ``k 
 segment recomputed from its checkpoint.  It recomputes :math:`T - \\lceil T/k \\rceil` steps, a
 fraction :math:`r(k) \\approx (k - 1) / k` of the run: none for ``k = 1`` (every state stored),
 one half for ``k = 2``, and about one whole pass for :math:`k = \\sqrt T`, which minimises
-:math:`S`.  Under a budget of ``c`` states, :func:`plan_checkpoints` takes the smallest ``k`` with
-:math:`S(k) \\le c` (the fewest recomputations the budget allows with one level of checkpoints).
-When even :math:`S(\\sqrt T) > c`, only a multi-level (binomial, ``revolve``) schedule would fit;
-that is not implemented, so the plan keeps :math:`k = \\sqrt T` and says that it is over budget.
+:math:`S`.  A sweep that *tapes* each segment (one autograd graph of its ``k`` steps, built from the
+checkpoint, then one backward through it) needs no separate recomputation at all, since the graph
+is built by the very forward computation each vector-Jacobian product needs anyway; it holds
+:math:`\\lceil T/k \\rceil` states and the graphs of ``k`` steps (``G`` bytes each).
+
+:func:`plan_checkpoints` takes, in this order of cost (measured, ``docs/backend-choice.md``):
+
+1. :data:`TAPED`: :math:`k = \\sqrt T` with taped segments, when
+   :math:`\\lceil T/k \\rceil s + k G \\le M` (``s`` bytes a state, budget ``M``);
+2. :data:`ALL_STORED`: ``k = 1``, every state stored, one vector-Jacobian product per step and
+   nothing recomputed, when :math:`T s \\le M`;
+3. the smallest ``k`` with :math:`S(k)\\, s \\le M`, segments recomputed (:data:`SPACED`, or
+   :data:`SQRT` at :math:`k = \\sqrt T`): the fewest recomputations the budget allows with one
+   level of checkpoints;
+4. :data:`OVER_BUDGET`: even :math:`S(\\sqrt T)\\, s > M`.  Only a multi-level (binomial,
+   ``revolve``) schedule would fit; that is not implemented, so the plan keeps :math:`k = \\sqrt T`.
 """
 
 from __future__ import annotations
@@ -36,6 +48,7 @@ UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 2**10, "m": 1000**2, "mb":
 DEFAULT_FRACTION = 0.5
 #: Regime names, as printed by ``auto`` and in the hypergradient's ``info``.
 ALL_STORED, SPACED, SQRT, OVER_BUDGET = "all states stored", "every k-th state", "sqrt(T) checkpoints", "over budget"
+TAPED = "sqrt(T) checkpoints, segments taped"
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
 
@@ -112,24 +125,33 @@ class CheckpointPlan:
     states: int
     state_bytes: int
     budget: int | None
+    tape_bytes: int = 0
+
+    @property
+    def taped(self) -> bool:
+        """Whether the sweep tapes whole segments (no separate recomputation)."""
+        return self.tape_bytes > 0
 
     @property
     def bytes(self) -> int:
-        """Memory of the states held at the sweep's peak."""
-        return self.states * self.state_bytes
+        """Memory at the sweep's peak: the states held, and one segment's tape if taped."""
+        return self.states * self.state_bytes + self.every * self.tape_bytes
 
     def describe(self, horizon: int) -> str:
         """One line: regime, ``k``, states, memory against the budget, recomputed steps."""
         budget = "no budget" if self.budget is None else f"budget {format_bytes(self.budget)}"
+        again = 0 if self.taped else recomputed_steps(horizon, self.every)
         return (f"{self.regime} (k={self.every}, {self.states} states, {format_bytes(self.bytes)} of {budget}, "
-                f"{recomputed_steps(horizon, self.every)} of {horizon} steps recomputed)")
+                f"{again} of {horizon} steps recomputed)")
 
 
-def plan_checkpoints(horizon: int, state_bytes: int, budget: int | None) -> CheckpointPlan:
-    """The smallest ``k`` whose :math:`S(k)` states fit in ``budget`` bytes (see the module docstring).
+def plan_checkpoints(horizon: int, state_bytes: int, budget: int | None,
+                     tape_bytes: int | None = None) -> CheckpointPlan:
+    """The cheapest regime that fits in ``budget`` bytes (see the module docstring).
 
-    ``budget`` None: no limit (every state stored).  Over budget even at :math:`k = \\sqrt T`: that
-    ``k``, regime :data:`OVER_BUDGET`.
+    ``tape_bytes``: one step's graph for a taped segment, None where the sweep cannot tape (then
+    the plan is the smallest ``k`` whose :math:`S(k)` states fit).  ``budget`` None: no limit.
+    Over budget even at :math:`k = \\sqrt T`: that ``k``, regime :data:`OVER_BUDGET`.
 
     Example:
         >>> plan_checkpoints(100, 1000, None).every
@@ -140,6 +162,10 @@ def plan_checkpoints(horizon: int, state_bytes: int, budget: int | None) -> Chec
         2
     """
     sqrt_k = max(1, round(math.sqrt(horizon)))
+    if tape_bytes is not None and sqrt_k > 1:
+        taped = CheckpointPlan(sqrt_k, TAPED, math.ceil(horizon / sqrt_k), state_bytes, budget, max(1, tape_bytes))
+        if budget is None or taped.bytes <= budget:
+            return taped
     fits = lambda k: budget is None or states_held(horizon, k) * state_bytes <= budget
     for k in range(1, sqrt_k + 1):
         if fits(k):

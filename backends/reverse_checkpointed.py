@@ -19,9 +19,11 @@ rule works with nothing derived by hand, and ``grad_clip`` is differentiated as 
 
 The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers and the global
 RNG state, for dropout) every ``k`` steps.  ``k`` follows a memory budget
-(:func:`hpo.backends.memory_budget.plan_checkpoints`): ``k = 1`` (every state kept, nothing
-recomputed) when all ``T`` states fit, else the smallest ``k`` whose
-:math:`\\lceil T/k \\rceil + k - 1` states fit, at most :math:`\\sqrt T`.  The reverse sweep takes the segments ``[a, b)`` between
+(:func:`hpo.backends.memory_budget.plan_checkpoints`, decided after step 0, whose graph is
+measured): ``k = sqrt(T)`` with taped segments when a segment's graph fits (the sweep builds one
+graph per segment from its checkpoint and back-propagates through it: no separate recomputation),
+else ``k = 1`` (every state kept, nothing recomputed) when all ``T`` states fit, else the smallest
+``k`` whose :math:`\\lceil T/k \\rceil + k - 1` states fit, at most :math:`\\sqrt T`.  The reverse sweep takes the segments ``[a, b)`` between
 checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
 on ``problem.batch(t)`` with the RNG replayed, then steps the adjoint from ``b - 1`` down to ``a``.
 (The replay assumes that nothing but the steps draws from the global RNG during the forward pass,
@@ -276,20 +278,29 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         self.compile = compile
         self.memory_budget = None if memory_budget is None else parse_bytes("memory_budget", memory_budget)
 
-    def plan(self, problem: InnerProblem, opt_state: State) -> CheckpointPlan:
+    def plan(self, problem: InnerProblem, one: int, graph_bytes: int | None = None) -> CheckpointPlan:
         """The checkpoint interval: ``every`` if given, else the budget's plan (:func:`plan_checkpoints`).
 
-        The budget is ``memory_budget``, or half the free memory of the weights' device; one state
-        is the weights, the optimizer state, the buffers and the CPU RNG state.
+        The budget is ``memory_budget``, or half the free memory of the weights' device; ``one``
+        state is the weights, the optimizer state, the buffers and the CPU RNG state.
+        ``graph_bytes`` (what step 0's graph saved; None before it ran, or where the sweep cannot
+        tape) gives a taped step :data:`TAPE_GRAPH_FACTOR` times that.
         """
         ref = next(iter(problem.params.values()))
         budget = self.memory_budget if self.memory_budget is not None else default_budget(ref.device)
-        one = tree_bytes(problem.params, opt_state, problem.buffers) + torch.get_rng_state().numel()
-        plan = plan_checkpoints(problem.horizon, one, budget)
+        tape = None if graph_bytes is None else TAPE_GRAPH_FACTOR * graph_bytes
         if self.every is None:
-            return plan
-        held = states_held(problem.horizon, min(self.every, problem.horizon))
-        return CheckpointPlan(self.every, f"every {self.every} (set)", held, one, budget)
+            return plan_checkpoints(problem.horizon, one, budget, tape)
+        k = self.every
+        taped = CheckpointPlan(k, f"every {k} (set), segments taped", math.ceil(problem.horizon / k), one, budget,
+                               max(1, tape or 0))
+        if tape is not None and k > 1 and (budget is None or taped.bytes <= budget):
+            return taped
+        return CheckpointPlan(k, f"every {k} (set)", states_held(problem.horizon, min(k, problem.horizon)), one, budget)
+
+    def state_bytes(self, problem: InnerProblem, opt_state: State) -> int:
+        """Bytes of one stored state: weights, optimizer state, buffers and the CPU RNG state."""
+        return tree_bytes(problem.params, opt_state, problem.buffers) + torch.get_rng_state().numel()
 
     def functions(self, comm: Communicator | None = None, rule: UpdateRule | None = None) -> StepFunctions:
         """The step functions, compiled with ``self.compile`` if set; data-parallel ones with ``comm``.
@@ -317,7 +328,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         ref = next(iter(problem.params.values()))
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
-        plan = self.plan(problem, inner.opt_state)
+        plan = self.plan(problem, self.state_bytes(problem, inner.opt_state))
         return CheckpointedState(inner, schedule.values_like(ref), plan.every, None,
                                  self.functions(problem.comm, problem.rule), plan)
 
@@ -335,16 +346,16 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
             stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng), stored)
         args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
                 hyper_at_step(state.values, t, problem.horizon), t, x, y)
-        graph_bytes = state.graph_bytes
-        if t == 0 and state.functions.segment is not None:  # measure one step's graph once
+        if t == 0 and state.functions.segment is not None:  # measure one step's graph, then plan
             counter = SavedBytes()
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
                 out = state.functions.plain(*args, seed=problem.seed)
-            graph_bytes = counter.total
+            plan = self.plan(problem, state.plan.state_bytes, counter.total)
+            state = replace(state, graph_bytes=counter.total, plan=plan, every=plan.every)
         else:
             out = state.functions.plain(*args, seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
-                       stored=stored, graph_bytes=graph_bytes)
+                       stored=stored)
 
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState) -> HypergradResult:
         """The reverse sweep over every segment, last to first (see the module docstring).
@@ -401,14 +412,11 @@ TAPE_GRAPH_FACTOR = 4
 def fuse_segments(state: CheckpointedState) -> bool:
     """Whether the sweep tapes whole segments (:func:`segment_adjoint`) instead of replaying them.
 
-    Only with the ``torch.autograd`` functions and ``k > 1``, and when ``k`` steps' double-backward
-    graphs (:data:`TAPE_GRAPH_FACTOR` times the activations measured at step 0) fit in what the budget
-    leaves beside the stored states.
+    As planned after step 0: only with the ``torch.autograd`` functions and ``k > 1``, and when
+    ``k`` steps' double-backward graphs (:data:`TAPE_GRAPH_FACTOR` times what step 0's graph saved)
+    fit in the budget beside the checkpoints.
     """
-    if state.functions.segment is None or state.every <= 1:
-        return False
-    budget = state.plan.budget
-    return budget is None or state.every * TAPE_GRAPH_FACTOR * state.graph_bytes <= budget - state.plan.bytes
+    return state.functions.segment is not None and state.plan.taped
 
 
 def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Checkpoint, end: int,

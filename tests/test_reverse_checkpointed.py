@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from hpo.backends import reverse_checkpointed
 from hpo.backends.forward import ForwardJvpBackend
-from hpo.backends.memory_budget import ALL_STORED, OVER_BUDGET, SPACED, SQRT, parse_bytes, plan_checkpoints
+from hpo.backends.memory_budget import ALL_STORED, OVER_BUDGET, SPACED, SQRT, TAPED, parse_bytes, plan_checkpoints
 from hpo.backends.reverse_checkpointed import (
     ReverseCheckpointedBackend,
     adjoint_step,
@@ -158,7 +159,7 @@ def test_every_checkpoint_interval_gives_the_same_hypergradient() -> None:
     sched = helpers.sgd_schedule()
     results = {k: checkpointed(problem, sched, k) for k in (1, 2, 3, 5, 12, 50)}
     assert {k: r.info["checkpoints"] for k, r in results.items()} == {1: 12, 2: 6, 3: 4, 5: 3, 12: 1, 50: 1}
-    assert checkpointed(problem, sched).info == {"every": 1, "checkpoints": 12, "regime": ALL_STORED}  # all fit
+    assert checkpointed(problem, sched).info == {"every": 3, "checkpoints": 4, "regime": TAPED}  # round(sqrt(12))
     for r in results.values():
         assert rel_err(r.hypergrad, results[3].hypergrad) < 1e-12
 
@@ -247,21 +248,23 @@ def test_compiled_steps_give_the_same_hypergradient() -> None:
 
 def state_bytes(problem: InnerProblem) -> int:
     """Bytes of one stored state of ``problem`` as the backend counts them."""
-    return ReverseCheckpointedBackend().plan(problem, problem.rule.init(problem.params)).state_bytes
+    return ReverseCheckpointedBackend().state_bytes(problem, problem.rule.init(problem.params))
 
 
-@pytest.mark.parametrize("states, every, regime", [(None, 1, ALL_STORED), (25, 1, ALL_STORED), (14, 2, SPACED),
-                                                   (9, 5, SQRT), (3, 5, OVER_BUDGET)])
-def test_every_budget_regime_equals_the_reference_and_finite_differences(states: int | None, every: int,
-                                                                         regime: str) -> None:
-    """k = 1 (all stored), k = 2, k = sqrt(T) and over budget: the reference unroll to 1e-13, FD to 1e-6."""
+@pytest.mark.parametrize("states, every, regime", [(None, 5, TAPED), ("no tape", 1, ALL_STORED), (25, 1, ALL_STORED),
+                                                   (14, 2, SPACED), (9, 5, SQRT), (3, 5, OVER_BUDGET)])
+def test_every_budget_regime_equals_the_reference_and_finite_differences(
+        states: int | str | None, every: int, regime: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taped sqrt(T) segments, k = 1 (all stored), k = 2, k = sqrt(T) replayed and over budget:
+    the reference unroll to 1e-13, central finite differences to 1e-6."""
     problem = helpers.tiny_problem(horizon=25)
     sched = helpers.sgd_schedule()
-    budget = None if states is None else states * state_bytes(problem)
+    if states is not None:  # a step's tape that fits no budget: the plans without taping
+        monkeypatch.setattr(reverse_checkpointed, "TAPE_GRAPH_FACTOR", 10**9)
+    budget = states * state_bytes(problem) if isinstance(states, int) else None
     backend = ReverseCheckpointedBackend(memory_budget=budget) if budget else ReverseCheckpointedBackend()
-    if budget is None:
-        backend.memory_budget = None
-        backend.plan = lambda p, s: plan_checkpoints(p.horizon, 1, None)  # type: ignore[method-assign]
+    if states is not None and budget is None:
+        backend.memory_budget = 10**7  # all 25 states fit, but no tape does
     res = run_inner(backend, problem, sched)
     assert (res.info["every"], res.info["regime"]) == (every, regime)
     rev = reverse_hypergradient(problem, sched.values)
@@ -332,6 +335,10 @@ def test_the_plan_takes_the_fewest_recomputations_the_budget_allows() -> None:
     assert [plan_checkpoints(100, 1, c).every for c in (100, 99, 51, 50, 19, 18)] == [1, 2, 2, 3, 10, 10]
     assert [plan_checkpoints(100, 1, c).regime for c in (100, 51, 19, 18)] == [ALL_STORED, SPACED, SQRT, OVER_BUDGET]
     assert plan_checkpoints(100, 1, None).every == 1
+    # a taped segment of 10 steps: 10 checkpoints + 10 step graphs of 5 bytes
+    assert plan_checkpoints(100, 1, 60, tape_bytes=5).regime == TAPED
+    assert plan_checkpoints(100, 1, 59, tape_bytes=5).regime == SPACED  # S(2) = 51 states fit
+    assert plan_checkpoints(100, 1, None, tape_bytes=5).every == 10
 
 
 @pytest.mark.parametrize("key", ["sgd", "adam"])
@@ -340,9 +347,8 @@ def test_taped_segments_equal_replayed_segments(key: str) -> None:
     make, vals = RULES[key]
     problem = helpers.tiny_problem(make(), horizon=25)
     sched = Schedule(vals)
-    one = state_bytes(problem)
     results = {}
-    for budget in (10**9, 9 * one):  # a segment's graph fits / only the sqrt(T) states fit
+    for budget in (10**9, 1):  # a segment's graph fits / nothing fits: the set interval, replayed
         backend = ReverseCheckpointedBackend(every=5, memory_budget=budget)
         state = backend.init(problem, sched)
         for t, x, y in problem.batches():
