@@ -70,7 +70,7 @@ from hpo.backends.memory_budget import (
 )
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
-from hpo.core.schedule import Schedule, segment_indices
+from hpo.core.schedule import Schedule, segment_index, segment_indices
 from hpo.core.step import StepOutput, hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
@@ -152,6 +152,7 @@ class CheckpointedState:
     functions: StepFunctions
     plan: CheckpointPlan
     graph_bytes: int = 0
+    hyper: tuple[tuple[int, ...], Hyper] = ((), {})
 
     @property
     def checkpoints(self) -> tuple[Checkpoint, ...]:
@@ -256,15 +257,19 @@ def all_finite(trees: list[dict]) -> Tensor:
 class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
     """``reverse-checkpointed``: exact reverse mode over the whole horizon, checkpoints every ``every`` steps.
 
-    ``every`` is the checkpoint interval k (None: :math:`\\mathrm{round}(\\sqrt{T})`).  ``compile``
+    ``every`` is the checkpoint interval k (None: as ``memory_budget`` allows, see
+    :func:`~hpo.backends.memory_budget.plan_checkpoints`: taped :math:`\\sqrt T` segments, or every
+    state stored, or the fewest recomputations).  ``memory_budget`` is bytes or a size such as
+    ``"512MiB"`` (default: half the free memory of the weights' device).  ``compile``
     names a ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` for a quick capture check)
     for the plain and the adjoint step; None (default) runs them eagerly.  Under ``inductor``,
     random ops (dropout) are compiled with ``fallback_random`` so they draw from the global RNG as
     eager code does and the replay sees the same masks.
 
     Example:
-        >>> backend = ReverseCheckpointedBackend()          # k = round(sqrt(T))
-        >>> backend = ReverseCheckpointedBackend(every=50)  # a checkpoint every 50 steps
+        >>> backend = ReverseCheckpointedBackend()                         # k as the free memory allows
+        >>> backend = ReverseCheckpointedBackend(memory_budget="512MiB")   # ... as 512 MiB allow
+        >>> backend = ReverseCheckpointedBackend(every=50)                 # a checkpoint every 50 steps
     """
 
     name: ClassVar[str] = "reverse-checkpointed"
@@ -344,8 +349,11 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         if t % state.every == 0:
             rng = RngState.capture(inner.loss.device)
             stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng), stored)
+        key = tuple(segment_index(t, problem.horizon, v.shape[-1]) for v in state.values.values())
+        if key != state.hyper[0]:  # the values change only at segment starts: index them once per segment
+            state = replace(state, hyper=(key, hyper_at_step(state.values, t, problem.horizon)))
         args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
-                hyper_at_step(state.values, t, problem.horizon), t, x, y)
+                state.hyper[1], t, x, y)
         if t == 0 and state.functions.segment is not None:  # measure one step's graph, then plan
             counter = SavedBytes()
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
