@@ -24,6 +24,7 @@ from hpo.backends.reverse_checkpointed import (
     SavedBytes,
 )
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
+from hpo.core.data import Batch
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 
@@ -46,11 +47,11 @@ def tape_bytes(problem: InnerProblem) -> int | None:
         return None
     counter = SavedBytes()
     ref = next(iter(problem.params.values()))
-    x, y = problem.batch(0)
+    batch = problem.batch(0)
     leaves = {k: v.detach().requires_grad_() for k, v in problem.params.items()}
     with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []), torch.enable_grad(),
           torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)):
-        problem.loss_fn(leaves, problem.buffers, x, y)  # the forward saves what its backward needs
+        problem.loss_fn(leaves, problem.buffers, batch)  # the forward saves what its backward needs
     return TAPE_GRAPH_FACTOR * counter.total
 
 
@@ -106,10 +107,9 @@ class AutoBackend(HypergradientBackend[AutoState]):
         backend = self.build(choice.name, self.budget(next(iter(problem.params.values())).device))
         return AutoState(backend, choice, backend.init(problem, schedule))
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: AutoState, t: int, x: Tensor,
-             y: Tensor) -> AutoState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: AutoState, t: int, batch: Batch) -> AutoState:
         """The chosen backend's step."""
-        return replace(state, state=state.backend.step(problem, schedule, state.state, t, x, y))
+        return replace(state, state=state.backend.step(problem, schedule, state.state, t, batch))
 
     def inner(self, state: AutoState) -> InnerState:
         """The chosen backend's primal state."""

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
+from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.step import StepOutput, loss_gradient, tree_clamp
 from hpo.errors import ConfigError
@@ -78,15 +79,15 @@ def averaged(comm: Communicator, grads: Params, extra: Params, loss: Tensor,
 
 def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: UpdateRule, loss_fn: LossFn,
                        grad_clip: float | None, hz_clip: float | None, params: Params, buffers: Buffers,
-                       opt_state: State, dp_k: Params, ds_k: State, direct: Hyper, hyper: Hyper, t: int, x: Tensor,
-                       y: Tensor, seed: int = 0) -> tuple[Params, State, Params, State, Tensor, Buffers]:
+                       opt_state: State, dp_k: Params, ds_k: State, direct: Hyper, hyper: Hyper, t: int, batch: Batch,
+                       seed: int = 0) -> tuple[Params, State, Params, State, Tensor, Buffers]:
     """:func:`hpo.backends.forward.step_core` on this rank's shard, with one ``all_reduce`` per step.
 
     Two vmaps over the started columns: the first gives this rank's :math:`g^{(r)}` and
     :math:`H^{(r)} Z`; after the average, the second runs the rule's tangent update.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, x, y)
+        loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
 
     grad_fn = grad(loss_only, has_aux=True)
@@ -94,7 +95,7 @@ def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: Up
     def hvp_column(dp: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
         return jvp(grad_fn, (params,), (dp,), has_aux=True)
 
-    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None))(dp_k)
+    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None), randomness="same")(dp_k)
     g, hz, loss, new_buffers = averaged(comm, g_r, hz_r, loss_r, buffers_r)
     g = tree_clamp(g, grad_clip)
     dg = tree_clamp(hz, hz_clip)
@@ -111,12 +112,12 @@ def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: Up
 
 
 def parallel_plain_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None,
-                        params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, x: Tensor,
-                        y: Tensor, seed: int = 0) -> StepOutput:
+                        params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                        seed: int = 0) -> StepOutput:
     """:func:`hpo.backends.reverse_checkpointed.plain_step` on this rank's shard: the gradient, loss
     and float buffers averaged in one ``all_reduce``, then the rule's step (no graph)."""
     with torch.no_grad():
-        g_r, loss_r, buffers_r = loss_gradient(loss_fn, params, buffers, x, y)
+        g_r, loss_r, buffers_r = loss_gradient(loss_fn, params, buffers, batch)
         g, _, loss, new_buffers = averaged(comm, g_r, {}, loss_r, buffers_r)
         g = tree_clamp(g, grad_clip)
         new_params, new_state = rule.step(params, opt_state, g, hyper, t)
@@ -124,15 +125,15 @@ def parallel_plain_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, g
 
 
 def parallel_adjoint_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None,
-                          params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, x: Tensor,
-                          y: Tensor, a_params: Params, a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
+                          params: Params, buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                          a_params: Params, a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:func:`hpo.backends.reverse_checkpointed.adjoint_step` on this rank's shard (module docstring).
 
     Two ``all_reduce`` calls: the gradient (the rule's step needs the averaged one) and the
     vector-Hessian product :math:`\\bar g^\\top H^{(r)}`.
     """
     def shard_gradient(p: Params) -> Params:
-        return loss_gradient(loss_fn, p, buffers, x, y)[0]
+        return loss_gradient(loss_fn, p, buffers, batch)[0]
 
     def rule_step(p: Params, s: State, g: Params, h: Hyper) -> tuple[Params, State]:
         return rule.step(p, s, tree_clamp(g, grad_clip), h, t)

@@ -44,7 +44,8 @@ from torch.func import grad, jvp, vmap
 from hpo.backends.columns import ColumnLayout
 from hpo.backends.data_parallel import parallel_step_core, refuse_parallel_curvature
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule
 from hpo.core.step import gradient_and_curvature, hyper_at_step, rademacher_probes, tree_clamp, validation_loss
 from hpo.errors import ConfigError
@@ -145,7 +146,7 @@ def build_phases(layout: ColumnLayout, values: dict[str, Tensor]) -> tuple[Phase
 
 def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, hz_clip: float | None,
               params: Params, buffers: Buffers, opt_state: State, dp_k: Params, ds_k: State, direct: Hyper,
-              hyper: Hyper, t: int, x: Tensor, y: Tensor,
+              hyper: Hyper, t: int, batch: Batch,
               seed: int = 0) -> tuple[Params, State, Params, State, Tensor, Buffers]:
     """One primal step and the tangent update of the ``k`` started columns (one vmap over columns).
 
@@ -158,11 +159,11 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
 
     def with_curvature(p: Params) -> tuple[tuple[Params, Params], tuple[Tensor, Buffers]]:
         assert z is not None
-        g_, d_, aux_ = gradient_and_curvature(loss_fn, p, buffers, x, y, z)
+        g_, d_, aux_ = gradient_and_curvature(loss_fn, p, buffers, batch, z)
         return (g_, d_), aux_
 
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, x, y)
+        loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
 
     grad_fn = grad(loss_only, has_aux=True)
@@ -182,8 +183,9 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
         primal, (new_dp, new_ds) = tangent(rule, params, opt_state, g, hyper, t, dp, ds, dg, dh, curv)
         return g, new_dp, new_ds, aux, primal
 
-    grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = vmap(column, out_dims=(None, 0, 0, None, None))(
-        dp_k, ds_k, direct)
+    # randomness="same": every column sees the one dropout mask the primal step draws (as an unbatched call would)
+    batched = vmap(column, out_dims=(None, 0, 0, None, None), randomness="same")
+    grads, new_dp_k, new_ds_k, (loss, new_buffers), primal = batched(dp_k, ds_k, direct)
     new_params, new_opt = primal if primal is not None else rule.step(params, opt_state, grads, hyper, t)
     return new_params, new_opt, new_dp_k, new_ds_k, loss, new_buffers
 
@@ -237,7 +239,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         checks += [torch.isfinite(v).all() for v in state.d_params.values()]
         return torch.stack(checks).all()
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, x: Tensor, y: Tensor) -> ForwardState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: ForwardState, t: int, batch: Batch) -> ForwardState:
         """One SGD/Adam/... step of the weights and of every started tangent column."""
         inner = state.inner
         phase = state.phase(t)
@@ -247,7 +249,7 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         ds_k = {sk: {n: _grow_rows(v, k) for n, v in sv.items()} for sk, sv in state.d_state.items()}
         new_params, new_opt, d_params, d_state, loss, new_buffers = core(
             type(self).tangent_fn, problem.rule, problem.loss_fn, problem.grad_clip, problem.hz_clip,
-            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, x, y,
+            inner.params, inner.buffers, inner.opt_state, dp_k, ds_k, phase.direct, phase.hyper, t, batch,
             seed=problem.seed)
         return replace(state, inner=InnerState(new_params, new_buffers, new_opt, t + 1, loss), d_params=d_params,
                        d_state=d_state)
@@ -257,10 +259,10 @@ class ForwardModeBackend(HypergradientBackend[ForwardState], ABC):
         inner = state.inner
         params, buffers = inner.params, inner.buffers
         chunk = problem.eval_batch_size
-        g_val = grad(lambda p: validation_loss(problem.eval_fn, p, buffers, problem.val_x, problem.val_y, chunk))(params)
+        g_val = grad(lambda p: validation_loss(problem.eval_fn, p, buffers, problem.val, chunk))(params)
         started = sum((state.d_params[k].flatten(1) @ g_val[k].flatten()) for k in params)
         per_col = _grow_rows(started, state.layout.size)  # columns that never started have zero tangents
-        loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(params, buffers)
         return HypergradResult(
             hypergrad=state.layout.to_types(per_col),
             val_loss=float(loss),

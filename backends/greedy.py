@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.func import grad
 
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import InnerProblem, batch_index_stream, evaluate
+from hpo.core.data import EVAL_SEED, Batch
+from hpo.core.problem import InnerProblem, batch_index_stream
 from hpo.core.schedule import Schedule, segment_index
 from hpo.core.step import hyper_at_step, train_step
 from hpo.optimizers.base import Hyper, Params, UpdateRule
@@ -36,9 +37,9 @@ from hpo.optimizers.base import Hyper, Params, UpdateRule
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
     """``(horizon, b)`` indices into the validation set: the minibatch ``B_t`` of every step."""
-    n = problem.val_x.shape[0]
+    n = len(problem.val)
     rows = list(batch_index_stream(n, problem.batch_size, problem.horizon, problem.seed + seed_offset))
-    return torch.stack(rows).to(problem.val_x.device)
+    return torch.stack(rows)
 
 
 def one_step_hypergrad(
@@ -47,15 +48,14 @@ def one_step_hypergrad(
     grads: Params,
     hyper: Hyper,
     t: int,
-    xv: Tensor,
-    yv: Tensor,
+    val_batch: Batch,
     buffers: dict[str, Tensor],
 ) -> dict[str, Tensor]:
     """:math:`h_t = \\partial L^{B_t}_{val}(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)) / \\partial \\lambda_t`."""
 
     def after_step(h: Hyper) -> Tensor:
         new_params, _ = problem.rule.step(inner.params, inner.opt_state, grads, h, t)
-        loss, _ = problem.eval_fn(new_params, buffers, xv, yv)
+        loss, _ = problem.eval_fn(new_params, buffers, val_batch, False)
         return loss
 
     return grad(after_step)(hyper)
@@ -99,17 +99,17 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
         return state.inner
 
     def step(
-        self, problem: InnerProblem, schedule: Schedule, state: GreedyState, t: int, x: Tensor, y: Tensor
+        self, problem: InnerProblem, schedule: Schedule, state: GreedyState, t: int, batch: Batch
     ) -> GreedyState:
         """Inner step ``t`` and its one-step hypergradient, added to the active segments' sums."""
         inner = state.inner
         seg = {k: segment_index(t, problem.horizon, v.shape[-1]) for k, v in state.values.items()}
         hyper = hyper_at_step(state.values, t, problem.horizon)
         params, opt, buffers, loss, g = train_step(problem.rule, problem.loss_fn, inner.params, inner.buffers,
-                                                   inner.opt_state, hyper, t, x, y, problem.grad_clip,
+                                                   inner.opt_state, hyper, t, batch, problem.grad_clip,
                                                    seed=problem.seed)
         idx = state.val_batches[t]
-        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
         sums = {  # h[k] is 0-d, or (groups,) for a grouped type: added to the active segment (last dim)
             k: v.index_add(v.dim() - 1, torch.tensor([seg[k]], device=v.device), h[k].reshape(*v.shape[:-1], 1))
             for k, v in state.sums.items()
@@ -119,7 +119,5 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: GreedyState) -> HypergradResult:
         """The per-segment sums of :math:`h_t`, and the validation metrics at the final weights."""
         inner = state.inner
-        loss, acc = evaluate(
-            problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
-        )
+        loss, acc = problem.evaluate(inner.params, inner.buffers)
         return HypergradResult(hypergrad=dict(state.sums), val_loss=float(loss), val_acc=float(acc), steps=inner.t)

@@ -17,17 +17,18 @@ column ``j`` of the ``(groups, segments)`` table).
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
-The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers and the global
-RNG state, for dropout) every ``k`` steps.  ``k`` follows a memory budget
+The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k``
+steps.  ``k`` follows a memory budget
 (:func:`hpo.backends.memory_budget.plan_checkpoints`, decided after step 0, whose graph is
 measured): ``k = sqrt(T)`` with taped segments when a segment's graph fits (the sweep builds one
 graph per segment from its checkpoint and back-propagates through it: no separate recomputation),
 else ``k = 1`` (every state kept, nothing recomputed) when all ``T`` states fit, else the smallest
 ``k`` whose :math:`\\lceil T/k \\rceil + k - 1` states fit, at most :math:`\\sqrt T`.  The reverse sweep takes the segments ``[a, b)`` between
 checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
-on ``problem.batch(t)`` with the RNG replayed, then steps the adjoint from ``b - 1`` down to ``a``.
-(The replay assumes that nothing but the steps draws from the global RNG during the forward pass,
-as in :func:`hpo.core.backend.run_inner`; the sweep leaves the global RNG as it found it.)
+on ``problem.batch(t)`` (or tapes the segment), then steps the adjoint from ``b - 1`` down to ``a``.
+Every step, forward, replayed, taped or adjoint, first seeds the global RNG with
+:meth:`~hpo.core.problem.InnerProblem.seed_step` (as :func:`hpo.core.backend.run_inner` does), so
+dropout masks are those of the forward pass, exactly; the sweep leaves the global RNG as it found it.
 Memory holds :math:`\\lceil T/k \\rceil + k - 1` states; the cost is one plain pass, a recomputation
 of :math:`T - \\lceil T/k \\rceil` steps and ``T`` vector-Jacobian products of a step (see
 ``docs/backend-choice.md`` for the measured figures).
@@ -69,7 +70,8 @@ from hpo.backends.memory_budget import (
     tree_bytes,
 )
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import Buffers, InnerProblem, LossFn, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule, segment_index, segment_indices
 from hpo.core.step import StepOutput, hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
@@ -79,37 +81,14 @@ from hpo.runtime.distributed import Communicator
 
 @final
 @dataclass(frozen=True)
-class RngState:
-    """The global generators' states before a step: CPU always, CUDA when the weights live there."""
-
-    cpu: Tensor
-    cuda: Tensor | None = None
-    device: torch.device | None = None
-
-    @classmethod
-    def capture(cls, device: torch.device) -> RngState:
-        """The current states of the CPU generator and of ``device``'s (if CUDA)."""
-        if device.type == "cuda":
-            return cls(torch.get_rng_state(), torch.cuda.get_rng_state(device), device)
-        return cls(torch.get_rng_state())
-
-    def restore(self) -> None:
-        """Set the global generators back to this state (callers fork the RNG around replays)."""
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-
-
-@final
-@dataclass(frozen=True)
 class Checkpoint:
-    """:math:`s_t`: weights, optimizer state and buffers before step ``t``, and the RNG state then."""
+    """:math:`s_t`: weights, optimizer state and buffers before step ``t`` (the RNG needs no saving:
+    step ``t`` reseeds it, :meth:`~hpo.core.problem.InnerProblem.seed_step`)."""
 
     t: int
     params: Params
     opt_state: State
     buffers: Buffers
-    rng: RngState
 
 
 @final
@@ -166,14 +145,14 @@ def checkpoint_interval(every: int | None, horizon: int) -> int:
 
 
 def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-               opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor, seed: int = 0) -> StepOutput:
+               opt_state: State, hyper: Hyper, t: int, batch: Batch, seed: int = 0) -> StepOutput:
     """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
-        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, x, y, grad_clip, seed)
+        return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
 
 
 def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
-                        buffers: Buffers, opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor,
+                        buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
                         seed: int = 0) -> StepOutput:
     """:func:`plain_step` through ``torch.autograd`` (rules without ``curvature``): bit-identical, cheaper.
 
@@ -182,7 +161,7 @@ def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | No
     """
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     with torch.enable_grad():
-        loss, new_buffers = loss_fn(leaves, buffers, x, y)
+        loss, new_buffers = loss_fn(leaves, buffers, batch)
         g = torch.autograd.grad(loss, tuple(leaves.values()))
     with torch.no_grad():
         grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
@@ -191,7 +170,7 @@ def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | No
 
 
 def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
-                          buffers: Buffers, opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor,
+                          buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
                           a_params: Params, a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:func:`adjoint_step` as one double backward of ``torch.autograd`` (rules without ``curvature``).
 
@@ -203,7 +182,7 @@ def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | 
     s = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in opt_state.items()}
     h = {k: v.detach().requires_grad_() for k, v in hyper.items()}
     with torch.enable_grad():
-        loss, _ = loss_fn(p, buffers, x, y)
+        loss, _ = loss_fn(p, buffers, batch)
         g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
         new_p, new_s = rule.step(p, s, tree_clamp(dict(zip(p, g)), grad_clip), h, t)
         outs, cots = [], []
@@ -225,7 +204,7 @@ def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | 
 
 
 def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
-                 opt_state: State, hyper: Hyper, t: int, x: Tensor, y: Tensor, a_params: Params,
+                 opt_state: State, hyper: Hyper, t: int, batch: Batch, a_params: Params,
                  a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
     """:math:`(a_t, \\bar\\lambda_t) = \\mathrm{VJP}_{F_t}(s_t, \\lambda_t)[a_{t+1}]` with
     :math:`F_t: (\\theta_t, s_t, \\lambda_t) \\mapsto (\\theta_{t+1}, s_{t+1})`, buffers held constant.
@@ -236,7 +215,7 @@ def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, par
     ``jvp(grad)``: a third derivative of the loss.
     """
     def f(p: Params, s: State, h: Hyper) -> tuple[Params, State]:
-        out = train_step(rule, loss_fn, p, buffers, s, h, t, x, y, grad_clip, seed)
+        out = train_step(rule, loss_fn, p, buffers, s, h, t, batch, grad_clip, seed)
         return out.params, out.opt_state
 
     with torch.no_grad():
@@ -287,7 +266,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         """The checkpoint interval: ``every`` if given, else the budget's plan (:func:`plan_checkpoints`).
 
         The budget is ``memory_budget``, or half the free memory of the weights' device; ``one``
-        state is the weights, the optimizer state, the buffers and the CPU RNG state.
+        state is the weights, the optimizer state and the buffers (no RNG state: steps reseed it).
         ``graph_bytes`` (what step 0's graph saved; None before it ran, or where the sweep cannot
         tape) gives a taped step :data:`TAPE_GRAPH_FACTOR` times that.
         """
@@ -304,8 +283,8 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         return CheckpointPlan(k, f"every {k} (set)", states_held(problem.horizon, min(k, problem.horizon)), one, budget)
 
     def state_bytes(self, problem: InnerProblem, opt_state: State) -> int:
-        """Bytes of one stored state: weights, optimizer state, buffers and the CPU RNG state."""
-        return tree_bytes(problem.params, opt_state, problem.buffers) + torch.get_rng_state().numel()
+        """Bytes of one stored state: weights, optimizer state and buffers (the RNG is reseeded, not stored)."""
+        return tree_bytes(problem.params, opt_state, problem.buffers)
 
     def functions(self, comm: Communicator | None = None, rule: UpdateRule | None = None) -> StepFunctions:
         """The step functions, compiled with ``self.compile`` if set; data-parallel ones with ``comm``.
@@ -341,19 +320,17 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         """The primal inner state."""
         return state.inner
 
-    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, x: Tensor,
-             y: Tensor) -> CheckpointedState:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, batch: Batch) -> CheckpointedState:
         """A plain step without a graph; before steps ``0, k, 2k, ...`` first store the checkpoint."""
         inner = state.inner
         stored = state.stored
         if t % state.every == 0:
-            rng = RngState.capture(inner.loss.device)
-            stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers, rng), stored)
+            stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers), stored)
         key = tuple(segment_index(t, problem.horizon, v.shape[-1]) for v in state.values.values())
         if key != state.hyper[0]:  # the values change only at segment starts: index them once per segment
             state = replace(state, hyper=(key, hyper_at_step(state.values, t, problem.horizon)))
         args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
-                state.hyper[1], t, x, y)
+                state.hyper[1], t, batch)
         if t == 0 and state.functions.segment is not None:  # measure one step's graph, then plan
             counter = SavedBytes()
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
@@ -372,8 +349,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         ``diverged=True`` and an all-NaN hypergradient, never a finite-looking one.
         """
         inner = state.inner
-        chunk = problem.eval_batch_size
-        loss, acc = evaluate(problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(inner.params, inner.buffers)
         info = {"every": state.every, "checkpoints": len(state.checkpoints), "regime": state.plan.regime}
 
         def failed(cause: str) -> HypergradResult:
@@ -431,23 +407,23 @@ def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Chec
                     a_params: Params, a_state: State) -> tuple[Params, State, list[Hyper]]:
     """:math:`a_{ckpt.t}` and :math:`\\bar\\lambda_t` for ``t`` in ``[ckpt.t, end)``, last step first, from one tape.
 
-    The segment's steps run from the checkpoint with ``create_graph=True`` gradients (the RNG set
-    to the checkpoint's), so the tape holds :math:`s_{a+1}, \\dots, s_b` as functions of
+    The segment's steps run from the checkpoint with ``create_graph=True`` gradients (each step
+    reseeding the RNG with :meth:`~hpo.core.problem.InnerProblem.seed_step`, as in the forward pass), so the tape holds :math:`s_{a+1}, \\dots, s_b` as functions of
     :math:`s_a` and the :math:`\\lambda_t`; one ``autograd.grad`` of :math:`s_b` with cotangent
     :math:`a_b` then gives the same adjoint as :func:`autograd_adjoint_step` applied step by step,
     and the separate recomputation of the segment is not needed: the tape is it.
     """
     rule, loss_fn, clip, horizon = problem.rule, problem.loss_fn, problem.grad_clip, problem.horizon
-    ckpt.rng.restore()
     p0 = {k: v.detach().requires_grad_() for k, v in ckpt.params.items()}
     s0 = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in ckpt.opt_state.items()}
     p, s, buffers = p0, s0, ckpt.buffers
     hypers: list[Hyper] = []
     with torch.enable_grad():
         for t in range(ckpt.t, end):
-            x, y = problem.batch(t)
+            problem.seed_step(t)  # the masks step t drew in the forward pass
+            batch = problem.batch(t)
             h = {k: v.detach().requires_grad_() for k, v in hyper_at_step(values, t, horizon).items()}
-            loss, buffers = loss_fn(p, buffers, x, y)
+            loss, buffers = loss_fn(p, buffers, batch)
             g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
             p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
             hypers.append(h)
@@ -485,7 +461,7 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     inner = state.inner
     horizon, rule, loss_fn, clip = problem.horizon, problem.rule, problem.loss_fn, problem.grad_clip
     adjoint = state.functions.adjoint
-    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val_x, problem.val_y,
+    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
                                               problem.eval_batch_size))(inner.params)
     a_state = {sk: {n: torch.zeros_like(v) for n, v in sv.items()} for sk, sv in inner.opt_state.items()}
     chunks: dict[str, list[Tensor]] = {name: [] for name in state.values}  # stacked cotangents, last steps first
@@ -501,12 +477,12 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
                 a_params, a_state, h_bars = fused(problem, state.values, ckpt, end, a_params, a_state)
                 pending.extend(h_bars)
             else:
-                for t, params, opt_state, buffers, rng in reversed(replay(problem, state, ckpt, end)):
-                    rng.restore()
-                    x, y = problem.batch(t)
+                for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
+                    problem.seed_step(t)  # the masks step t drew in the forward pass
+                    batch = problem.batch(t)
                     hyper = hyper_at_step(state.values, t, horizon)
                     a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t,
-                                                       x, y, a_params, a_state, seed=problem.seed)
+                                                       batch, a_params, a_state, seed=problem.seed)
                     pending.append(h_bar)
             if len(pending) >= check_every or ckpt.t == 0:
                 for name, stacked in chunks.items():  # one tensor per chunk, not T 0-d tensors
@@ -518,19 +494,18 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
 
 
 def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
-           end: int) -> list[tuple[int, Params, State, Buffers, RngState]]:
-    """``(t, params, opt_state, buffers, rng)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
+           end: int) -> list[tuple[int, Params, State, Buffers]]:
+    """``(t, params, opt_state, buffers)`` before each step ``t`` of ``[ckpt.t, end)``, recomputed.
 
-    The RNG is set to the checkpoint's state, so the steps draw what the forward pass drew.
+    Each step reseeds the RNG as the forward pass did, so it draws the same dropout masks.
     """
-    ckpt.rng.restore()
     params, opt_state, buffers = ckpt.params, ckpt.opt_state, ckpt.buffers
-    device = state.inner.loss.device
-    states = [(ckpt.t, params, opt_state, buffers, ckpt.rng)]
+    states = [(ckpt.t, params, opt_state, buffers)]
     for t in range(ckpt.t, end - 1):  # s_end is not needed: it is the next checkpoint, or the final state
-        x, y = problem.batch(t)
+        problem.seed_step(t)
+        batch = problem.batch(t)
         out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, params, buffers, opt_state,
-                                    hyper_at_step(state.values, t, problem.horizon), t, x, y, seed=problem.seed)
+                                    hyper_at_step(state.values, t, problem.horizon), t, batch, seed=problem.seed)
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
-        states.append((t + 1, params, opt_state, buffers, RngState.capture(device)))
+        states.append((t + 1, params, opt_state, buffers))
     return states

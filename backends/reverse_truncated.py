@@ -13,7 +13,7 @@ long-range terms (the short-horizon bias of truncated backpropagation).  Memory 
 ``W`` (the graph of W steps, activations included), unlike forward mode.
 
 Why ``higher``'s differentiable optimizer and not its functional model (``higher.patch.monkeypatch``):
-the inner problem exposes a pure ``loss_fn(params, buffers, x, y)`` built on
+the inner problem exposes a pure ``loss_fn(params, buffers, batch)`` built on
 ``torch.func.functional_call`` that already returns fresh BatchNorm buffers; a monkeypatched module
 would keep the running statistics as module attributes and update them in place.  The
 differentiable optimizer is the part of ``higher`` we need: it computes the inner gradient with
@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
-from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
@@ -121,7 +122,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         return state.inner
 
     def step(
-        self, problem: InnerProblem, schedule: Schedule, state: TruncatedState, t: int, x: Tensor, y: Tensor
+        self, problem: InnerProblem, schedule: Schedule, state: TruncatedState, t: int, batch: Batch
     ) -> TruncatedState:
         """A graph-free step before the window; a ``higher`` differentiable step inside it."""
         inner = state.inner
@@ -129,7 +130,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             hyper = {k: v.detach() for k, v in hyper_at_step(state.values, t, problem.horizon).items()}
             with torch.no_grad():
                 params, opt, buffers, loss, _ = train_step(problem.rule, problem.loss_fn, inner.params,
-                                                           inner.buffers, inner.opt_state, hyper, t, x, y,
+                                                           inner.buffers, inner.opt_state, hyper, t, batch,
                                                            problem.grad_clip)
             return TruncatedState(InnerState(params, buffers, opt, t + 1, loss), state.values, state.window_start)
 
@@ -141,7 +142,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             opt_state = _detach(opt_state)
             diffopt = RuleDifferentiableOptimizer(problem.rule, names, [params[n] for n in names])
         hyper: Hyper = hyper_at_step(state.values, t, problem.horizon)
-        loss, buffers = problem.loss_fn(params, inner.buffers, x, y)
+        loss, buffers = problem.loss_fn(params, inner.buffers, batch)
         clip = problem.grad_clip
 
         def clamp_grads(gs: list[Tensor]) -> list[Tensor]:
@@ -163,7 +164,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
         inner = state.inner
         params, buffers = inner.params, inner.buffers
         chunk = problem.eval_batch_size
-        val = validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, chunk)
+        val = validation_loss(problem.eval_fn, params, buffers, problem.val, chunk)
         names = list(state.values)
         if val.requires_grad:
             gs = torch.autograd.grad(val, [state.values[k] for k in names], allow_unused=True)
@@ -171,7 +172,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             gs = (None,) * len(names)
         hg = {k: (torch.zeros_like(state.values[k]) if g is None else g).detach() for k, g in zip(names, gs)}
         detached = {k: v.detach() for k, v in params.items()}
-        loss, acc = evaluate(problem.eval_fn, detached, buffers, problem.val_x, problem.val_y, chunk)
+        loss, acc = problem.evaluate(detached, buffers)
         return HypergradResult(
             hypergrad=hg,
             val_loss=float(loss),

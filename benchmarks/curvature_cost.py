@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.core.backend import run_inner
+from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.core.step import train_step
 from hpo.optimizers import AdaHessian, EXAdam, SGDMomentum, Sophia, UpdateRule
-from hpo.tasks.base import model_functions, split_state
+from hpo.tasks.base import classification_task, model_functions, split_state
 from hpo.tasks.mnist1d import CNN1D, MLP
 
 MODELS = {"mlp": MLP, "cnn": CNN1D}
@@ -56,10 +57,11 @@ def problem(rule: UpdateRule, model: str, batch: int, horizon: int) -> InnerProb
         net = MODELS[model]()
     x = torch.randn(8 * batch, 40, generator=gen)
     y = torch.randint(0, 10, (8 * batch,), generator=gen)
-    loss_fn, eval_fn = model_functions(net)
+    task = classification_task("synthetic", x, y, x[:batch], y[:batch], lambda: net, batch_size=batch)
+    loss_fn, eval_fn = model_functions(net, task)
     params, buffers = split_state(net)
-    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, x, y, x[:batch], y[:batch], horizon=horizon,
-                        batch_size=batch, eval_batch_size=batch)
+    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, TensorRows((x, y)), TensorRows((x[:batch], y[:batch])),
+                        horizon=horizon, batch_size=batch, eval_batch_size=batch, score_fn=task.score_fn())
 
 
 def time_plain(p: InnerProblem, steps: int, warmup: int, only_refresh: bool = False) -> float:
@@ -73,8 +75,7 @@ def time_plain(p: InnerProblem, steps: int, warmup: int, only_refresh: bool = Fa
         for i, t in enumerate(ts):
             if i == warmup:
                 start = time.perf_counter()
-            x, y = p.batch(t % 8)
-            out = train_step(rule, p.loss_fn, params, buffers, state, hyper, t, x, y, seed=p.seed)
+            out = train_step(rule, p.loss_fn, params, buffers, state, hyper, t, p.batch(t % 8), seed=p.seed)
             params, state, buffers = out.params, out.opt_state, out.buffers
     return (time.perf_counter() - start) * 1e3 / steps
 

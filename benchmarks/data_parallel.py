@@ -65,7 +65,7 @@ def measure(rank: int, world: int, store: str, out: str, args: dict[str, Any]) -
     if comm is not None:
         columns = sum(schedule.counts.values())
         for label, size in (("gradient", n_params), (f"gradient + {columns} columns", n_params * (1 + columns))):
-            buf = [torch.zeros(size, device=problem.train_x.device)]
+            buf = [torch.zeros(size, device=next(iter(problem.params.values())).device)]
             comm.mean(buf)
             sync(cuda)
             t0 = time.perf_counter()

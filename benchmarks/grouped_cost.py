@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
 from hpo.core.backend import run_inner
+from hpo.core.data import TensorRows
 from hpo.core.grouping import grouped_rule
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.tasks.base import model_functions, split_state
+from hpo.tasks.base import classification_task, model_functions, split_state
 from hpo.tasks.mnist1d import CNN1D, MLP
 
 MODELS = {"cnn": CNN1D, "mlp": MLP}
@@ -55,15 +56,17 @@ def problem(model: str, grouping: str, horizon: int, batch: int, seed: int = 0) 
         net: nn.Module = MODELS[model]()
     x = torch.randn(4 * batch, 40, generator=gen)
     y = torch.randint(0, 10, (4 * batch,), generator=gen)
-    loss_fn, eval_fn = model_functions(net)
+    task = classification_task("synthetic", x, y, x[:batch], y[:batch], lambda: net, batch_size=batch)
+    loss_fn, eval_fn = model_functions(net, task)
     params, buffers = split_state(net)
     rule = grouped_rule(SGDMomentum(), GROUPINGS[grouping], params)
     sched = Schedule.constant(HYPER, COUNTS)
     groups = getattr(rule, "grouping", None)
     if groups is not None:
         sched = sched.broadcast_groups(groups.group_counts)
-    p = InnerProblem(loss_fn, eval_fn, params, buffers, rule, x, y, x[:batch], y[:batch], horizon=horizon,
-                     batch_size=batch, eval_batch_size=batch, seed=seed)
+    p = InnerProblem(loss_fn, eval_fn, params, buffers, rule, TensorRows((x, y)), TensorRows((x[:batch], y[:batch])),
+                     horizon=horizon, batch_size=batch, eval_batch_size=batch, seed=seed, score_fn=task.score_fn(),
+                     model_loss=task.loss)
     return p, sched
 
 

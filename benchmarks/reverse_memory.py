@@ -56,12 +56,12 @@ def measure(task_name: str, horizon: int, window: int | None, backend_name: str,
     start = time.perf_counter()
     if backend_name == "reverse-truncated":  # torch.func (steps before the window) refuses saved-tensor hooks
         state = backend.init(problem, sched)
-        for t, x, y in problem.batches():
+        for t, batch in problem.batches():
             if t >= state.window_start:
                 with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                    state = backend.step(problem, sched, state, t, x, y)
+                    state = backend.step(problem, sched, state, t, batch)
             else:
-                state = backend.step(problem, sched, state, t, x, y)
+                state = backend.step(problem, sched, state, t, batch)
         result = backend.hypergradient(problem, sched, state)
     else:
         result = run_inner(backend, problem, sched)

@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
         problem = problem_for(net, x, y, horizon, a.batch_size)
         state = backend.init(problem, sched)
         start = time.process_time()
-        for t, xb, yb in problem.batches():
-            state = backend.step(problem, sched, state, t, xb, yb)
+        for t, batch in problem.batches():
+            state = backend.step(problem, sched, state, t, batch)
         mid = time.process_time()
         backend.hypergradient(problem, sched, state)
         return mid - start, time.process_time() - mid

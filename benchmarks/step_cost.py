@@ -47,11 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hpo.checking.unroll import reverse_hypergradient
 from hpo.core.backend import HypergradientBackend, run_inner
+from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import pick_device, pick_dtype, synchronize
-from hpo.tasks.base import cross_entropy, model_functions, split_state
+from hpo.tasks.base import classification_task, cross_entropy, model_functions, split_state
 from hpo.tasks.mnist1d import CNN1D, MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
@@ -144,10 +145,12 @@ def build(model: str, shape: tuple[int, ...], batch: int, dtype: torch.dtype, de
 
 def problem_for(net: nn.Module, x: Tensor, y: Tensor, horizon: int, batch: int) -> InnerProblem:
     """An inner problem of ``horizon`` steps on the pool ``(x, y)``; validation is one batch of it."""
-    loss_fn, eval_fn = model_functions(net)
+    task = classification_task("synthetic", x, y, x[:batch], y[:batch], lambda: net, batch_size=batch)
+    loss_fn, eval_fn = model_functions(net, task)
     params, buffers = split_state(net)
-    return InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), x, y, x[:batch], y[:batch],
-                        horizon=horizon, batch_size=batch, eval_batch_size=batch)
+    return InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), TensorRows((x, y)),
+                        TensorRows((x[:batch], y[:batch])), horizon=horizon, batch_size=batch, eval_batch_size=batch,
+                        score_fn=task.score_fn(), model_loss=task.loss)
 
 
 def schedule_for(counts: dict[str, int], dtype: torch.dtype, device: torch.device) -> Schedule:
@@ -195,11 +198,11 @@ def time_forward(backend: HypergradientBackend, net: nn.Module, x: Tensor, y: Te
     sched = schedule_for(counts, x.dtype, x.device)
     state = backend.init(problem, sched)
     for t in range(t0, t0 + warmup):
-        state = backend.step(problem, sched, state, t, x, y)
+        state = backend.step(problem, sched, state, t, (x, y))
     with PeakMemory(x.device) as mem:
         start = clock()
         for t in range(t0 + warmup, t0 + warmup + steps):
-            state = backend.step(problem, sched, state, t, x, y)
+            state = backend.step(problem, sched, state, t, (x, y))
         synchronize(x.device)
         ms = (clock() - start) * 1000 / steps
     return ms, mem.mib
@@ -215,7 +218,7 @@ def time_truncated(make: Callable[..., HypergradientBackend], window: int, net: 
         problem = problem_for(net, x, y, max(w, max(counts.values())), x.shape[0])
         state = backend.init(problem, sched)
         for t in range(problem.horizon):
-            state = backend.step(problem, sched, state, t, x, y)
+            state = backend.step(problem, sched, state, t, (x, y))
         backend.hypergradient(problem, sched, state)
 
     run(2)  # warm-up
@@ -242,8 +245,8 @@ def time_checkpointed(make: Callable[[], HypergradientBackend], net: nn.Module, 
         problem = problem_for(net, x, y, steps, x.shape[0])
         state = backend.init(problem, sched)
         start = clock()
-        for t, xb, yb in problem.batches():
-            state = backend.step(problem, sched, state, t, xb, yb)
+        for t, batch in problem.batches():
+            state = backend.step(problem, sched, state, t, batch)
         synchronize(x.device)
         mid = clock()
         backend.hypergradient(problem, sched, state)

@@ -39,13 +39,13 @@ def time_inner_run(backend_name: str, task_name: str, optimizer: str, steps: int
     problem = make_problem(task, rule, config, 0)
     counts = config.resolved_counts(rule)
     schedule = Schedule.constant(rule.hand_picked or {s.name: s.init for s in rule.hyperparameters}, counts)
-    batches = [(t, x, y) for t, x, y in problem.batches()]
+    batches = list(problem.batches())
     state = backend.init(problem, schedule)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = clock()
-    for t, x, y in batches:
-        state = backend.step(problem, schedule, state, t, x, y)
+    for t, batch in batches:
+        state = backend.step(problem, schedule, state, t, batch)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     elapsed = clock() - start

@@ -18,6 +18,7 @@ from hpo.app.config import RunConfig
 from hpo.app.retrain import RetrainConfig, retrain_schedule
 from hpo.app.run import RunResult, resume, run
 from hpo.errors import ConfigError, RunError
+from hpo.tasks.base import Metric, Problem
 
-__all__ = ["CompareConfig", "ConfigError", "RetrainConfig", "RunConfig", "RunError", "RunResult", "compare",
-           "resume", "retrain_schedule", "run"]
+__all__ = ["CompareConfig", "ConfigError", "Metric", "Problem", "RetrainConfig", "RunConfig", "RunError", "RunResult",
+           "compare", "resume", "retrain_schedule", "run"]

@@ -1,5 +1,5 @@
-"""Tasks: data, a model and a loss, called functionally by the inner loop."""
+"""Tasks: problems (a model factory, data, a loss and metrics), called functionally by the inner loop."""
 
-from hpo.tasks.base import Task, init_model, model_functions, split_state
+from hpo.tasks.base import Metric, Problem, Task, classification_task, init_model, model_functions, split_state
 
-__all__ = ["Task", "init_model", "model_functions", "split_state"]
+__all__ = ["Metric", "Problem", "Task", "classification_task", "init_model", "model_functions", "split_state"]

@@ -1,56 +1,194 @@
-"""A task bundles data (train/test), a model factory and the classification loss.
+"""A problem: a model factory, data, a loss written against the model, and metrics with directions.
 
-The model is always called functionally, ``functional_call(model, (params, buffers), x)``, so
-the inner loop is a pure function of the weights.  BatchNorm running statistics are state that is
-updated but not differentiated: the train-mode loss returns fresh buffers and never mutates the
-ones it was given.
+The user writes ``loss(model, batch) -> 0-d tensor`` and calls the model as in any PyTorch training
+loop.  The library calls it functionally: the loss is wrapped in a module whose
+``forward(fn, batch)`` is ``fn(self.model, batch)``, and
+
+.. math::
+
+    \\ell(\\theta; b) = \\mathtt{functional\\_call}(\\mathrm{wrapper}, \\{\\texttt{model.}k: \\theta_k\\}, (\\mathrm{loss}, b))
+
+so every call of the model inside the loss sees the weights :math:`\\theta` being differentiated.
+BatchNorm running statistics are state that is updated but not differentiated: the train-mode
+loss runs on cloned buffers and returns them, never mutating the ones it was given.
+
+The hypergradient's objective is the validation loss, :math:`L_{val}(\\theta) = \\frac1n \\sum_i
+\\ell_{eval}(\\theta; b_i)` (the loss in eval mode), unless the problem names another
+differentiable ``objective(model, batch)``.  Metrics are for reporting and ranking only: each is a
+batch mean, averaged over the data weighted by batch size, with a direction ("higher" or "lower"
+is better); ``root=True`` reports the square root of the mean (RMSE from squared errors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import final
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, final
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, jvp
+from torch.utils.data import Dataset
 
-from hpo.core.problem import Buffers, EvalFn, LossFn
+from hpo.core.data import Batch, Rows, TensorRows, as_rows, cast
+from hpo.core.problem import Buffers, EvalFn, LossFn, MetricLabel, ScoreFn
+from hpo.errors import ConfigError
 from hpo.optimizers.base import Params
+
+#: ``fn(model, batch) -> 0-d tensor``: a loss, an objective or a metric, written against the model.
+ModelFn = Callable[[nn.Module, Batch], Tensor]
+
+DIRECTIONS = ("higher", "lower")
 
 
 @final
 @dataclass(frozen=True)
-class Task:
-    """Data and model of one classification problem.
+class Metric:
+    """A reported metric: ``fn(model, batch)`` is its batch mean; ``direction`` says which way is better.
 
-    ``make_model(num_classes)`` builds a fresh, randomly initialised model (seed it with
-    :func:`init_model`).  ``batch_size`` is the task's default inner minibatch size.  ``augment``,
-    if set, maps a training minibatch and a ``torch.Generator`` (on the data's device) to an
-    augmented minibatch (see :mod:`hpo.tasks.augment`).
+    ``root=True`` reports :math:`\\sqrt{\\bar m}` of the data mean :math:`\\bar m` (RMSE from a batch
+    mean of squared errors).  ``scale`` multiplies the reported value (e.g. ``1 / ln 2`` for bits).
+    """
+
+    fn: ModelFn
+    direction: str
+    root: bool = False
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        """The direction must be ``higher`` or ``lower``."""
+        if self.direction not in DIRECTIONS:
+            raise ConfigError("task", f"a metric's direction must be 'higher' or 'lower', got {self.direction!r}")
+
+    def reported(self, mean: Tensor) -> Tensor:
+        """The value shown for a data mean ``mean``."""
+        return (mean.sqrt() if self.root else mean) * self.scale
+
+
+@final
+@dataclass(frozen=True)
+class Problem:
+    """A user's training problem; the built-in tasks are such problems too.
+
+    ``make_model()`` builds a fresh model (seeded by the library, see :func:`init_model`).
+    ``train`` and ``test`` are tensors (a tensor, a tuple or a dict of tensors, examples along
+    dimension 0) or map-style ``Dataset``\\ s, collated by ``collate`` (default:
+    ``torch.utils.data.default_collate``).  The search splits its validation data off ``train``;
+    ``test`` scores the retrained model.  ``loss(model, batch)`` is the train-mode minibatch loss;
+    ``objective(model, batch)`` (default: ``loss``, in eval mode) is what the hypergradient
+    differentiates on the validation data.  ``metrics`` maps names to :class:`Metric`; ``rank_by``
+    names the one searches rank by (default: the first metric; with none, the objective, lower
+    better).  ``augment(x, generator)`` augments the inputs of in-memory data
+    (:mod:`hpo.tasks.augment`).
+
+    Example (a linear regression on random data)::
+
+        >>> import torch
+        >>> x, y = torch.randn(64, 3), torch.randn(64)
+        >>> p = Problem("linear", lambda: torch.nn.Linear(3, 1),
+        ...             lambda model, b: ((model(b[0]).squeeze(-1) - b[1]) ** 2).mean(), (x, y), (x, y))
+        >>> len(p.train), p.rank_by is None
+        (64, True)
     """
 
     name: str
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
     make_model: Callable[[], nn.Module]
-    num_classes: int
+    loss: ModelFn
+    train: Any
+    test: Any
+    metrics: Mapping[str, Metric] = field(default_factory=dict)
+    objective: ModelFn | None = None
+    collate: Callable[[list[Any]], Any] | None = None
     batch_size: int = 128
+    rank_by: str | None = None
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Task:
-        """The task with inputs in ``dtype`` and all data on ``device``."""
-        def cast(x: Tensor) -> Tensor:
-            return x.to(device=device, dtype=dtype if x.is_floating_point() else None)
+    def __post_init__(self) -> None:
+        """Put the data behind :class:`~hpo.core.data.Rows` and check the metrics (one-line ``ConfigError``)."""
+        if not callable(self.make_model) or not callable(self.loss):
+            raise ConfigError("task", "a problem needs a model factory make_model() and a loss(model, batch)")
+        for name, data in (("train", self.train), ("test", self.test)):
+            rows = as_rows(data, self.collate)
+            if self.augment is not None and isinstance(rows, TensorRows) and name == "train":
+                rows = TensorRows(rows.data, self.augment)
+            object.__setattr__(self, name, rows)
+        for name, m in self.metrics.items():
+            if not isinstance(m, Metric):
+                raise ConfigError("task", f"metric {name!r} has no direction: write Metric(fn, 'higher') or "
+                                          f"Metric(fn, 'lower')")
+        if self.rank_by is None and self.metrics:
+            object.__setattr__(self, "rank_by", next(iter(self.metrics)))
+        if self.rank_by is not None and self.rank_by not in self.metrics:
+            raise ConfigError("task", f"rank_by names {self.rank_by!r}, not one of the metrics {sorted(self.metrics)}")
+        if not (isinstance(self.batch_size, int) and self.batch_size > 0):
+            raise ConfigError("batch_size", f"the batch size must be a positive integer, got {self.batch_size!r}")
 
-        return Task(self.name, cast(self.train_x), self.train_y.to(device), cast(self.test_x),
-                    self.test_y.to(device), self.make_model, self.num_classes, self.batch_size, self.augment)
+    @property
+    def train_rows(self) -> Rows:
+        """The training data as :class:`~hpo.core.data.Rows`."""
+        return self.train  # type: ignore[no-any-return]
+
+    @property
+    def test_rows(self) -> Rows:
+        """The test data as :class:`~hpo.core.data.Rows`."""
+        return self.test  # type: ignore[no-any-return]
+
+    @property
+    def metric_name(self) -> str:
+        """Name of the ranking metric (``loss`` for a problem without metrics)."""
+        return self.rank_by or "loss"
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger value of the ranking metric is better."""
+        return self.rank_by is not None and self.metrics[self.rank_by].direction == "higher"
+
+    @property
+    def label(self) -> MetricLabel:
+        """Name and direction of the ranking metric, to show scores in the metric's own units."""
+        return MetricLabel(self.metric_name, self.higher_is_better)
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
+        """The problem with floating data in ``dtype`` on ``device`` (a Dataset is cast batch by batch)."""
+        return Problem(self.name, self.make_model, self.loss, self.train_rows.to(dtype, device),
+                       self.test_rows.to(dtype, device), self.metrics, self.objective, self.collate,
+                       self.batch_size, self.rank_by, None)
+
+    def score_fn(self) -> ScoreFn:
+        """``score(objective, metric means)``: the ranking metric, oriented so larger is better."""
+        rank_by = self.rank_by
+        if rank_by is None:
+            return negative_objective
+        metric = self.metrics[rank_by]
+        sign = 1.0 if metric.direction == "higher" else -1.0
+
+        def score(objective: Tensor, means: Mapping[str, Tensor]) -> Tensor:
+            return sign * metric.reported(means[rank_by])
+
+        return score
+
+    def score_to_metric(self, score: float) -> float:
+        """The ranking metric's value of a score from :meth:`score_fn` (undoes the orientation)."""
+        return score if self.higher_is_better else -score
+
+    def reported(self, objective: Tensor, means: Mapping[str, Tensor]) -> dict[str, float]:
+        """``{"loss": objective, metric: reported value, ...}`` as floats."""
+        out = {"loss": float(objective)}
+        out.update({k: float(self.metrics[k].reported(v)) for k, v in means.items()})
+        return out
 
 
-def init_model(task: Task, seed: int, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
+#: The name the library used before problems took any data and loss; the same class.
+Task = Problem
+
+
+def negative_objective(objective: Tensor, means: Mapping[str, Tensor]) -> Tensor:
+    """Score of a problem without metrics: minus its validation objective."""
+    return -objective
+
+
+def init_model(task: Problem, seed: int, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
     """A freshly initialised model of ``task``, seeded without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -71,24 +209,132 @@ def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
     return -logp.gather(-1, y.unsqueeze(-1)).mean()
 
 
-def model_functions(model: nn.Module) -> tuple[LossFn, EvalFn]:
-    """The pure train-mode loss and eval-mode (loss, correct) functions of ``model``.
+def classification_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """Cross-entropy of ``model(x)`` against labels ``y`` of a batch ``(x, y)``."""
+    x, y = batch
+    return cross_entropy(model(x), y)
 
-    ``loss_fn(params, buffers, x, y) -> (loss, new_buffers)`` runs the model in train mode on
-    cloned buffers and returns them; ``eval_fn(params, buffers, x, y) -> (loss, n_correct)`` runs
-    it in eval mode.
+
+def accuracy(model: nn.Module, batch: Batch) -> Tensor:
+    """Fraction of a batch ``(x, y)`` whose arg-max class is ``y`` (float64)."""
+    x, y = batch
+    return (model(x).argmax(-1) == y).to(torch.float64).mean()
+
+
+def classification_task(name: str, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                        make_model: Callable[[], nn.Module], batch_size: int = 128,
+                        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> Problem:
+    """A classification problem on in-memory tensors: cross-entropy loss, accuracy (higher is better)."""
+    return Problem(name, make_model, classification_loss, (train_x, train_y), (test_x, test_y),
+                   metrics={"acc": Metric(accuracy, "higher")}, batch_size=batch_size, augment=augment)
+
+
+@final
+class LossModule(nn.Module):
+    """``forward(fn, batch) = fn(self.model, batch)``: the wrapper ``functional_call`` swaps weights into."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: ModelFn, batch: Batch) -> Tensor:
+        """The user's function on the wrapped model."""
+        return fn(self.model, batch)
+
+
+def _named(tree: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {"model." + k: v for k, v in tree.items()}
+
+
+def model_functions(model: nn.Module, task: Problem) -> tuple[LossFn, EvalFn]:
+    """The pure train-mode loss and eval-mode (objective, metrics) functions of ``task`` on ``model``.
+
+    ``loss_fn(params, buffers, batch) -> (loss, new_buffers)`` runs the user's loss in train mode on
+    cloned buffers and returns them; ``eval_fn(params, buffers, batch, metrics=True) ->
+    (objective, {name: batch mean})`` runs in eval mode.
     """
-    def loss_fn(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> tuple[Tensor, Buffers]:
-        new_buffers = {k: v.clone() for k, v in buffers.items()}
-        model.train()
-        logits = functional_call(model, (params, new_buffers), (x,))
-        return cross_entropy(logits, y), new_buffers
+    wrapper = LossModule(model)
+    objective = task.objective or task.loss
+    metrics = dict(task.metrics)
 
-    def eval_fn(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        model.eval()
-        logits = functional_call(model, (params, buffers), (x,))
-        model.train()
-        correct = (logits.argmax(-1) == y).sum().to(logits.dtype)
-        return cross_entropy(logits, y), correct
+    def loss_fn(params: Params, buffers: Buffers, batch: Batch) -> tuple[Tensor, Buffers]:
+        new_buffers = {k: v.clone() for k, v in buffers.items()}
+        wrapper.train()
+        loss = functional_call(wrapper, (_named(params), _named(new_buffers)), (task.loss, batch))
+        return loss, new_buffers
+
+    def eval_fn(params: Params, buffers: Buffers, batch: Batch, with_metrics: bool = True
+                ) -> tuple[Tensor, dict[str, Tensor]]:
+        wrapper.eval()
+        try:
+            tensors = (_named(params), _named(buffers))
+            value = functional_call(wrapper, tensors, (objective, batch))
+            means = {k: functional_call(wrapper, tensors, (m.fn, batch)) for k, m in metrics.items()} \
+                if with_metrics else {}
+        finally:
+            wrapper.train()
+        return value, means
 
     return loss_fn, eval_fn
+
+
+def _check_scalar(what: str, value: Any) -> None:
+    if not isinstance(value, Tensor):
+        raise ConfigError("task", f"the {what} must return a tensor, got {type(value).__name__}")
+    if value.dim() != 0:
+        raise ConfigError("task", f"the {what} must return a scalar (0-d) tensor, got shape {tuple(value.shape)}; "
+                                  f"reduce it, e.g. with .mean()")
+
+
+def check_problem(task: Problem, seed: int = 0) -> None:
+    """Run the problem once on a small batch in float64 and refuse what would cut the hypergradient.
+
+    One line each (:class:`~hpo.errors.ConfigError` on ``task``): the loss, objective or a metric
+    returns a non-tensor or a non-scalar; the loss cannot be differentiated by ``torch.func``
+    (an in-place op on a weight, ``.item()``); or its directional derivative along a random
+    direction differs from the central difference (``float()`` or ``.detach()`` of a weight).
+    """
+    model = init_model(task, seed, torch.float64, "cpu")
+    n = min(4, len(task.train_rows))
+    batch = cast(task.train_rows.fetch(torch.arange(n), seed, 0), torch.float64, "cpu")
+    val = cast(task.test_rows.fetch(torch.arange(min(4, len(task.test_rows))), -1, 0), torch.float64, "cpu")
+    loss_fn, eval_fn = model_functions(model, task)
+    params, buffers = split_state(model)
+
+    def loss_of(p: Params) -> Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return loss_fn(p, buffers, batch)[0]
+
+    try:
+        value = loss_of(params)
+        _check_scalar("loss", value)
+        objective, means = eval_fn(params, buffers, val)
+        _check_scalar("objective" if task.objective is not None else "loss (in eval mode)", objective)
+        for k, v in means.items():
+            _check_scalar(f"metric {k!r}", v)
+        gen = torch.Generator().manual_seed(seed)
+        v_dir = {k: torch.randn(p.shape, generator=gen, dtype=p.dtype) for k, p in params.items()}
+        norm = torch.sqrt(sum((v ** 2).sum() for v in v_dir.values()))  # a unit step: no ReLU kink crossed
+        v_dir = {k: v / norm for k, v in v_dir.items()}
+        grad(loss_of)(params)
+        _, d = jvp(loss_of, (params,), (v_dir,))
+    except ConfigError:
+        raise
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError("task", f"the loss cannot be differentiated through the weights ({first}); remove "
+                                  f"in-place ops on weights and .item()/float() of tensors that depend on them"
+                          ) from None
+    h = 1e-6
+    plus = loss_of({k: p + h * v_dir[k] for k, p in params.items()})
+    minus = loss_of({k: p - h * v_dir[k] for k, p in params.items()})
+    fd = float((plus - minus) / (2 * h))
+    if not math.isfinite(fd) or abs(float(d) - fd) > 1e-4 * max(1e-3, abs(fd)):
+        raise ConfigError("task", f"the loss's derivative through the weights is cut ({float(d):.6g} by forward "
+                                  f"mode, {fd:.6g} by finite differences): a float(), .item() or .detach() of a "
+                                  f"tensor that depends on the weights stops the hypergradient")
+
+
+__all__ = ["Dataset", "Metric", "Problem", "Task", "accuracy", "check_problem", "classification_loss",
+           "classification_task", "cross_entropy", "init_model", "model_functions", "split_state"]

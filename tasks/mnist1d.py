@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from hpo.tasks.base import Task
+from hpo.tasks.base import Task, classification_task
 
 DEFAULT_SAMPLES = 5000
 
@@ -107,5 +107,5 @@ def mnist1d_task(model: str = "mlp", num_samples: int = DEFAULT_SAMPLES, seed: i
     makers = {"mlp": lambda: MLP(), "cnn": lambda: CNN1D()}
     if model not in makers:
         raise ValueError(f"unknown MNIST-1D model {model!r}; choose from {sorted(makers)}")
-    return Task(f"mnist1d-{model}", data["train_x"], data["train_y"], data["test_x"], data["test_y"],
-                makers[model], num_classes=10, batch_size=128)
+    return classification_task(f"mnist1d-{model}", data["train_x"], data["train_y"], data["test_x"], data["test_y"],
+                               makers[model], batch_size=128)

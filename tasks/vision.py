@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from hpo.tasks.augment import Augment
-from hpo.tasks.base import Task
+from hpo.tasks.base import Task, classification_task
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
 DEFAULT_DATA_ROOT = Path("data")
@@ -207,14 +207,13 @@ def vision_task(
     raw = load_raw(dataset, DEFAULT_DATA_ROOT if data_root is None else data_root, download)
     n = raw["train_x"].shape[0] if samples is None else min(int(samples), raw["train_x"].shape[0])
     make = MODELS[model]
-    return Task(
-        name=f"{dataset}-{model}",
-        train_x=normalize(raw["train_x"][:n], spec.mean, spec.std),
-        train_y=raw["train_y"][:n],
-        test_x=normalize(raw["test_x"], spec.mean, spec.std),
-        test_y=raw["test_y"],
-        make_model=lambda: make(spec),
-        num_classes=10,
+    return classification_task(
+        f"{dataset}-{model}",
+        normalize(raw["train_x"][:n], spec.mean, spec.std),
+        raw["train_y"][:n],
+        normalize(raw["test_x"], spec.mean, spec.std),
+        raw["test_y"],
+        lambda: make(spec),
         batch_size=batch_size,
         augment=aug,
     )

@@ -17,11 +17,12 @@ from torch import nn
 
 from hpo.checking.tiny import DT
 from hpo.checking.tiny import tiny_problem as _tiny_problem
+from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.sgd import SGDMomentum
-from hpo.tasks.base import Task, init_model, model_functions, split_state
+from hpo.tasks.base import Task, classification_task, init_model, model_functions, split_state
 
 REPO = Path(__file__).resolve().parents[1]
 #: hpo.backends, hpo.optimizers and hpo.tasks live in their own top-level folders (package-dir), so
@@ -94,7 +95,7 @@ def tiny_task(batchnorm: bool = False, n: int = 48, d: int = 5, classes: int = 3
         layers += [nn.Tanh(), nn.Linear(6, classes)]
         return nn.Sequential(*layers)
 
-    return Task("tiny", x, y, xt, yt, make, classes, batch_size=8)
+    return classification_task("tiny", x, y, xt, yt, make, batch_size=8)
 
 
 def tiny_task_problem(
@@ -103,19 +104,19 @@ def tiny_task_problem(
     """A float64 inner problem: 32 train / 16 val samples, batch 8, SGD-momentum."""
     task = tiny_task(batchnorm=batchnorm, seed=seed)
     model = init_model(task, seed, torch.float64, "cpu")
-    loss_fn, eval_fn = model_functions(model)
+    loss_fn, eval_fn = model_functions(model, task)
     params, buffers = split_state(model)
-    x = task.train_x.double()
+    data = task.train_rows.to(torch.float64)
     return InnerProblem(
         loss_fn=loss_fn,
         eval_fn=eval_fn,
         params=params,
         buffers=buffers,
         rule=SGDMomentum(),
-        train_x=x[:32],
-        train_y=task.train_y[:32],
-        val_x=x[32:],
-        val_y=task.train_y[32:],
+        train=data.subset(torch.arange(32)),
+        val=data.subset(torch.arange(32, 48)),
+        score_fn=task.score_fn(),
+        model_loss=task.loss,
         horizon=horizon,
         batch_size=8,
         seed=seed,
@@ -144,5 +145,16 @@ class TorchlessSGD(SGDMomentum):  # type: ignore[misc]
 
 def tiny_mlp_task(problem: InnerProblem) -> Task:
     """A task on ``problem``'s data whose model is the tiny 5-6-3 tanh MLP (batch 10)."""
-    return Task("tiny", problem.train_x, problem.train_y, problem.val_x, problem.val_y,
-                lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), 3, batch_size=10)
+    assert isinstance(problem.train, TensorRows) and isinstance(problem.val, TensorRows)
+    return Task("tiny", lambda: nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), problem.model_loss,
+                problem.train, problem.val, metrics=tiny_task().metrics, batch_size=10)
+
+
+def tensor_problem(net: nn.Module, rule: UpdateRule, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor,
+                   yv: torch.Tensor, augment=None, **kwargs) -> InnerProblem:  # type: ignore[no-untyped-def]
+    """A classification :class:`InnerProblem` of ``net`` on train ``(x, y)`` and validation ``(xv, yv)``."""
+    task = classification_task("t", x, y, xv, yv, lambda: net)
+    loss_fn, eval_fn = model_functions(net, task)
+    params, buffers = split_state(net)
+    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, TensorRows((x, y), augment), TensorRows((xv, yv)),
+                        score_fn=task.score_fn(), model_loss=task.loss, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.runtime.device import device_for_tests
 from hpo.tasks.augment import Augment, cutout, random_crop, random_flip
@@ -68,12 +69,13 @@ def test_inner_problem_batches_are_augmented_reproducibly() -> None:
     y = torch.arange(12, device=DEV)
 
     def problem(seed: int) -> InnerProblem:
-        return InnerProblem(None, None, {}, {}, None, x, y, x, y, horizon=5, batch_size=4,  # type: ignore[arg-type]
-                            seed=seed, augment=Augment(pad=2, flip=True))
+        rows = TensorRows((x, y), Augment(pad=2, flip=True))
+        return InnerProblem(None, None, {}, {}, None, rows, rows, horizon=5, batch_size=4,  # type: ignore[arg-type]
+                            seed=seed)
 
-    first = [b[1] for b in problem(3).batches()]
-    again = [b[1] for b in problem(3).batches()]
-    other = [b[1] for b in problem(4).batches()]
+    first = [b[1][0] for b in problem(3).batches()]
+    again = [b[1][0] for b in problem(3).batches()]
+    other = [b[1][0] for b in problem(4).batches()]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
     assert first[0].device == x.device and first[0].shape == (4, 2, 8, 8)

@@ -108,7 +108,7 @@ CASES = [
     (["run", "--optimizer", "{plugins}:NeedsArgs"], "cannot build optimizer"),
     (["run", "--optimizer", "{plugins}"], "a file needs :ClassName"),
     (["run", "--backend", "torch.optim:SGD"], "not a HypergradientBackend"),
-    (["run", "--task", "torch.optim:SGD"], "not a Task"),
+    (["run", "--task", "torch.optim:SGD"], "not a Problem"),
     (["optimizers", "{plugins}:NotARule"], "not a UpdateRule"),
     (["check-rule", "{plugins}:NotARule"], "not a UpdateRule"),
     (["run", "--init", "lr=1e39"], "does not fit in float32"),

@@ -21,8 +21,9 @@ from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import device_for_tests
 from hpo.tasks.augment import Augment
-from hpo.tasks.base import Task, init_model, model_functions, split_state
+from hpo.tasks.base import classification_task, init_model
 from hpo.tasks.models import LeNet, WideResNet
+from tests.conftest import tensor_problem
 
 DEV = device_for_tests()
 F64 = torch.float64
@@ -56,13 +57,11 @@ def bn_problem(model: str, augment: Augment | None = None, horizon: int = 6) -> 
         make, shape = SmoothBN, (3, 8, 8)
     x = torch.randn(28, *shape, generator=gen, dtype=F64)
     y = torch.randint(0, 3, (28,), generator=gen)
-    task = Task("bn", x, y, x, y, make, num_classes=3)
+    task = classification_task("bn", x, y, x, y, make)
     net = init_model(task, 0, F64, DEV)
-    loss_fn, eval_fn = model_functions(net)
-    params, buffers = split_state(net)
     x, y = x.to(DEV), y.to(DEV)
-    return InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), x[:20], y[:20], x[20:], y[20:],
-                        horizon=horizon, batch_size=8, seed=5, augment=augment)
+    return tensor_problem(net, SGDMomentum(), x[:20], y[:20], x[20:], y[20:], augment=augment,
+                          horizon=horizon, batch_size=8, seed=5)
 
 
 def schedule() -> Schedule:
@@ -76,11 +75,11 @@ def final_buffers(problem: InnerProblem, values: dict[str, torch.Tensor]) -> dic
     """Running statistics after a plain (non-differentiated) run of the inner loop."""
     rule, p, b = problem.rule, problem.params, problem.buffers
     s = rule.init(p)
-    for t, x, y in problem.batches():
+    for t, batch in problem.batches():
         hyper = {k: v[(v.numel() * t) // problem.horizon] for k, v in values.items()}
         with torch.enable_grad():
             q = {k: v.detach().requires_grad_() for k, v in p.items()}
-            loss, b = problem.loss_fn(q, b, x, y)
+            loss, b = problem.loss_fn(q, b, batch)
             g = dict(zip(q, torch.autograd.grad(loss, list(q.values()))))
         p, s = rule.step({k: v.detach() for k, v in q.items()}, s, g, hyper, t)
     return b
@@ -89,7 +88,7 @@ def final_buffers(problem: InnerProblem, values: dict[str, torch.Tensor]) -> dic
 def fixed_statistics(problem: InnerProblem, buffers: dict[str, torch.Tensor]) -> InnerProblem:
     """The same problem, but the validation loss reads ``buffers`` instead of the run's statistics."""
     eval_fn = problem.eval_fn
-    return replace(problem, eval_fn=lambda p, b, x, y: eval_fn(p, buffers, x, y))
+    return replace(problem, eval_fn=lambda p, b, batch, *a: eval_fn(p, buffers, batch, *a))
 
 
 @pytest.mark.parametrize("model,augment", [("wrn", None), ("lenet", Augment(pad=4, flip=True, cutout=8))])
@@ -109,8 +108,8 @@ def test_running_statistics_updated_not_differentiated() -> None:
     sched = schedule()
     backend = ForwardManualBackend()
     state = backend.init(problem, sched)
-    for t, x, y in problem.batches():
-        state = backend.step(problem, sched, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, sched, state, t, batch)
     got = backend.inner(state).buffers
     want = final_buffers(problem, sched.values)
     moved = [k for k in want if k.endswith("running_mean") and not torch.equal(want[k], problem.buffers[k])]

@@ -262,8 +262,8 @@ def test_tiny_problem_leaves_the_global_rng_alone() -> None:
     assert list(problem.params) == ["0.weight", "0.bias", "2.weight", "2.bias"]
     for k, v in model.named_parameters():
         assert torch.equal(problem.params[k], v.detach()) and v.dtype == torch.float64
-    assert problem.train_x.shape == (40, 5) and problem.val_x.shape == (20, 5) and problem.horizon == 12
-    assert torch.equal(problem.train_x, tiny_problem(SGDMomentum(), horizon=3).train_x)
+    assert len(problem.train) == 40 and len(problem.val) == 20 and problem.horizon == 12
+    assert torch.equal(problem.train.data[0], tiny_problem(SGDMomentum(), horizon=3).train.data[0])
 
 
 def test_cli_passes_builtin_rule() -> None:

@@ -24,7 +24,7 @@ import os
 import torch
 from torch import nn
 
-from hpo.tasks.base import Task
+from hpo.tasks.base import Task, classification_task
 
 
 class DiesOnRank1(nn.Module):
@@ -44,7 +44,7 @@ def task(**options: object) -> Task:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(64, 5, generator=gen)
     y = x[:, :3].argmax(-1)
-    return Task("dying", x, y, x[:16], y[:16], DiesOnRank1, 3, batch_size=8)
+    return classification_task("dying", x, y, x[:16], y[:16], DiesOnRank1, batch_size=8)
 '''
 
 SMALL = ["--outer-steps", "2", "--inner-steps", "12", "--no-progress"]

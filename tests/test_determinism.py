@@ -15,15 +15,15 @@ from hpo.optimizers.sgd import SGDMomentum
 from hpo.search.fds import run_fds
 from hpo.search.inner_runs import FDSConfig
 from hpo.search.retrain import retrain
-from hpo.tasks.base import Task
+from hpo.tasks.base import Task, classification_task
 
 
 def tiny_task() -> Task:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(80, 6, generator=g)
     y = torch.randint(0, 3, (80,), generator=g)
-    return Task("tiny", x, y, x[:20], y[:20],
-                lambda: nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)), 3, 16)
+    return classification_task("tiny", x, y, x[:20], y[:20],
+                               lambda: nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)), 16)
 
 
 CONFIG = FDSConfig(outer_steps=2, inner_steps=(8,), counts={"lr": 2}, batch_size=16, val_frac=0.25, seed=4)

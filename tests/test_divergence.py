@@ -22,7 +22,7 @@ from hpo.outer.divergence import safe_direction
 from hpo.outer.sign import SignDescent
 from hpo.search.fds import run_fds
 from hpo.search.inner_runs import FDSConfig, make_problem
-from hpo.tasks.base import Task
+from hpo.tasks.base import Task, classification_task
 
 
 def tiny_task(n: int = 96, d: int = 8, classes: int = 3) -> Task:
@@ -30,8 +30,8 @@ def tiny_task(n: int = 96, d: int = 8, classes: int = 3) -> Task:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
-    return Task("tiny", x, y, x[:32], y[:32],
-                lambda: nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, classes)), classes, 16)
+    return classification_task("tiny", x, y, x[:32], y[:32],
+                               lambda: nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, classes)), 16)
 
 
 SPECS = {s.name: s for s in SGDMomentum.hyperparameters}

@@ -13,11 +13,10 @@ from torch import nn
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.checking.unroll import reverse_hypergradient
 from hpo.core.backend import run_inner
-from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import device_for_tests
-from hpo.tasks.base import model_functions, split_state
+from tests.conftest import tensor_problem
 
 DEV = device_for_tests()
 
@@ -30,10 +29,7 @@ def test_compiled_step_equals_eager_and_reverse_with_batchnorm(backend_cls: type
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(30, 5, generator=gen, dtype=torch.float64).to(DEV)
     y = torch.randint(0, 3, (30,), generator=gen).to(DEV)
-    loss_fn, eval_fn = model_functions(net)
-    params, buffers = split_state(net)
-    problem = InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), x[:20], y[:20], x[20:], y[20:],
-                           horizon=5, batch_size=5, seed=2)
+    problem = tensor_problem(net, SGDMomentum(), x[:20], y[:20], x[20:], y[20:], horizon=5, batch_size=5, seed=2)
     # one value per type: a single phase, hence a single compiled graph
     sched = Schedule({k: torch.tensor([v], dtype=torch.float64, device=DEV)
                       for k, v in {"lr": 0.2, "momentum": 0.7, "wd": 0.01}.items()})

@@ -65,8 +65,8 @@ def test_tangent_memory_does_not_grow_with_horizon():
         problem = tiny_problem(horizon=horizon)
         backend = ForwardManualBackend()
         state = backend.init(problem, sched)
-        for t, x, y in problem.batches():
-            state = backend.step(problem, sched, state, t, x, y)
+        for t, batch in problem.batches():
+            state = backend.step(problem, sched, state, t, batch)
         shapes.append({k: tuple(v.shape) for k, v in state.d_params.items()})
     assert shapes[0] == shapes[1]
     assert shapes[0]["0.weight"] == (7, 6, 5)  # 3 + 2 + 2 columns
@@ -101,8 +101,8 @@ def test_only_started_columns_are_stored():
     backend = ForwardManualBackend()
     state = backend.init(problem, sched)
     rows = []
-    for t, x, y in problem.batches():
-        state = backend.step(problem, sched, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, sched, state, t, batch)
         rows.append(state.d_params["0.weight"].shape[0])
     assert rows == [3, 3, 3, 3, 4, 4, 6, 6, 7, 7, 7, 7]  # column starts 0, 0, 0, 4, 6, 6, 8 (3/2/2 over 12)
 

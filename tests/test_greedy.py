@@ -22,15 +22,15 @@ def direct_greedy(problem, sched):
     vel = {k: torch.zeros_like(v) for k, v in params.items()}
     sums = {k: torch.zeros_like(v) for k, v in sched.values.items()}
     vb = validation_batches(problem)
-    for t, x, y in problem.batches():
+    for t, batch in problem.batches():
         p = {k: v.detach().requires_grad_() for k, v in params.items()}
-        loss, new_buffers = problem.loss_fn(p, buffers, x, y)
+        loss, new_buffers = problem.loss_fn(p, buffers, batch)
         g = dict(zip(p, torch.autograd.grad(loss, list(p.values()))))
         seg = {k: segment_index(t, problem.horizon, v.numel()) for k, v in sched.values.items()}
         lr, mu, wd = (sched.values[k][seg[k]].clone().requires_grad_() for k in ("lr", "momentum", "wd"))
         v_new = {k: mu * vel[k] + g[k] + wd * params[k] for k in params}
         p_new = {k: params[k] - lr * v_new[k] for k in params}
-        val_loss, _ = problem.eval_fn(p_new, new_buffers, problem.val_x[vb[t]], problem.val_y[vb[t]])
+        val_loss, _ = problem.eval_fn(p_new, new_buffers, problem.val.fetch(vb[t], -1, t), False)
         d_lr, d_mu, d_wd = torch.autograd.grad(val_loss, [lr, mu, wd])
         for name, d in (("lr", d_lr), ("momentum", d_mu), ("wd", d_wd)):
             sums[name][seg[name]] += d
@@ -55,7 +55,7 @@ def test_greedy_equals_direct_autograd(batchnorm):
 def test_one_step_greedy_equals_exact_hypergradient():
     """With T = 1 and the validation set one minibatch, greedy is the exact hypergradient."""
     base = tiny_task_problem(1)
-    problem = replace(base, val_x=base.val_x[:8], val_y=base.val_y[:8])
+    problem = replace(base, val=base.val.subset(torch.arange(8)))
     sched = tiny_schedule({"lr": 1, "momentum": 1, "wd": 1})
     result = run_inner(GreedyBackend(), problem, sched)
     ref = reverse_hypergradient(problem, sched.values)

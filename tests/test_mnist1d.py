@@ -32,6 +32,6 @@ def test_models_give_logits(tmp_path):
     for model in ("mlp", "cnn"):
         task = mnist1d_task(model, num_samples=300, cache_dir=tmp_path)
         net = init_model(task, seed=0, dtype=torch.float32, device="cpu")
-        assert net(task.train_x[:4]).shape == (4, 10)
+        assert net(task.train_rows.data[0][:4]).shape == (4, 10)
         same = init_model(task, seed=0, dtype=torch.float32, device="cpu")
         assert all(torch.equal(a, b) for a, b in zip(net.parameters(), same.parameters()))

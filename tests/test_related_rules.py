@@ -123,14 +123,15 @@ def test_rule_equals_pytorch_optimizer(oracle: Oracle, schedule: bool, conv: boo
     opt = oracle.make(leaves, hyper_at(0))
     state = rule.init(params)
 
-    def loss_fn(p: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
+    def loss_fn(p: dict[str, Tensor], buffers: dict[str, Tensor], batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+        x, y = batch
         return nn.functional.cross_entropy(functional_call(model, p, (x,)), y), buffers
 
     for t, (x, y) in enumerate(batches(conv)):
         h = hyper_at(t)
         hyper = {k: torch.tensor(v, dtype=F64) for k, v in h.items() if k in rule.hyper_names}
         probes = rademacher_probes(params, SEED, t, rule.curvature.probes) if rule.curvature is not None else None
-        params, state, *_ = train_step(rule, loss_fn, params, {}, state, hyper, t, x, y, seed=SEED)
+        params, state, *_ = train_step(rule, loss_fn, params, {}, state, hyper, t, (x, y), seed=SEED)
 
         for group in opt.param_groups:
             group.update(oracle.group(h))

@@ -37,6 +37,7 @@ from hpo.app.compare_checkpoint import (
 from hpo.app.lock import LOCK_NAME, LogdirLock
 from hpo.app.logdir import default_logdir
 from hpo.cli import cli
+from hpo.cli.main import SigtermStop
 from hpo.outer.base import OuterState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -359,7 +360,7 @@ def test_compare_results_failing_to_write_keep_the_old_ones(finished_compare: Pa
     shutil.copytree(finished_compare, logdir)
     before = (logdir / "results.csv").read_bytes()
 
-    def torn_write(rows: Any, path: Path) -> None:
+    def torn_write(rows: Any, path: Path, *label: Any) -> None:
         def write(f: Any) -> None:
             f.write(b"method,seed\n")
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -401,3 +402,24 @@ def test_sigterm_stops_a_run_with_130_and_says_how_to_resume(tmp_path: Path) -> 
     done = load_checkpoint(checkpoint_path(logdir)).state.k
     assert done >= 1 and f"Interrupted after {done} completed outer steps" in lines[0]
     assert not (logdir / "schedule.json").exists()
+
+
+def test_sigterm_dropped_in_a_finalizer_still_stops_and_a_second_one_spares_the_cleanup(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    before = signal.getsignal(signal.SIGTERM)
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # handled in here, where Python drops what the handler raises
+
+    try:
+        SigtermStop().install()
+        with pytest.raises(KeyboardInterrupt):
+            Finalized()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the stop is raised again here
+                time.sleep(0.01)
+        signal.raise_signal(signal.SIGTERM)  # the stop is under way: its cleanup goes on
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -34,7 +34,6 @@ from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
 from hpo.optimizers import Adam, AdamW, SGDMomentum, UpdateRule
 from hpo.tasks.augment import Augment
-from hpo.tasks.base import model_functions, split_state
 from tests import conftest as helpers
 
 F64 = torch.float64
@@ -110,7 +109,7 @@ def test_grad_clip_is_differentiated_as_the_clamp() -> None:
 def fixed_statistics(problem: InnerProblem, buffers: dict[str, Tensor]) -> InnerProblem:
     """The problem whose validation loss reads ``buffers`` (finite differences hold BatchNorm statistics fixed)."""
     eval_fn = problem.eval_fn
-    return replace(problem, eval_fn=lambda p, b, x, y: eval_fn(p, buffers, x, y))
+    return replace(problem, eval_fn=lambda p, b, batch, *a: eval_fn(p, buffers, batch, *a))
 
 
 def test_batchnorm_statistics_replayed_not_differentiated() -> None:
@@ -118,8 +117,8 @@ def test_batchnorm_statistics_replayed_not_differentiated() -> None:
     sched = helpers.tiny_schedule({"lr": 3, "momentum": 2, "wd": 2})
     backend = ReverseCheckpointedBackend()
     state = backend.init(problem, sched)
-    for t, x, y in problem.batches():
-        state = backend.step(problem, sched, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, sched, state, t, batch)
     buffers = backend.inner(state).buffers
     assert int(buffers["1.num_batches_tracked"]) == 12 and int(problem.buffers["1.num_batches_tracked"]) == 0
     assert not torch.equal(buffers["1.running_mean"], problem.buffers["1.running_mean"])
@@ -135,19 +134,17 @@ def image_problem(augment: Augment | None) -> InnerProblem:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(27, 3)).to(F64)
-    loss_fn, eval_fn = model_functions(net)
-    params, buffers = split_state(net)
     x = torch.randn(36, 2, 5, 5, generator=gen, dtype=F64)
     y = torch.randint(0, 3, (36,), generator=gen)
-    return InnerProblem(loss_fn, eval_fn, params, buffers, SGDMomentum(), x[:24], y[:24], x[24:], y[24:],
-                        horizon=8, batch_size=6, seed=2, augment=augment)
+    return helpers.tensor_problem(net, SGDMomentum(), x[:24], y[:24], x[24:], y[24:], augment=augment,
+                                  horizon=8, batch_size=6, seed=2)
 
 
 def test_augmented_batches_are_replayed() -> None:
     problem = image_problem(Augment(pad=1, flip=True))
     sched = Schedule(values(lr=[0.2, 0.1, 0.05], momentum=[0.5, 0.7], wd=[1e-2, 2e-2]))
     x3, _ = problem.batch(3)
-    assert not torch.equal(x3, problem.train_x[problem.order[3]])  # augmentation changes the batch
+    assert not torch.equal(x3, problem.train.data[0][problem.order[3]])  # augmentation changes the batch
     fd = finite_difference_hypergradient(problem, sched.values, eps=1e-5)
     got = assert_exact(problem, sched, fd)
     plain = checkpointed(image_problem(None), sched).hypergrad
@@ -181,16 +178,20 @@ def test_dropout_masks_are_replayed() -> None:
     problem = dropout_problem()
     sched = helpers.sgd_schedule()
     torch.manual_seed(123)
+    fresh = torch.get_rng_state()
     ref = reverse_hypergradient(problem, sched.values)
-    after_ref = torch.get_rng_state()
+    assert torch.equal(torch.get_rng_state(), fresh)  # the unroll leaves the global RNG as it was
     for every in (1, 5, None, 12):
-        torch.manual_seed(123)
+        torch.manual_seed(123 + every if every else 0)  # masks are seeded per step: the global RNG is irrelevant
+        before = torch.get_rng_state()
         res = checkpointed(problem, sched, every)
         assert rel_err(res.hypergrad, ref) < 1e-10
-        assert torch.equal(torch.get_rng_state(), after_ref)  # the sweep leaves the global RNG where it was
-    torch.manual_seed(124)
-    other = checkpointed(problem, sched).hypergrad
-    assert rel_err(other, ref) > 1e-3  # the masks matter
+        assert torch.equal(torch.get_rng_state(), before)  # the run leaves the global RNG where it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        plain = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Identity(), nn.Linear(8, 3))
+    without = checkpointed(helpers.tiny_problem(horizon=12, model=plain), sched).hypergrad
+    assert rel_err(without, ref) > 1e-3  # the masks matter
 
 
 def test_huge_learning_rate_stops_early_with_no_hypergradient() -> None:
@@ -229,8 +230,8 @@ def test_memory_holds_one_checkpoint_per_interval() -> None:
     backend = ReverseCheckpointedBackend(memory_budget=19 * one)  # S(10) = 10 + 9 states
     state = backend.init(problem, sched)
     assert state.plan.regime == SQRT and state.plan.bytes == 19 * one
-    for t, x, y in problem.batches():
-        state = backend.step(problem, sched, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, sched, state, t, batch)
     assert [c.t for c in state.checkpoints] == list(range(0, 100, 10))
 
 
@@ -288,13 +289,13 @@ def test_autograd_steps_are_bit_identical_to_the_torch_func_steps(key: str, clip
     make, vals = RULES[key]
     rule = make()
     problem = helpers.tiny_problem(rule, horizon=4)
-    x, y = problem.batch(0)
+    batch = problem.batch(0)
     gen = torch.Generator().manual_seed(3)
     params = problem.params
     state = {sk: {k: torch.rand(v.shape, generator=gen, dtype=v.dtype) for k, v in sv.items()}
              for sk, sv in rule.init(params).items()}
     hyper = {k: v[0] for k, v in vals.items()}
-    args = (rule, problem.loss_fn, clip, params, problem.buffers, state, hyper, 1, x, y)
+    args = (rule, problem.loss_fn, clip, params, problem.buffers, state, hyper, 1, batch)
     fast, ref = autograd_plain_step(*args), plain_step(*args)
     for a, b in [(fast.params, ref.params), (fast.grads, ref.grads), *zip(fast.opt_state.values(),
                                                                           ref.opt_state.values())]:
@@ -351,8 +352,8 @@ def test_taped_segments_equal_replayed_segments(key: str) -> None:
     for budget in (10**9, 1):  # a segment's graph fits / nothing fits: the set interval, replayed
         backend = ReverseCheckpointedBackend(every=5, memory_budget=budget)
         state = backend.init(problem, sched)
-        for t, x, y in problem.batches():
-            state = backend.step(problem, sched, state, t, x, y)
+        for t, batch in problem.batches():
+            state = backend.step(problem, sched, state, t, batch)
         assert state.graph_bytes > 0
         results[fuse_segments(state)] = backend.hypergradient(problem, sched, state).hypergrad
     assert set(results) == {True, False}

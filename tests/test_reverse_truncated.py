@@ -27,14 +27,14 @@ def truncated_reference(problem, values, window):
     def loss(vals):
         params, buffers = problem.params, problem.buffers
         state = problem.rule.init(params)
-        for t, x, y in problem.batches():
+        for t, batch in problem.batches():
             if t == problem.horizon - window:
                 params = {k: v.detach() for k, v in params.items()}
                 state = {sk: {k: v.detach() for k, v in sv.items()} for sk, sv in state.items()}
             hyper = {k: v[segment_index(t, problem.horizon, v.numel())] for k, v in vals.items()}
-            g, buffers = grad(lambda p, b=buffers, x=x, y=y: problem.loss_fn(p, b, x, y), has_aux=True)(params)
+            g, buffers = grad(lambda p, b=buffers, batch=batch: problem.loss_fn(p, b, batch), has_aux=True)(params)
             params, state = problem.rule.step(params, state, tree_clamp(g, problem.grad_clip), hyper, t)
-        return problem.eval_fn(params, buffers, problem.val_x, problem.val_y)[0]
+        return problem.eval_fn(params, buffers, next(problem.val.chunks(10**6)), False)[0]
 
     return grad(loss)(values)
 
@@ -102,8 +102,8 @@ def test_weights_match_forward_mode_primal():
     sched = tiny_schedule()
     b1, b2 = ReverseTruncatedBackend(3), ForwardManualBackend()
     s1, s2 = b1.init(problem, sched), b2.init(problem, sched)
-    for t, x, y in problem.batches():
-        s1, s2 = b1.step(problem, sched, s1, t, x, y), b2.step(problem, sched, s2, t, x, y)
+    for t, batch in problem.batches():
+        s1, s2 = b1.step(problem, sched, s1, t, batch), b2.step(problem, sched, s2, t, batch)
     for k, v in b2.inner(s2).params.items():
         torch.testing.assert_close(b1.inner(s1).params[k].detach(), v, rtol=1e-12, atol=1e-12)
     for k, v in b2.inner(s2).buffers.items():

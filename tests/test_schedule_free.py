@@ -85,21 +85,21 @@ def test_a_batchnorm_model_is_evaluated_with_statistics_of_the_averaged_weights(
     import hpo.search.schedule_free as sf
 
     task = tiny_task(batchnorm=True)
-    batches = [(t, task.train_x[8 * (t % 4):8 * (t % 4) + 8], task.train_y[8 * (t % 4):8 * (t % 4) + 8])
+    batches = [(t, task.train_rows.fetch(torch.arange(8 * (t % 4), 8 * (t % 4) + 8), 0, t))
                for t in range(8)]
     hyper = {"lr": 0.5, "momentum": 0.9, "wd": 0.0, "warmup": 0.25}
     with_stats = task.make_model()
     without = task.make_model()
     without.load_state_dict(with_stats.state_dict())
-    loss, diverged = train_schedule_free(with_stats, batches, hyper, 8)
+    loss, diverged = train_schedule_free(with_stats, task.loss, batches, hyper, 8)
     assert not diverged and torch.isfinite(loss) and not with_stats.training
     monkeypatch.setattr(sf, "has_batchnorm", lambda _: False)
-    train_schedule_free(without, batches, hyper, 8)  # the statistics of the gradient points y
+    train_schedule_free(without, task.loss, batches, hyper, 8)  # the statistics of the gradient points y
     stale = without[1].running_mean.clone()
     assert not torch.allclose(stale, with_stats[1].running_mean)
     without.train()
     with torch.no_grad():  # the README's recipe by hand: forward passes at the averaged weights x
-        for _, x, _ in batches:
+        for _, (x, _) in batches:
             without(x)
     assert torch.equal(without[1].running_mean, with_stats[1].running_mean)
     assert torch.equal(without[1].running_var, with_stats[1].running_var)

@@ -87,14 +87,14 @@ def test_idx_reader_round_trip(tmp_path: Path) -> None:
 def test_mnist_like_loads_and_normalises(tmp_path: Path, dataset: str, folder: str) -> None:
     ref = write_mnist_like(tmp_path, folder, n_train=7, n_test=3)
     task = vision_task(dataset, "lenet", data_root=tmp_path)
-    assert task.train_x.shape == (7, 1, 28, 28) and task.test_x.shape == (3, 1, 28, 28)
-    assert task.train_x.dtype == torch.float32
-    assert torch.equal(task.train_y, torch.as_tensor(ref["train_y"], dtype=torch.long))
-    assert torch.equal(task.test_y, torch.as_tensor(ref["test_y"], dtype=torch.long))
+    assert task.train_rows.data[0].shape == (7, 1, 28, 28) and task.test_rows.data[0].shape == (3, 1, 28, 28)
+    assert task.train_rows.data[0].dtype == torch.float32
+    assert torch.equal(task.train_rows.data[1], torch.as_tensor(ref["train_y"], dtype=torch.long))
+    assert torch.equal(task.test_rows.data[1], torch.as_tensor(ref["test_y"], dtype=torch.long))
     m, s = SPECS[dataset].mean[0], SPECS[dataset].std[0]
     expect = (torch.as_tensor(ref["test_x"], dtype=torch.float32) / 255 - m) / s
-    torch.testing.assert_close(task.test_x[:, 0], expect)
-    assert task.make_model()(task.train_x[:2]).shape == (2, 10)
+    torch.testing.assert_close(task.test_rows.data[0][:, 0], expect)
+    assert task.make_model()(task.train_rows.data[0][:2]).shape == (2, 10)
 
 
 def test_cifar10_loads_all_batches_in_order(tmp_path: Path) -> None:
@@ -107,10 +107,10 @@ def test_cifar10_loads_all_batches_in_order(tmp_path: Path) -> None:
     assert int(raw["train_x"][i, c, h, w]) == int(ref["train_x"][i, c * 1024 + h * 32 + w])
     assert torch.equal(raw["test_x"].reshape(2, -1), torch.as_tensor(ref["test_x"]))
     task = vision_task("cifar10", "wrn16", data_root=tmp_path, samples=10)
-    assert task.train_x.shape == (10, 3, 32, 32)
+    assert task.train_rows.data[0].shape == (10, 3, 32, 32)
     mean, std = SPECS["cifar10"].mean[c], SPECS["cifar10"].std[c]
     pixel = ref["train_x"][i - 5, c * 1024 + h * 32 + w]
-    assert float(task.train_x[i - 5, c, h, w]) == pytest.approx((pixel / 255 - mean) / std, rel=1e-6)
+    assert float(task.train_rows.data[0][i - 5, c, h, w]) == pytest.approx((pixel / 255 - mean) / std, rel=1e-6)
 
 
 def test_svhn_loads_mat_layout_and_maps_label_10_to_0(tmp_path: Path) -> None:

@@ -80,18 +80,12 @@ MAY_CHANGE_ON_RESUME = ("device", "jobs")
 
 def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
     """``(search_task, holdout_task)``: the train set minus a fixed hold-out, and the hold-out as its test set."""
-    n = task.train_x.shape[0]
+    n = len(task.train_rows)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(12_345))
     n_hold = max(1, math.ceil(frac * n))
     hold, rest = perm[:n_hold], perm[n_hold:]
-    search = replace(task, train_x=task.train_x[rest], train_y=task.train_y[rest])
-    holdout = replace(
-        task,
-        train_x=task.train_x[rest],
-        train_y=task.train_y[rest],
-        test_x=task.train_x[hold],
-        test_y=task.train_y[hold],
-    )
+    search = replace(task, train=task.train_rows.subset(rest))
+    holdout = replace(task, train=task.train_rows.subset(rest), test=task.train_rows.subset(hold))
     return search, holdout
 
 
@@ -126,8 +120,10 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
         pair.append(Row(name, seed, budget, point.steps, point.seconds, point.cpu_seconds, r.test_acc, val,
                         steps, r.diverged, point.schedule.to_dict(), searched))
     if pair:
-        val_text = "-" if pair[-1].val_acc is None else f"{pair[-1].val_acc:.4f}"
-        lines.append(f"seed {seed}  {name:<18} test_acc={pair[-1].test_acc:.4f}  val_acc={val_text}")
+        label = task.label
+        val_text = "-" if pair[-1].val_acc is None else f"{label.value(pair[-1].val_acc):.4f}"
+        lines.append(f"seed {seed}  {name:<18} test_{label.name}={label.value(pair[-1].test_acc):.4f}  "
+                     f"val_{label.name}={val_text}")
     return pair, lines
 
 
@@ -226,7 +222,7 @@ def compare_with_threads(cfg: CompareConfig, settings: SearchSettings, log: Log,
 
         try:
             rows = run_compare(cfg, task, log, checkpoint, save)
-            return rows, write_outputs(rows, cfg, logdir, header, log)
+            return rows, write_outputs(rows, cfg, logdir, header, log, task.label)
         except KeyboardInterrupt:
             raise CompareInterrupted(logdir, finished_pairs(path)) from None
 

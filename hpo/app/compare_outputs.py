@@ -19,6 +19,7 @@ from typing import Any
 
 from hpo.app.compare_checkpoint import Row
 from hpo.app.compare_config import CompareConfig
+from hpo.core.problem import ACCURACY, MetricLabel
 from hpo.core.schedule import Schedule
 from hpo.errors import WriteError
 from hpo.runtime.files import atomic_write
@@ -33,6 +34,11 @@ CSV_COLUMNS = ("method", "seed", "budget", "steps", "search_seconds", "cpu_secon
                "test_acc", "retrain_steps", "diverged", "schedule")
 
 
+def csv_columns(label: MetricLabel = ACCURACY) -> tuple[str, ...]:
+    """:data:`CSV_COLUMNS` with ``acc`` replaced by the ranking metric's name (``test_rmse``, ...)."""
+    return tuple(c.replace("_acc", f"_{label.name}") for c in CSV_COLUMNS)
+
+
 def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
@@ -45,49 +51,56 @@ def _mean_std(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}"
 
 
-def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int) -> str:
-    """Markdown table at the final budget: mean ± standard deviation over seeds."""
+def summary_table(rows: list[Row], methods: tuple[str, ...], budget: int, label: MetricLabel = ACCURACY) -> str:
+    """Markdown table at the final budget: mean ± standard deviation over seeds of the ranking metric
+    in its own units (``label``: accuracy by default; an RMSE shown as ``test rmse``, lower is better)."""
     lines = [
-        "| method | val acc | test acc | search wall (s) | search CPU (s) | inner steps | retrain steps | seeds |",
+        (f"| method | val {label.name} | test {label.name} | search wall (s) | search CPU (s) | inner steps | "
+         f"retrain steps | seeds |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for m in methods:
         rs = [r for r in rows if r.method == m and r.budget == budget]
         if not rs:
             continue
-        vals = [r.val_acc for r in rs if r.val_acc is not None]
+        vals = [label.value(r.val_acc) for r in rs if r.val_acc is not None]
         secs = statistics.mean(r.search_seconds for r in rs)
         cpu = statistics.mean(r.cpu_seconds for r in rs)
         steps = statistics.mean(r.steps for r in rs)
         div = sum(r.diverged for r in rs)
         flag = f" ({div} diverged)" if div else ""
         lines.append(
-            f"| {m} | {_mean_std(vals)} | {_mean_std([r.test_acc for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
+            f"| {m} | {_mean_std(vals)} | {_mean_std([label.value(r.test_acc) for r in rs])}{flag} | {secs:.1f} | {cpu:.1f} | "
             f"{steps:.0f} | {rs[0].retrain_steps} | {len(rs)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def csv_text(rows: list[Row]) -> str:
+def csv_text(rows: list[Row], label: MetricLabel = ACCURACY) -> str:
     """Every row (method, seed, budget point) as CSV; the schedule as JSON text.
 
     Against ``search_seconds`` each row gives the incumbent's validation accuracy as the search
-    measured it (``search_val_acc``) and its test accuracy after retraining (``test_acc``).
+    measured it (``search_val_acc``) and its test accuracy after retraining (``test_acc``); for
+    another ranking metric (``label``) the columns are named after it and hold it in its own units
+    (``search_val_rmse``, ``val_rmse``, ``test_rmse``).
     """
     out = io.StringIO(newline="")
     w = csv.writer(out)
-    w.writerow(CSV_COLUMNS)
+    w.writerow(csv_columns(label))
+
+    def text(score: float | None) -> str:
+        return "" if score is None else f"{label.value(score):.4f}"
+
     for r in rows:
         w.writerow([r.method, r.seed, r.budget, r.steps, f"{r.search_seconds:.3f}", f"{r.cpu_seconds:.3f}",
-                    "" if r.search_val_acc is None else f"{r.search_val_acc:.4f}",
-                    "" if r.val_acc is None else f"{r.val_acc:.4f}", f"{r.test_acc:.4f}", r.retrain_steps,
+                    text(r.search_val_acc), text(r.val_acc), text(r.test_acc), r.retrain_steps,
                     int(r.diverged), json.dumps(r.schedule)])
     return out.getvalue()
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
+def write_csv(rows: list[Row], path: Path, label: MetricLabel = ACCURACY) -> None:
     """Atomically write :func:`csv_text` of ``rows`` to ``path``."""
-    data = csv_text(rows).encode()
+    data = csv_text(rows, label).encode()
     atomic_write(path, lambda f: f.write(data))
 
 
@@ -120,24 +133,25 @@ def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, see
     return fig
 
 
-def accuracy_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
-    """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method."""
+def accuracy_figure(rows: list[Row], methods: tuple[str, ...], label: MetricLabel = ACCURACY) -> Any:
+    """Test accuracy (mean ± sample std over seeds) against the budget in inner steps, one line per method
+    (another ranking metric, ``label``, in its own units)."""
     return accuracy_plot(rows, methods, lambda rs: float(rs[0].budget), "search budget (inner training steps)",
-                         "test accuracy after retraining")
+                         f"test {label.describe()} after retraining", label)
 
 
-def seconds_figure(rows: list[Row], methods: tuple[str, ...]) -> Any:
+def seconds_figure(rows: list[Row], methods: tuple[str, ...], label: MetricLabel = ACCURACY) -> Any:
     """Best-so-far test accuracy against search seconds: one line per method through its budget points.
 
     At each budget point, x is the mean search wall-clock time at which the incumbent was found
     and y the mean ± sample std of its test accuracy after retraining, over seeds.
     """
     return accuracy_plot(rows, methods, lambda rs: statistics.mean(r.search_seconds for r in rs),
-                         "search wall-clock time (s)", "best-so-far test accuracy after retraining")
+                         "search wall-clock time (s)", f"best-so-far test {label.describe()} after retraining", label)
 
 
 def accuracy_plot(rows: list[Row], methods: tuple[str, ...], x_of: Callable[[list[Row]], float], xlabel: str,
-                  ylabel: str) -> Any:
+                  ylabel: str, label: MetricLabel = ACCURACY) -> Any:
     """Mean ± sample std of test accuracy at each budget point of each method, at ``x_of(rows of the point)``.
 
     The hand-picked setting (no search; ``LABEL:hand-picked`` in a merged report) is a dashed
@@ -155,11 +169,12 @@ def accuracy_plot(rows: list[Row], methods: tuple[str, ...], x_of: Callable[[lis
         if not budgets:
             continue
         if m == "hand-picked" or m.endswith(":hand-picked"):  # a merged report labels it LABEL:hand-picked
-            ax.axhline(statistics.mean(r.test_acc for r in rs if r.budget == budgets[-1]), ls="--", color="gray",
+            ax.axhline(statistics.mean(label.value(r.test_acc) for r in rs if r.budget == budgets[-1]), ls="--",
+                       color="gray",
                        label=m)
             continue
         points = [[r for r in rs if r.budget == b] for b in budgets]
-        ax.errorbar([x_of(p) for p in points], [statistics.mean(r.test_acc for r in p) for p in points],
+        ax.errorbar([x_of(p) for p in points], [statistics.mean(label.value(r.test_acc) for r in p) for p in points],
                     yerr=[_std([r.test_acc for r in p]) for p in points], marker="o", capsize=3, label=m)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -174,24 +189,25 @@ def save_figure(fig: Any, path: Path) -> None:
 
 
 def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str,
-                  log: Log = print) -> dict[str, Path]:
+                  log: Log = print, label: MetricLabel = ACCURACY) -> dict[str, Path]:
     """``results.md``, ``results.csv``, the three pictures of :data:`PICTURES` and TensorBoard events.
 
-    Returns the paths written; a picture that could not be written is left out (and logged).
+    Every figure and column shows the task's ranking metric (``label``) in its own units.  Returns
+    the paths written; a picture that could not be written is left out (and logged).
     """
-    table = summary_table(rows, cfg.methods, cfg.max_budget)
+    table = summary_table(rows, cfg.methods, cfg.max_budget, label)
     paths = {"md": logdir / "results.md", "csv": logdir / "results.csv"}
     text = f"{header}\n\n{table}".encode()
     try:
         atomic_write(paths["md"], lambda f: f.write(text))
-        write_csv(rows, paths["csv"])
+        write_csv(rows, paths["csv"], label)
     except OSError as e:
         raise WriteError(f"cannot write the results in {logdir}: {e.strerror or e} (the rows are kept in the "
                          f"compare checkpoint; resuming writes them again)") from None
     makers = {
         "schedules": lambda: schedules_figure(rows, cfg.methods, cfg.max_budget, cfg.seeds[0]),
-        "accuracy": lambda: accuracy_figure(rows, cfg.methods),
-        "seconds": lambda: seconds_figure(rows, cfg.methods),
+        "accuracy": lambda: accuracy_figure(rows, cfg.methods, label),
+        "seconds": lambda: seconds_figure(rows, cfg.methods, label),
     }
     figs = {}
     for key, make in makers.items():
@@ -203,7 +219,7 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
         except (OSError, ValueError, RuntimeError) as e:  # a picture is not worth losing the results over
             log(f"warning: could not write {path}: {getattr(e, 'strerror', None) or e}")
     try:
-        write_events(rows, cfg, logdir, f"{header}\n\n{table}", figs)
+        write_events(rows, cfg, logdir, f"{header}\n\n{table}", figs, label)
     except OSError as e:
         log(f"warning: could not write TensorBoard events in {logdir}: {e.strerror or e}")
     finally:
@@ -211,8 +227,9 @@ def write_outputs(rows: list[Row], cfg: CompareConfig, logdir: Path, header: str
     return paths
 
 
-def write_events(rows: list[Row], cfg: CompareConfig, logdir: Path, text: str, figs: dict[str, Any]) -> None:
-    """The figures, ``compare/test_acc/<method>`` against the budget and the table, as TensorBoard events."""
+def write_events(rows: list[Row], cfg: CompareConfig, logdir: Path, text: str, figs: dict[str, Any],
+                 label: MetricLabel = ACCURACY) -> None:
+    """The figures, ``compare/test_<metric>/<method>`` against the budget and the table, as TensorBoard events."""
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(logdir))
@@ -221,8 +238,8 @@ def write_events(rows: list[Row], cfg: CompareConfig, logdir: Path, text: str, f
             writer.add_figure(f"compare/{key}", fig, close=False)
         for m in cfg.methods:
             for b in sorted({r.budget for r in rows if r.method == m}):
-                accs = [r.test_acc for r in rows if r.method == m and r.budget == b]
-                writer.add_scalar(f"compare/test_acc/{m}", statistics.mean(accs), b)
+                accs = [label.value(r.test_acc) for r in rows if r.method == m and r.budget == b]
+                writer.add_scalar(f"compare/test_{label.name}/{m}", statistics.mean(accs), b)
         writer.add_text("compare/table", text)
     finally:
         writer.close()

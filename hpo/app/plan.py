@@ -60,7 +60,7 @@ def make_plan(config: RunConfig, checkpoint: Checkpoint | None, comm: Communicat
         if comm is None or comm.rank == 0:
             raise
         raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
-    check_split(task.train_x.shape[0], fds.val_frac)
+    check_split(len(task.train_rows), fds.val_frac, fds.batch_size or task.batch_size)
     rule = rule_with_groups(task, config.resolved_rule, fds)  # an unmatched parameter fails here, before any write
     state = checkpoint.state if checkpoint is not None else start_state(config, rule)
     try:

@@ -126,9 +126,23 @@ SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
 """Search methods of ``hpo compare`` by name; a new method is one file in ``hpo/search`` and one line here."""
 
 
+def _diabetes(samples: int | None = None, **_: Any) -> Task:
+    from hpo.tasks.diabetes import diabetes_task
+
+    return diabetes_task(samples=samples)
+
+
+def _char_transformer(samples: int | None = None, **_: Any) -> Task:
+    from hpo.tasks.char_transformer import char_transformer_task
+
+    return char_transformer_task(samples=samples)
+
+
 BUILTIN_TASKS: Mapping[str, Callable[..., Task]] = MappingProxyType({
     "mnist1d-mlp": _mnist1d("mlp"),
     "mnist1d-cnn": _mnist1d("cnn"),
+    "diabetes-mlp": _diabetes,
+    "char-transformer": _char_transformer,
     **VISION_TASKS,
 })
 

@@ -31,6 +31,7 @@ from hpo.app.plan import RunPlan, make_plan
 from hpo.app.ranks import StartSignal, check_launch, check_processes, follow, follower_logdir, sharded
 from hpo.backends.auto_backend import AutoBackend
 from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
+from hpo.core.problem import MetricLabel
 from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError, Interrupted, WriteError
 from hpo.optimizers.grouped import group_names
@@ -127,7 +128,7 @@ def run_locked(plan: RunPlan, logdir: Path, cb: CallbackList, checkpoint: Checkp
     remove_stale_temporaries(logdir)  # under the lock: no other process is writing here
     history = checkpoint.history if checkpoint is not None else ()
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
-                  f"dtype={config.dtype} train={task.train_x.shape[0]} test={task.test_x.shape[0]} logdir={logdir}")
+                  f"dtype={config.dtype} train={len(task.train_rows)} test={len(task.test_rows)} logdir={logdir}")
     for name, groups in group_names(rule).items():
         cb.on_message(f"{name} per group ({config.groups[name]}): {len(groups)} groups {', '.join(groups)}")
     if checkpoint is not None:
@@ -184,9 +185,9 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
     seed = config.seed + RETRAIN_SEED_OFFSET
     final = retrain(task, rule, result.schedule, steps, seed, DTYPES[config.dtype], fds.device,
                     on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss), grad_clip=fds.grad_clip)
-    lines = [f"learned schedule   test_acc={final.test_acc:.4f}  test_loss={final.test_loss:.4f}  "
+    lines = [f"learned schedule   {metrics_text(final)}  "
              f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
-    results: dict[str, Any] = {"learned": final.__dict__}
+    results: dict[str, Any] = {"learned": result_json(final, task.label)}
     base = None
     hand = config.resolved_baseline
     if hand is not None:
@@ -194,15 +195,15 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
                        on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss),
                        grad_clip=fds.grad_clip)
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
-        lines.append(f"hand-picked ({desc})  test_acc={base.test_acc:.4f}  test_loss={base.test_loss:.4f}  "
+        lines.append(f"hand-picked ({desc})  {metrics_text(base)}  "
                      f"({steps} steps{', DIVERGED' if base.diverged else ''})")
-        results["hand_picked"] = {"hyper": hand, **base.__dict__}
+        results["hand_picked"] = {"hyper": hand, **result_json(base, task.label)}
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
         "schedule": result.schedule.to_dict(), **grouped_entry(result.schedule), "retrain_steps": steps,
         "search_seconds": search_seconds, "results": results, "config": writer.config, "versions": versions(),
         "processes": fds.comm.world_size if fds.comm is not None else 1,
-        "history": [r.__dict__ for r in result.history],
+        "history": [r.to_json() for r in result.history],
     }
     text = json.dumps(out, indent=2) + "\n"
     try:
@@ -348,3 +349,16 @@ def effective(saved: Mapping[str, Any], name: str) -> Any:
     if name == "samples" and value is None and str(saved.get("task", "")).startswith("mnist1d"):
         return DEFAULT_SAMPLES
     return value
+
+
+def result_json(result: RetrainResult, label: MetricLabel) -> dict[str, Any]:
+    """A retrain's entry in ``schedule.json``: the test score shown as ``test_<metric>`` in the metric's
+    own units (``test_acc`` of a classifier, as always; no second entry when the metric is the loss)."""
+    d = {k: v for k, v in result.__dict__.items() if k != "test_acc"}
+    return d if label.is_loss else {f"test_{label.name}": label.value(result.test_acc), **d}
+
+
+def metrics_text(result: RetrainResult) -> str:
+    """``test_<metric>=v ... test_loss=v``: every reported test metric of a retrain, then the objective."""
+    shown = {k: v for k, v in result.metrics.items() if k != "loss"}
+    return "  ".join([*(f"test_{k}={v:.4f}" for k, v in shown.items()), f"test_loss={result.test_loss:.4f}"])

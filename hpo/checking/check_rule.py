@@ -196,17 +196,17 @@ def _plain_run(problem: InnerProblem, values: dict[str, Tensor]) -> HyperCheck |
         return HyperCheck("init", False, f"rule.init raises {_describe(e)}")
     params, buffers = problem.params, problem.buffers
     with torch.no_grad():
-        for t, x, y in problem.batches():
+        for t, batch in problem.batches():
             if rule.curvature is not None:  # the estimate needs the loss: one call, reported as the rule's
                 try:
                     out = train_step(rule, problem.loss_fn, params, buffers, state,
-                                     hyper_at_step(values, t, problem.horizon), t, x, y, seed=problem.seed)
+                                     hyper_at_step(values, t, problem.horizon), t, batch, seed=problem.seed)
                 except Exception as e:  # noqa: BLE001
                     return HyperCheck("step", False, f"rule.step raises {_describe(e)} (inner step {t})")
                 params, state, buffers = out.params, out.opt_state, out.buffers
                 continue
             try:
-                g, _, buffers = loss_gradient(problem.loss_fn, params, buffers, x, y)
+                g, _, buffers = loss_gradient(problem.loss_fn, params, buffers, batch)
             except Exception as e:  # noqa: BLE001 - only a bad step output can break the tiny model's loss
                 return HyperCheck("step", False, f"the weights rule.step returns cannot be used: {_describe(e)} "
                                                  f"(inner step {t})")
@@ -215,7 +215,7 @@ def _plain_run(problem: InnerProblem, values: dict[str, Tensor]) -> HyperCheck |
             except Exception as e:  # noqa: BLE001
                 return HyperCheck("step", False, f"rule.step raises {_describe(e)} (inner step {t})")
         try:
-            loss = float(validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y))
+            loss = float(validation_loss(problem.eval_fn, params, buffers, problem.val))
         except Exception as e:  # noqa: BLE001
             return HyperCheck("step", False, f"the weights rule.step returns cannot be used: {_describe(e)}")
     if not math.isfinite(loss):

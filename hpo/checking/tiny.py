@@ -17,10 +17,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import HyperSpec, UpdateRule
-from hpo.tasks.base import model_functions, split_state
+from hpo.tasks.base import classification_task, model_functions, split_state
 
 DT = torch.float64
 
@@ -75,15 +76,17 @@ def tiny_problem(rule: UpdateRule, horizon: int = 12, batch_size: int = 10, seed
     Example:
         >>> from hpo.optimizers import SGDMomentum
         >>> p = tiny_problem(SGDMomentum(), horizon=4)
-        >>> p.horizon, p.train_x.shape, p.params["0.weight"].dtype
-        (4, torch.Size([40, 5]), torch.float64)
+        >>> p.horizon, len(p.train), p.params["0.weight"].dtype
+        (4, 40, torch.float64)
     """
     model = tiny_mlp() if model is None else model.to(DT)
-    loss_fn, eval_fn = model_functions(model)
-    params, buffers = split_state(model)
     x, y, xv, yv = tiny_data()
-    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, x, y, xv, yv,
-                        horizon=horizon, batch_size=batch_size, seed=seed)
+    task = classification_task("tiny", x, y, xv, yv, lambda: model, batch_size=batch_size)
+    loss_fn, eval_fn = model_functions(model, task)
+    params, buffers = split_state(model)
+    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, TensorRows((x, y)), TensorRows((xv, yv)),
+                        horizon=horizon, batch_size=batch_size, seed=seed, score_fn=task.score_fn(),
+                        model_loss=task.loss)
 
 
 def typical_value(spec: HyperSpec, hand_picked: float | None = None) -> float:

@@ -13,20 +13,27 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
+from hpo.core.backend import rng_devices
 from hpo.core.problem import InnerProblem
 from hpo.core.step import hyper_at_step, train_step, validation_loss
 
 
 def unrolled_validation_loss(problem: InnerProblem, values: dict[str, Tensor]) -> Tensor:
-    """Validation loss at :math:`\\theta_T` as a differentiable function of the shared values."""
+    """Validation loss at :math:`\\theta_T` as a differentiable function of the shared values.
+
+    Step ``t`` draws its dropout masks after :meth:`~hpo.core.problem.InnerProblem.seed_step`, as
+    every backend does, so the reference and each finite-difference run train the same network.
+    """
     rule = problem.rule
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
-    for t, x, y in problem.batches():
-        hyper = hyper_at_step(values, t, problem.horizon)
-        params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, x, y,
-                                                  problem.grad_clip, seed=problem.seed)
-    return validation_loss(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+    with torch.random.fork_rng(devices=rng_devices(problem)):
+        for t, batch in problem.batches():
+            problem.seed_step(t)
+            hyper = hyper_at_step(values, t, problem.horizon)
+            params, state, buffers, _, _ = train_step(rule, problem.loss_fn, params, buffers, state, hyper, t, batch,
+                                                      problem.grad_clip, seed=problem.seed)
+    return validation_loss(problem.eval_fn, params, buffers, problem.val, problem.eval_batch_size)
 
 
 def reverse_hypergradient(problem: InnerProblem, values: dict[str, Tensor]) -> dict[str, Tensor]:

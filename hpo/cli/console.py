@@ -63,13 +63,15 @@ class ConsoleReporter(Callbacks):
                 self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
 
     def on_outer_step(self, r: OuterRecord) -> None:
-        """Close the bar and print validation metrics, hypergradients and the new schedule."""
+        """Close the bar and print the validation loss and ranking metric (in its own units, e.g.
+        ``val_acc=0.8125`` or ``val_rmse=56.7669``), hypergradients and the new schedule."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         self.steps_done += r.steps_run
+        metric = "" if r.label.is_loss else f"val_{r.metric}={r.val_metric:.4f}  "
         click.echo(f"outer {r.k + 1}/{self.outer_steps}  T={r.horizon}  val_loss={r.val_loss:.4f}  "
-                   f"val_acc={r.val_acc:.4f}  ({r.seconds:.1f}s; {self.eta_text(r.k)})", file=self.out)
+                   f"{metric}({r.seconds:.1f}s; {self.eta_text(r.k)})", file=self.out)
         if r.diverged:
             click.echo(f"  {divergence_text(r)}", file=self.out)
         click.echo(f"  hypergrad  {format_values(r.hypergrad, '{:+.3g}', r.groups)}", file=self.out)

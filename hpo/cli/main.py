@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import signal
+import sys
+import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import click
 from click.core import ParameterSource
@@ -19,7 +21,7 @@ from hpo.app.registry import (
     resolve_rule,
 )
 from hpo.app.retrain import RetrainConfig, retrain_schedule
-from hpo.app.run import resume, run
+from hpo.app.run import metrics_text, resume, run
 from hpo.cli.check_rule import check_rule_command
 from hpo.cli.console import ConsoleReporter
 from hpo.cli.errors import OneLineErrors, data_parallel_launch
@@ -106,8 +108,7 @@ def retrain_command(steps: int | None = None, **options: Any) -> None:
     """Retrain from scratch with the schedule in FILE (stretched to --steps) and print test metrics."""
     config = RetrainConfig(steps=steps, **as_config_values(options))
     result = retrain_schedule(config)
-    click.echo(f"test_acc={result.test_acc:.4f}  test_loss={result.test_loss:.4f}  "
-               f"({config.resolved_steps} steps{', DIVERGED' if result.diverged else ''})")
+    click.echo(f"{metrics_text(result)}  ({config.resolved_steps} steps{', DIVERGED' if result.diverged else ''})")
 
 
 def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
@@ -156,7 +157,7 @@ def main() -> None:
     """Console-script entry point."""
     # torch.func emits this while building its decompositions on first use; it is not ours to fix.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)  # SIGTERM stops like Ctrl-C: it says how to resume
+    SigtermStop().install()  # SIGTERM stops like Ctrl-C: it says how to resume
     try:
         cli()
     except SystemExit as e:
@@ -165,9 +166,41 @@ def main() -> None:
         raise
 
 
-def stop_on_sigterm(signum: int, frame: object) -> None:
-    """Turn SIGTERM into ``KeyboardInterrupt``, so a run stops with its resume hint."""
-    raise KeyboardInterrupt
+@final
+class SigtermStop:
+    """SIGTERM stops a command as Ctrl-C does (``KeyboardInterrupt``), so a run says how to resume.
+
+    Only the first SIGTERM raises: a later one would cut short the cleanup that writes the resume
+    line.  Python drops an exception raised in a finalizer or weakref callback ("Exception ignored
+    in ..."), which the garbage collector runs between any two bytecodes; a stop dropped there
+    would leave the run going, so it is raised again a moment later.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.unraisable = sys.unraisablehook
+
+    def install(self) -> None:
+        """Handle SIGTERM in this process, and catch the stops Python drops."""
+        self.unraisable = sys.unraisablehook
+        sys.unraisablehook = self.on_unraisable
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+
+    def on_sigterm(self, signum: int, frame: object) -> None:
+        """Raise ``KeyboardInterrupt``, unless a stop is under way."""
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def on_unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """Have another thread send a dropped stop's SIGTERM again (raising here would be dropped too)."""
+        if not (self.stopping and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            self.unraisable(unraisable)
+            return
+        self.stopping = False
+        again = threading.Timer(0.05, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM))
+        again.daemon = True
+        again.start()
 
 
 if __name__ == "__main__":

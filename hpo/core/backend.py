@@ -4,8 +4,8 @@ A backend holds configuration only.  What changes during a run lives in an expli
 that each call returns::
 
     state = backend.init(problem, schedule)
-    for t, x, y in problem.batches():
-        state = backend.step(problem, schedule, state, t, x, y)
+    for t, batch in problem.batches():
+        state = backend.step(problem, schedule, state, t, batch)
     result = backend.hypergradient(problem, schedule, state)
 
 ``result.hypergrad[name][j]`` is :math:`\\partial L_{val}(\\theta_T) / \\partial \\lambda_{name, j}`,
@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, TypeVar, final
 import torch
 from torch import Tensor
 
+from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import Params, State, UpdateRule
@@ -72,7 +73,7 @@ class HypergradientBackend(ABC, Generic[S]):
         """State before inner step 0."""
 
     @abstractmethod
-    def step(self, problem: InnerProblem, schedule: Schedule, state: S, t: int, x: Tensor, y: Tensor) -> S:
+    def step(self, problem: InnerProblem, schedule: Schedule, state: S, t: int, batch: Batch) -> S:
         """Inner step ``t`` on minibatch ``(x, y)``; returns the new state."""
 
     @abstractmethod
@@ -108,7 +109,9 @@ def run_inner(
     ``check_every`` steps :meth:`HypergradientBackend.finite` checks the loss (and the tangents,
     for backends that carry them) in one host sync; when anything is non-finite the run stops
     early and the result has ``diverged=True`` and ``info["diverged_at"]`` (steps run) and
-    ``info["divergence"]`` (``"loss"`` or ``"tangents"``).
+    ``info["divergence"]`` (``"loss"`` or ``"tangents"``).  Before step ``t`` the global RNG is
+    seeded by :meth:`InnerProblem.seed_step` (dropout masks replay exactly); the caller's RNG state
+    is restored afterwards.
     """
     try:
         schedule.check_groups(group_counts(problem.rule))
@@ -117,18 +120,26 @@ def run_inner(
     state = backend.init(problem, schedule)
     diverged = False
     cause: dict[str, Any] = {}
-    for t, x, y in problem.batches():
-        state = backend.step(problem, schedule, state, t, x, y)
-        inner = backend.inner(state)
-        if on_step is not None:
-            on_step(t, inner)
-        if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
-            if not bool(backend.finite(state)):
-                diverged = True
-                cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
-                break
-    result = backend.hypergradient(problem, schedule, state)
+    with torch.random.fork_rng(devices=rng_devices(problem)):  # the caller's global RNG is left as it was
+        for t, batch in problem.batches():
+            problem.seed_step(t)  # dropout masks of step t depend on (seed, rank, t) only: replayable
+            state = backend.step(problem, schedule, state, t, batch)
+            inner = backend.inner(state)
+            if on_step is not None:
+                on_step(t, inner)
+            if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
+                if not bool(backend.finite(state)):
+                    diverged = True
+                    cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
+                    break
+        result = backend.hypergradient(problem, schedule, state)
     return replace(result, diverged=diverged or result.diverged, info={**(result.info or {}), **cause})
+
+
+def rng_devices(problem: InnerProblem) -> list[torch.device]:
+    """The CUDA devices whose RNG a loop over ``problem``'s steps reseeds (none for CPU weights)."""
+    devices = {p.device for p in problem.params.values() if p.device.type == "cuda"}
+    return sorted(devices, key=str)
 
 
 def is_finite(x: Tensor) -> bool:

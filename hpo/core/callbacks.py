@@ -9,6 +9,8 @@ from typing import final
 
 from torch import Tensor
 
+from hpo.core.problem import MetricLabel
+
 
 @final
 @dataclass(frozen=True)
@@ -17,6 +19,9 @@ class OuterRecord:
 
     ``hypergrad``, ``values`` and ``step_sizes`` hold a list of floats per type, or a list of lists
     (one per group) for a grouped type; ``groups`` names the groups of every grouped type.
+    ``val_acc`` is the validation score searches rank by (larger is better); ``metric`` and
+    ``higher`` name the problem's ranking metric and its direction, so that :attr:`val_metric`
+    shows it in its own units (the accuracy of a classifier, the RMSE of a regression).
     """
 
     k: int
@@ -32,6 +37,27 @@ class OuterRecord:
     converged: bool = False
     extra: dict = field(default_factory=dict)
     groups: dict = field(default_factory=dict)
+    metric: str = "acc"
+    higher: bool = True
+
+    @property
+    def label(self) -> MetricLabel:
+        """The ranking metric's name and direction."""
+        return MetricLabel(self.metric, self.higher)
+
+    @property
+    def val_metric(self) -> float:
+        """The validation value of the ranking metric, :math:`m = s` or :math:`-s` of the score :math:`s`."""
+        return self.label.value(self.val_acc)
+
+    def to_json(self) -> dict:
+        """The record as written to ``schedule.json``: the score shown as ``val_<metric>`` in the metric's
+        units (``val_acc`` for a classifier, as always; no second entry when the metric is the loss)."""
+        d = {k: v for k, v in self.__dict__.items() if k not in ("metric", "higher", "val_acc")}
+        if not self.label.is_loss:
+            d = {**{k: v for k, v in d.items() if k in ("k", "horizon", "steps_run", "val_loss")},
+                 f"val_{self.metric}": self.val_metric, **d}
+        return d
 
 
 class Callbacks(ABC):

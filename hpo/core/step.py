@@ -1,29 +1,30 @@
 """The plain inner step and the validation loss: written once, used by every method.
 
-One inner step at step ``t`` on minibatch ``(x_t, y_t)`` with the hyperparameters of the segment
+One inner step at step ``t`` on minibatch ``b_t`` with the hyperparameters of the segment
 ``t`` falls in:
 
 .. math::
 
-    g_t = \\operatorname{clamp}_c\\big(\\nabla_\\theta L(\\theta_t; x_t, y_t)\\big), \\qquad
+    g_t = \\operatorname{clamp}_c\\big(\\nabla_\\theta L(\\theta_t; b_t)\\big), \\qquad
     (\\theta_{t+1}, s_{t+1}) = \\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_{\\mathrm{seg}(t)}, t)
 
 (the clamp to ``[-c, c]`` only with ``grad_clip`` set).  The reference unroll, the baselines, the
 greedy and truncated backends, the checkpointed reverse sweep and the retrain of rules without a
 ``torch.optim`` counterpart all call :func:`train_step`; the forward backends run the same
 mathematics inside their tangent update.  :func:`validation_loss` is the differentiable, chunked
-mean loss :math:`L_{val}(\\theta) = \\frac1n \\sum_i \\ell(\\theta; x_i, y_i)` every hypergradient
-starts from.
+mean objective :math:`L_{val}(\\theta) = \\frac1n \\sum_c n_c \\ell(\\theta; b_c)` over the validation
+chunks :math:`b_c` every hypergradient starts from.
 
 **Curvature rules.**  When ``rule.curvature`` is set and due at step ``t``, the step also computes
 the Hutchinson estimate of the Hessian's diagonal on the same minibatch,
 
-.. math::  \\hat D_t = \\frac1P \\sum_i z_i \\odot \\big(\\nabla^2_\\theta L(\\theta_t; x_t, y_t)\\, z_i\\big),
+.. math::  \\hat D_t = \\frac1P \\sum_i z_i \\odot \\big(\\nabla^2_\\theta L(\\theta_t; b_t)\\, z_i\\big),
 
 with Rademacher ``z_i`` from :func:`probe_generator` ``(seed, t)`` (so the reverse sweep's replay,
 the reference unroll and the forward pass draw the same probes), and passes it as
 ``rule.step(..., hess_diag=D)``.  The gradient and the ``P`` Hessian-vector products come from one
-forward-over-reverse ``jvp(grad)`` vmapped over the probes; the gradient is its primal output.
+forward-over-reverse ``jvp(grad)`` vmapped over the probes (with ``randomness="same"``: every probe
+sees the step's one dropout mask); the gradient is its primal output.
 Nothing of this runs for a rule without ``curvature``.
 """
 
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from hpo.core.data import Batch, Rows, batch_size_of
 from hpo.core.problem import Buffers, EvalFn, LossFn
 from hpo.core.schedule import segment_index
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
@@ -68,7 +70,7 @@ def tree_clamp(tree: Params, c: float | None) -> Params:
     return {k: v.clamp(-c, c) for k, v in tree.items()}
 
 
-def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, x: Tensor, y: Tensor,
+def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch,
                   grad_clip: float | None = None) -> tuple[Params, Tensor, Buffers]:
     """``(g, loss, new_buffers)``: the (optionally clamped) minibatch gradient :math:`g_t`.
 
@@ -76,7 +78,7 @@ def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, x: Tensor, 
     transform (the reverse sweep differentiates through it).  The loss is returned detached.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, x, y)
+        loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
 
     g, (loss, new_buffers) = grad(loss_only, has_aux=True)(params)
@@ -105,7 +107,7 @@ def rademacher_probes(params: Params, seed: int, t: int, probes: int) -> Params:
             for k, v in params.items()}
 
 
-def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, x: Tensor, y: Tensor,
+def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch,
                            z: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
     """``(g, D, (loss, new_buffers))``: the gradient and :math:`D = \\mathrm{mean}_i\\, z_i \\odot H z_i`.
 
@@ -114,35 +116,35 @@ def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, x:
     output.  A pure function of ``params``, so the backends differentiate through it.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, x, y)
+        loss, new_buffers = loss_fn(p, buffers, batch)
         return loss, (loss.detach(), new_buffers)
 
     def probe(zi: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
         return jvp(grad(loss_only, has_aux=True), (params,), (zi,), has_aux=True)
 
-    g, hz, aux = vmap(probe, out_dims=(None, 0, None))(z)
+    g, hz, aux = vmap(probe, out_dims=(None, 0, None), randomness="same")(z)  # one dropout mask for all probes
     return g, {k: (z[k] * hz[k]).mean(0) for k in g}, aux
 
 
 def curvature_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
-                   hyper: Hyper, t: int, x: Tensor, y: Tensor, grad_clip: float | None,
+                   hyper: Hyper, t: int, batch: Batch, grad_clip: float | None,
                    seed: int) -> StepOutput:
     """:func:`train_step` for a rule with ``curvature``: the estimate (when due) passed as ``hess_diag``."""
     curv = rule.curvature
     assert curv is not None
     if curv.due(t):
         z = rademacher_probes(params, seed, t, curv.probes)
-        g, d, (loss, new_buffers) = gradient_and_curvature(loss_fn, params, buffers, x, y, z)
+        g, d, (loss, new_buffers) = gradient_and_curvature(loss_fn, params, buffers, batch, z)
         g = tree_clamp(g, grad_clip)
     else:
-        g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, x, y, grad_clip)
+        g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
         d = None
     new_params, new_state = rule.step(params, opt_state, g, hyper, t, hess_diag=d)  # type: ignore[call-arg]
     return StepOutput(new_params, new_state, new_buffers, loss, g)
 
 
 def train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
-               hyper: Hyper, t: int, x: Tensor, y: Tensor, grad_clip: float | None = None,
+               hyper: Hyper, t: int, batch: Batch, grad_clip: float | None = None,
                seed: int = 0) -> StepOutput:
     """One plain inner step (see the module docstring); pure and out of place.
 
@@ -150,18 +152,16 @@ def train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffe
     takes the plain path, unchanged.
     """
     if rule.curvature is not None:
-        return curvature_step(rule, loss_fn, params, buffers, opt_state, hyper, t, x, y, grad_clip, seed)
-    g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, x, y, grad_clip)
+        return curvature_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
+    g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
     new_params, new_state = rule.step(params, opt_state, g, hyper, t)
     return StepOutput(new_params, new_state, new_buffers, loss, g)
 
 
-def validation_loss(eval_fn: EvalFn, params: Params, buffers: Buffers, x: Tensor, y: Tensor,
-                    chunk: int = 4096) -> Tensor:
-    """Mean eval-mode loss over ``(x, y)`` in chunks of ``chunk``; differentiable in ``params``."""
-    n = x.shape[0]
+def validation_loss(eval_fn: EvalFn, params: Params, buffers: Buffers, rows: Rows, chunk: int = 4096) -> Tensor:
+    """Mean eval-mode objective over ``rows`` in chunks of ``chunk``; differentiable in ``params``."""
     total = next(iter(params.values())).new_zeros(())
-    for i in range(0, n, chunk):
-        loss, _ = eval_fn(params, buffers, x[i:i + chunk], y[i:i + chunk])
-        total = total + loss * (min(n, i + chunk) - i)
-    return total / n
+    for batch in rows.chunks(chunk):
+        loss, _ = eval_fn(params, buffers, batch, False)
+        total = total + loss * batch_size_of(batch)
+    return total / len(rows)

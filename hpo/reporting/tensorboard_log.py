@@ -4,10 +4,10 @@ Each step axis has its own TensorBoard run (subdirectory), so that a resumed run
 what the interrupted process wrote after its last checkpoint (``purge_step`` hides every event of
 a run at or after that step, whatever its tag):
 
-- ``LOGDIR`` (axis: outer step k): ``outer/val_loss``, ``outer/val_acc``, ``outer/diverged``,
-  ``outer/diverged_at``, ``hypergrad/<name>/<j>``, ``hyper/<name>/<j>``, ``step/<name>/<j>``
-  (``<name>/<group>/<j>`` for a grouped type), the ``schedule`` figure, a ``heatmap/<name>``
-  figure (groups x segments) per grouped type, ``divergence`` and ``summary`` texts;
+- ``LOGDIR`` (axis: outer step k): ``outer/val_loss``, ``outer/val_<metric>`` (the ranking metric:
+  ``val_acc``, ``val_rmse``, ...), ``outer/diverged``, ``outer/diverged_at``, ``hypergrad/<name>/<j>``,
+  ``hyper/<name>/<j>``, ``step/<name>/<j>`` (``<name>/<group>/<j>`` for a grouped type), the
+  ``schedule`` figure, a ``heatmap/<name>`` figure (groups x segments) per grouped type, ``divergence`` and ``summary`` texts;
 - ``LOGDIR/inner`` (axis: global inner step): ``inner/train_loss``;
 - ``LOGDIR/inner/outer<k>`` (axis: inner step t of outer step k): ``inner/train_loss_by_step``;
 - ``LOGDIR/retrain`` (axis: retrain step): ``retrain/<name>/train_loss``.
@@ -67,7 +67,8 @@ class TensorBoardLogger(Callbacks):
         k = record.k
         w = self.writer
         w.add_scalar("outer/val_loss", record.val_loss, k)
-        w.add_scalar("outer/val_acc", record.val_acc, k)
+        if not record.label.is_loss:
+            w.add_scalar(f"outer/val_{record.metric}", record.val_metric, k)
         w.add_scalar("outer/diverged", float(record.diverged), k)
         if record.diverged:
 

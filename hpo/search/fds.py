@@ -50,7 +50,6 @@ from torch import Tensor
 
 from hpo.core.backend import HypergradientBackend, run_inner
 from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
-from hpo.core.problem import evaluate
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step
 from hpo.optimizers.base import UpdateRule
@@ -132,6 +131,8 @@ def outer_step(
         converged=converged(new, config.converged_frac),
         extra=extra,
         groups={n: list(g) for n, g in group_names(rule).items()},
+        metric=task.label.name,
+        higher=task.label.higher,
     )
     return new, record
 
@@ -180,15 +181,16 @@ def validation_accuracy(task: Task, rule: UpdateRule, config: FDSConfig, values:
                         k: int) -> float:
     """Accuracy on split ``k``'s validation part after a plain run of ``values`` (0 when it diverges)."""
     problem = make_problem(task, rule, config, k)
-    dev = problem.train_x.device
-    vals = {n: v.to(device=dev, dtype=problem.train_x.dtype) for n, v in values.items()}
+    ref = next(iter(problem.params.values()))
+    vals = {n: v.to(device=ref.device, dtype=ref.dtype) for n, v in values.items()}
     params, buffers, state = problem.params, problem.buffers, rule.init(problem.params)
     with torch.no_grad(), seeded_rng(config.seed * 1000 + k + 500_009, config.device):
-        for t, x, y in problem.batches():
+        for t, batch in problem.batches():
+            problem.seed_step(t)  # the dropout masks the search's run of split k drew
             out = train_step(rule, problem.loss_fn, params, buffers, state, hyper_at_step(vals, t, problem.horizon),
-                             t, x, y, problem.grad_clip, seed=problem.seed)
+                             t, batch, problem.grad_clip, seed=problem.seed)
             params, state, buffers = out.params, out.opt_state, out.buffers
-        loss, acc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y)
+        loss, acc = problem.evaluate(params, buffers)
     return float(acc) if math.isfinite(float(loss)) else 0.0
 
 
@@ -219,7 +221,8 @@ class TimeUp(Exception):
 
 def epoch_steps(task: Task, settings: SearchSettings) -> int:
     """Inner steps of one epoch over an outer step's train part: :math:`\\lceil (1 - f) n / b \\rceil`."""
-    n_train = task.train_x.shape[0] - math.ceil(settings.val_frac * task.train_x.shape[0])
+    n = len(task.train_rows)
+    n_train = n - math.ceil(settings.val_frac * n)
     return max(1, math.ceil(n_train / (settings.batch_size or task.batch_size)))
 
 

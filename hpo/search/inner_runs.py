@@ -133,18 +133,16 @@ def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> Inn
     """The inner problem of outer step ``k``: fresh network, fresh validation split."""
     dev = torch.device(config.device)
     model = init_model(task, config.seed * 1000 + k, config.dtype, dev)
-    loss_fn, eval_fn = model_functions(model)
+    loss_fn, eval_fn = model_functions(model, task)
     params, buffers = split_state(model)
-    tr, va = validation_split(task.train_x.shape[0], config.val_frac, config.seed, k)
-    x = task.train_x.to(dev, config.dtype)
-    y = task.train_y.to(dev)
-    tr, va = tr.to(dev), va.to(dev)
+    data = task.train_rows.to(config.dtype, dev)
+    tr, va = validation_split(len(data), config.val_frac, config.seed, k)
     return InnerProblem(
         loss_fn=loss_fn, eval_fn=eval_fn, params=params, buffers=buffers, rule=rule,
-        train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
+        train=data.subset(tr), val=data.subset(va),
         horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
         seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
-        augment=task.augment, comm=config.comm,
+        score_fn=task.score_fn(), model_loss=task.loss, comm=config.comm,
     )
 
 

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from hpo.backends.greedy import one_step_hypergrad, validation_batches
 from hpo.core.backend import InnerState, is_finite
-from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.data import EVAL_SEED
+from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_indices
 from hpo.core.step import train_step
 from hpo.optimizers.base import UpdateRule
@@ -84,14 +85,14 @@ def online_greedy(
     inner = InnerState(problem.params, problem.buffers, rule.init(problem.params), 0, ref.new_zeros(()))
     used: dict[str, list[Tensor]] = {k: [] for k in hyper}
     diverged = False
-    for t, x, y in problem.batches():
+    for t, batch in problem.batches():
         for k, v in hyper.items():
             used[k].append(v)
         params, opt, buffers, loss, g = train_step(rule, problem.loss_fn, inner.params, inner.buffers,
-                                                   inner.opt_state, hyper, t, x, y, problem.grad_clip,
+                                                   inner.opt_state, hyper, t, batch, problem.grad_clip,
                                                    seed=problem.seed)
         idx = val_batches[t]
-        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val_x[idx], problem.val_y[idx], buffers)
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
         hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}
         inner = InnerState(params, buffers, opt, t + 1, loss)
         if on_step is not None:
@@ -100,9 +101,7 @@ def online_greedy(
             diverged = True
             break
     trajectory = {k: torch.stack(v).detach().double().cpu() for k, v in used.items()}
-    vloss, vacc = evaluate(
-        problem.eval_fn, inner.params, inner.buffers, problem.val_x, problem.val_y, problem.eval_batch_size
-    )
+    vloss, vacc = problem.evaluate(inner.params, inner.buffers)
     return OnlineResult(trajectory, summarise(trajectory, counts), float(vloss), float(vacc), inner.t, diverged)
 
 

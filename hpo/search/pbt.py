@@ -47,14 +47,14 @@ from typing import Any, final
 
 import torch
 
-from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.base import UpdateRule
 from hpo.runtime.extras import require
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings
 from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.search.space import SearchSpace
-from hpo.tasks.base import Task, cross_entropy, init_model, split_state
+from hpo.tasks.base import Task, init_model, split_state
 
 #: The file in each member's checkpoint directory.
 STATE_FILE = "member.pt"
@@ -144,8 +144,7 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
         diverged = train_interval(model, opt, problem, range(bounds[j], bounds[j + 1]))
         params, buffers = split_state(model)
         with torch.no_grad():
-            vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y,
-                                   problem.eval_batch_size)
+            vloss, vacc = problem.evaluate(params, buffers)
         vloss, vacc = float(vloss), float(vacc)
         if diverged or not math.isfinite(vloss):
             vloss, vacc = math.inf, 0.0
@@ -161,9 +160,10 @@ def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: 
     """Train ``model`` in place on ``problem``'s batches of ``steps``; whether the loss stopped being finite."""
     model.train()
     for t in steps:
-        x, y = problem.batch(t)
+        batch = problem.batch(t)
         opt.zero_grad(set_to_none=True)
-        loss = cross_entropy(model(x), y)
+        assert problem.model_loss is not None
+        loss = problem.model_loss(model, batch)
         loss.backward()
         if problem.grad_clip is not None:  # the clamp every other method trains under
             torch.nn.utils.clip_grad_value_(model.parameters(), problem.grad_clip)

@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import final
 
 import torch
 
-from hpo.core.problem import Buffers, augment_generator, batch_order, evaluate
+from hpo.core.data import Batch
+from hpo.core.problem import Buffers, batch_order, evaluate
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step
 from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers.base import Params, UpdateRule
 from hpo.optimizers.grouped import GroupedRule, group_counts
-from hpo.tasks.base import Task, cross_entropy, init_model, model_functions, split_state
+from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 #: ``hpo run --seed S`` retrains with seed ``S + RETRAIN_SEED_OFFSET``; ``hpo retrain`` does the same.
 RETRAIN_SEED_OFFSET = 7919
@@ -24,13 +25,19 @@ RETRAIN_SEED_OFFSET = 7919
 @final
 @dataclass(frozen=True)
 class RetrainResult:
-    """Test metrics of a model trained from scratch with a schedule."""
+    """Test metrics of a model trained from scratch with a schedule.
+
+    ``test_acc`` is the test score, the problem's ranking metric oriented so larger is better (the
+    accuracy of a classifier; minus the RMSE of a regression); ``metrics`` holds every reported
+    test metric by name, with ``loss``.
+    """
 
     test_acc: float
     test_loss: float
     train_loss: float
     steps: int
     diverged: bool
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def retrain(
@@ -63,10 +70,10 @@ def retrain(
     diverged = False
     if opt is not None:
         driver = ScheduleDriver(opt, rule, schedule, steps)
-        for t, x, y in batches:
+        for t, batch in batches:
             driver.apply()
             opt.zero_grad(set_to_none=True)
-            loss = cross_entropy(model(x), y)
+            loss = task.loss(model, batch)
             loss.backward()
             if grad_clip is not None:  # the clamp the search trained under (hpo.core.step.tree_clamp)
                 torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
@@ -79,13 +86,13 @@ def retrain(
                 break
         params, buffers = split_state(model)
     else:
-        loss_fn, _ = model_functions(model)
+        loss_fn, _ = model_functions(model, task)
         params, buffers = split_state(model)
         state = rule.init(params)
         values = schedule.values_like(next(iter(params.values())))
-        for t, x, y in batches:
+        for t, batch in batches:
             params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, steps), t, x, y, grad_clip,
+                                                         hyper_at_step(values, t, steps), t, batch, grad_clip,
                                                          seed=seed + 1)
             if on_step is not None:
                 on_step(t, loss.detach())
@@ -96,24 +103,25 @@ def retrain(
 
 
 def retrain_batches(task: Task, steps: int, seed: int, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(t, x_t, y_t)`` for ``t = 0..steps-1``: the minibatches (augmented) of a retrain seeded ``seed``.
+                    device: torch.device | str = "cpu") -> Iterator[tuple[int, Batch]]:
+    """``(t, batch_t)`` for ``t = 0..steps-1``: the minibatches (augmented) of a retrain seeded ``seed``.
 
     Every retrain from scratch sees these batches, whatever optimizer it trains with.
     """
-    x_all, y_all = task.train_x.to(device, dtype), task.train_y.to(device)
-    stream = batch_order(x_all.shape[0], task.batch_size, steps, seed + 1, x_all.device)
+    data = task.train_rows.to(dtype, device)
+    stream = batch_order(len(data), task.batch_size, steps, seed + 1)
     for t, idx in enumerate(stream):
-        x = x_all[idx] if task.augment is None else task.augment(x_all[idx], augment_generator(x_all.device, seed + 1, t))
-        yield t, x, y_all[idx]
+        yield t, data.fetch(idx, seed + 1, t)
 
 
 def tested(task: Task, model: torch.nn.Module, params: Params, buffers: Buffers, loss: torch.Tensor, steps: int,
            diverged: bool) -> RetrainResult:
-    """The :class:`RetrainResult` of weights ``(params, buffers)`` of ``model``: loss and accuracy on the test set."""
+    """The :class:`RetrainResult` of weights ``(params, buffers)`` of ``model``: objective and metrics on the test set."""
     device, dtype = next(iter(params.values())).device, next(iter(params.values())).dtype
-    _, eval_fn = model_functions(model)
+    _, eval_fn = model_functions(model, task)
     with torch.no_grad():
-        test_loss, test_acc = evaluate(eval_fn, params, buffers, task.test_x.to(device, dtype), task.test_y.to(device))
+        test_loss, means = evaluate(eval_fn, params, buffers, task.test_rows.to(dtype, device))
+        score = task.score_fn()(test_loss, means)
     diverged = diverged or not bool(torch.isfinite(test_loss))  # the last update can still blow up
-    return RetrainResult(float(test_acc), float(test_loss), float(loss.detach()), steps, diverged)
+    return RetrainResult(float(score), float(test_loss), float(loss.detach()), steps, diverged,
+                         task.reported(test_loss, means))

@@ -42,7 +42,7 @@ from typing import Any, final
 import torch
 from torch import Tensor, nn
 
-from hpo.core.problem import evaluate
+from hpo.core.data import Batch
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
 from hpo.runtime.extras import require
@@ -51,7 +51,7 @@ from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.search.retrain import RetrainResult, retrain_batches, tested
 from hpo.search.space import Range, SearchSpace, sample_schedule
 from hpo.search.trials import Stop, Trial, best_so_far
-from hpo.tasks.base import Task, cross_entropy, init_model, split_state
+from hpo.tasks.base import ModelFn, Task, init_model, split_state
 
 #: The four types of a schedule-free setting.
 NAMES = ("lr", "momentum", "wd", "warmup")
@@ -93,34 +93,34 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def train_schedule_free(model: nn.Module, batches: Iterable[tuple[int, Tensor, Tensor]], hyper: Mapping[str, float],
-                        steps: int, grad_clip: float | None = None) -> tuple[Tensor, bool]:
-    """Train ``model`` in place on ``batches`` with schedule-free SGD; ``(last loss, diverged)``.
+def train_schedule_free(model: nn.Module, loss_of: ModelFn, batches: Iterable[tuple[int, Batch]],
+                        hyper: Mapping[str, float], steps: int, grad_clip: float | None = None) -> tuple[Tensor, bool]:
+    """Train ``model`` in place on ``batches`` of ``loss_of(model, batch)`` with schedule-free SGD; ``(last loss, diverged)``.
 
     Ends with the optimizer in eval mode: the model holds the averaged weights :math:`x`.
     """
     opt = make_optimizer(model.parameters(), hyper, steps)
-    recent: deque[Tensor] = deque(maxlen=BATCHNORM_BATCHES)
+    recent: deque[Batch] = deque(maxlen=BATCHNORM_BATCHES)
     loss = torch.zeros(())
     diverged = False
     model.train()
     opt.train()
-    for _, x, y in batches:
+    for _, batch in batches:
         opt.zero_grad(set_to_none=True)
-        loss = cross_entropy(model(x), y)
+        loss = loss_of(model, batch)
         loss.backward()
         if grad_clip is not None:  # the clamp every other method trains under (hpo.core.step.tree_clamp)
             torch.nn.utils.clip_grad_value_(model.parameters(), grad_clip)
         opt.step()
-        recent.append(x)
+        recent.append(batch)
         if not bool(torch.isfinite(loss)):
             diverged = True
             break
     opt.eval()
     if has_batchnorm(model):
         with torch.no_grad():
-            for x in recent:
-                model(x)
+            for batch in recent:  # a train-mode pass refreshes the BatchNorm statistics
+                loss_of(model, batch)
     model.eval()
     return loss.detach(), diverged
 
@@ -129,11 +129,11 @@ def trial(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule: Sch
     """Trial ``k``: the inner problem of outer step ``k`` (its initialisation, batches and validation split), scored."""
     problem = make_problem(task, rule, config, k)
     model = init_model(task, problem.seed, config.dtype, config.device)
-    _, diverged = train_schedule_free(model, problem.batches(), hyper_of(schedule), problem.horizon,
+    _, diverged = train_schedule_free(model, task.loss, problem.batches(), hyper_of(schedule), problem.horizon,
                                       problem.grad_clip)
     params, buffers = split_state(model)
     with torch.no_grad():
-        vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+        vloss, vacc = problem.evaluate(params, buffers)
     if diverged or not math.isfinite(float(vloss)):
         return Trial(k, schedule, math.inf, 0.0 if diverged else float(vacc), problem.horizon, True)
     return Trial(k, schedule, float(vloss), float(vacc), problem.horizon, False)
@@ -161,7 +161,7 @@ def retrain_schedule_free(task: Task, schedule: Schedule, steps: int, seed: int,
     The same initialisation and batches as :func:`hpo.search.retrain.retrain` with ``seed``.
     """
     model = init_model(task, seed, dtype, device)
-    loss, diverged = train_schedule_free(model, retrain_batches(task, steps, seed, dtype, device), hyper_of(schedule),
+    loss, diverged = train_schedule_free(model, task.loss, retrain_batches(task, steps, seed, dtype, device), hyper_of(schedule),
                                          steps, grad_clip)
     return tested(task, model, *split_state(model), loss, steps, diverged)
 

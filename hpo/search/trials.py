@@ -33,7 +33,8 @@ from typing import final
 
 import torch
 
-from hpo.core.problem import InnerProblem, evaluate
+from hpo.core.backend import rng_devices
+from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step
 from hpo.optimizers.base import UpdateRule
@@ -49,13 +50,15 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     values = schedule.values_like(next(iter(problem.params.values())))
     params, buffers = problem.params, problem.buffers
     state = rule.init(params)
-    for t, x, y in problem.batches():
-        params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
-                                                     hyper_at_step(values, t, problem.horizon), t, x, y,
-                                                     problem.grad_clip, seed=problem.seed)
-        if t % 25 == 0 and not bool(torch.isfinite(loss)):
-            return math.inf, 0.0, True
-    vloss, vacc = evaluate(problem.eval_fn, params, buffers, problem.val_x, problem.val_y, problem.eval_batch_size)
+    with torch.random.fork_rng(devices=rng_devices(problem)):
+        for t, batch in problem.batches():
+            problem.seed_step(t)  # dropout masks as FDS's runs draw them
+            params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
+                                                         hyper_at_step(values, t, problem.horizon), t, batch,
+                                                         problem.grad_clip, seed=problem.seed)
+            if t % 25 == 0 and not bool(torch.isfinite(loss)):
+                return math.inf, 0.0, True
+    vloss, vacc = problem.evaluate(params, buffers)
     if not math.isfinite(float(vloss)):
         return math.inf, float(vacc), True
     return float(vloss), float(vacc), False
