@@ -2,13 +2,13 @@
 
 At :meth:`AutoBackend.init` the cost model of :func:`hpo.backends.auto.choose_backend` is fed the
 problem's numbers: shared values :math:`N`, weights :math:`P`, device, horizon :math:`T` and the
-free memory, and the chosen backend then does all the work.  Both candidates compute the same
+memory budget (``memory_budget``, default half the free memory), and the chosen backend then does
+all the work; ``reverse-checkpointed`` gets the same budget, so it runs the regime the reason names.  Both candidates compute the same
 exact hypergradient, so the choice changes the cost, not the result (up to round-off).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, final
 
@@ -17,7 +17,12 @@ from torch import Tensor
 
 from hpo.backends.auto import BackendChoice, choose_backend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
-from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+from hpo.backends.memory_budget import default_budget, parse_bytes
+from hpo.backends.reverse_checkpointed import (
+    TAPE_GRAPH_FACTOR,
+    ReverseCheckpointedBackend,
+    SavedBytes,
+)
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import InnerProblem
@@ -34,27 +39,28 @@ class AutoState:
     state: Any
 
 
-def free_memory(device: torch.device) -> int | None:
-    """Free bytes on ``device``: the CUDA allocator's view, or the host's available pages (None if unknown)."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:  # MemAvailable counts reclaimable cache, as the kernel would give it to us
-        for line in open("/proc/meminfo").read().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
+def tape_bytes(problem: InnerProblem) -> int | None:
+    """One taped step's graph, :data:`~hpo.backends.reverse_checkpointed.TAPE_GRAPH_FACTOR` times what a
+    probe step on minibatch 0 saves for its backward; None where reverse mode cannot tape (a
+    ``curvature`` rule, a data-parallel run).  The global RNG is left as it was."""
+    if problem.rule.curvature is not None or problem.comm is not None:
         return None
+    counter = SavedBytes()
+    ref = next(iter(problem.params.values()))
+    batch = problem.batch(0)
+    leaves = {k: v.detach().requires_grad_() for k, v in problem.params.items()}
+    with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []), torch.enable_grad(),
+          torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)):
+        problem.loss_fn(leaves, problem.buffers, batch)  # the forward saves what its backward needs
+    return TAPE_GRAPH_FACTOR * counter.total
 
 
 @final
 class AutoBackend(HypergradientBackend[AutoState]):
     """``auto``: forward mode or checkpointed reverse mode, whichever the cost model predicts cheaper.
 
-    ``compile`` is passed on to the chosen backend.
+    ``compile`` is passed on to the chosen backend; ``memory_budget`` (bytes, or a size such as
+    ``"512MiB"``; default half the free memory) bounds the stored states (and forward mode's tangents).
 
     Example:
         >>> AutoBackend().name
@@ -65,8 +71,13 @@ class AutoBackend(HypergradientBackend[AutoState]):
     supports_hz_clip: ClassVar[bool] = True  # it then picks forward mode
     supports_data_parallel: ClassVar[bool] = True  # both exact backends it picks do
 
-    def __init__(self, compile: str | None = None) -> None:
+    def __init__(self, compile: str | None = None, memory_budget: int | str | None = None) -> None:
         self.compile = compile
+        self.memory_budget = None if memory_budget is None else parse_bytes("memory_budget", memory_budget)
+
+    def budget(self, device: torch.device) -> int | None:
+        """``memory_budget``, or half the free memory of ``device``."""
+        return self.memory_budget if self.memory_budget is not None else default_budget(device)
 
     def choose(self, problem: InnerProblem, schedule: Schedule) -> BackendChoice:
         """The backend the cost model picks for ``problem`` and ``schedule``, with its one-line reason."""
@@ -75,14 +86,17 @@ class AutoBackend(HypergradientBackend[AutoState]):
             name = "forward-manual" if problem.rule.hand_tangent else "forward-jvp"
             return BackendChoice(name, "a Hessian-tangent clamp is set, which only forward mode has")
         return choose_backend(
+            tape_bytes=tape_bytes(problem),
             n_values=schedule.size, n_params=sum(p.numel() for p in problem.params.values()),
-            device_type="cuda" if ref.device.type == "cuda" else "cpu", free_bytes=free_memory(ref.device), horizon=problem.horizon,
+            device_type="cuda" if ref.device.type == "cuda" else "cpu", free_bytes=self.budget(ref.device),
+            horizon=problem.horizon,
             has_hand_tangent=problem.rule.hand_tangent, dtype_bytes=ref.element_size())
 
-    def build(self, name: str) -> HypergradientBackend[Any]:
-        """The backend called ``name``."""
-        classes = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend,
-                   "reverse-checkpointed": ReverseCheckpointedBackend}
+    def build(self, name: str, budget: int | None = None) -> HypergradientBackend[Any]:
+        """The backend called ``name`` (``reverse-checkpointed`` with the memory ``budget``)."""
+        if name == "reverse-checkpointed":
+            return ReverseCheckpointedBackend(compile=self.compile, memory_budget=budget)
+        classes = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}
         return classes[name](compile=self.compile)
 
     def init(self, problem: InnerProblem, schedule: Schedule) -> AutoState:
@@ -90,7 +104,7 @@ class AutoBackend(HypergradientBackend[AutoState]):
         choice = self.choose(problem, schedule)
         if problem.comm is not None:  # free memory may differ between ranks: every rank takes rank 0's choice
             choice = problem.comm.from_rank0(choice)
-        backend = self.build(choice.name)
+        backend = self.build(choice.name, self.budget(next(iter(problem.params.values())).device))
         return AutoState(backend, choice, backend.init(problem, schedule))
 
     def step(self, problem: InnerProblem, schedule: Schedule, state: AutoState, t: int, batch: Batch) -> AutoState:

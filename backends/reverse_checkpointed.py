@@ -18,17 +18,33 @@ column ``j`` of the ``(groups, segments)`` table).
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
 The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k``
-steps.  The reverse sweep takes the segments ``[a, b)`` between checkpoints from the last to the
-first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint on ``problem.batch(t)``, then
-steps the adjoint from ``b - 1`` down to ``a``.  Every step, forward, replayed or adjoint, first
-seeds the global RNG with :meth:`~hpo.core.problem.InnerProblem.seed_step` (as
-:func:`hpo.core.backend.run_inner` does), so dropout masks are those of the forward pass, exactly;
-the sweep leaves the global RNG as it found it.
-Memory holds :math:`T/k + k` states (``k = sqrt(T)`` by default); the cost is one plain pass, one
-recomputation and ``T`` vector-Jacobian products of a step, about 4x a plain step whatever the
-number of shared values (measured on a CPU: 3.8x to 4.4x for LeNet; a 15k-weight MLP, where
-``torch.func``'s dispatch overhead dominates, 7x to 9x eager and 2.7x to 2.9x with
-``compile="inductor"``; see ``docs/backend-choice.md``).  BatchNorm statistics are replayed with the states, never differentiated.
+steps.  ``k`` follows a memory budget
+(:func:`hpo.backends.memory_budget.plan_checkpoints`, decided after step 0, whose graph is
+measured): ``k = sqrt(T)`` with taped segments when a segment's graph fits (the sweep builds one
+graph per segment from its checkpoint and back-propagates through it: no separate recomputation),
+else ``k = 1`` (every state kept, nothing recomputed) when all ``T`` states fit, else the smallest
+``k`` whose :math:`\\lceil T/k \\rceil + k - 1` states fit, at most :math:`\\sqrt T`.  The reverse sweep takes the segments ``[a, b)`` between
+checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
+on ``problem.batch(t)`` (or tapes the segment), then steps the adjoint from ``b - 1`` down to ``a``.
+Every step, forward, replayed, taped or adjoint, first seeds the global RNG with
+:meth:`~hpo.core.problem.InnerProblem.seed_step` (as :func:`hpo.core.backend.run_inner` does), so
+dropout masks are those of the forward pass, exactly; the sweep leaves the global RNG as it found it.
+Memory holds :math:`\\lceil T/k \\rceil + k - 1` states; the cost is one plain pass, a recomputation
+of :math:`T - \\lceil T/k \\rceil` steps and ``T`` vector-Jacobian products of a step (see
+``docs/backend-choice.md`` for the measured figures).
+
+For a rule without ``curvature`` that runs eagerly on one process, both step functions use plain
+``torch.autograd`` (:func:`autograd_plain_step`, :func:`autograd_adjoint_step`) rather than
+``torch.func``: the same kernels in the same order, hence bit-identical results, without the
+transforms' per-operation dispatch (about half the cost of a small model's step).  The adjoint
+step is the double backward
+
+.. math::
+
+    g = \\nabla_\\theta L_t(\\theta), \\quad (\\theta', s') = \\mathrm{step}(\\theta, s, g, \\lambda), \\quad
+    (a_t, \\bar\\lambda_t) = \\Big(\\frac{\\partial (\\theta', s')}{\\partial (\\theta, s, \\lambda)}\\Big)^{\\!\\top} a_{t+1}
+
+taken by ``torch.autograd.grad`` through a graph built with ``create_graph=True``.  BatchNorm statistics are replayed with the states, never differentiated.
 On a GPU, nondeterministic kernels can make the replay differ from the forward pass in the last bits.
 """
 
@@ -45,11 +61,19 @@ from torch import Tensor
 from torch.func import grad, vjp
 
 from hpo.backends.data_parallel import parallel_adjoint_step, parallel_plain_step, refuse_parallel_curvature
+from hpo.backends.memory_budget import (
+    CheckpointPlan,
+    default_budget,
+    parse_bytes,
+    plan_checkpoints,
+    states_held,
+    tree_bytes,
+)
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem, LossFn
-from hpo.core.schedule import Schedule, segment_indices
-from hpo.core.step import StepOutput, hyper_at_step, train_step, validation_loss
+from hpo.core.schedule import Schedule, segment_index, segment_indices
+from hpo.core.step import StepOutput, hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.runtime.distributed import Communicator
@@ -69,11 +93,30 @@ class Checkpoint:
 
 @final
 @dataclass(frozen=True)
+class Stored:
+    """The checkpoints as an immutable linked list, newest first: storing one is O(1), not a tuple copy."""
+
+    last: Checkpoint
+    before: Stored | None
+
+    def in_order(self) -> tuple[Checkpoint, ...]:
+        """Every checkpoint, oldest first."""
+        out: list[Checkpoint] = []
+        node: Stored | None = self
+        while node is not None:
+            out.append(node.last)
+            node = node.before
+        return tuple(reversed(out))
+
+
+@final
+@dataclass(frozen=True)
 class StepFunctions:
     """The plain step and the adjoint step, eager or ``torch.compile``d (built once per run)."""
 
     plain: Callable[..., StepOutput]
     adjoint: Callable[..., tuple[Params, State, Hyper]]
+    segment: Callable[..., tuple[Params, State, list[Hyper]]] | None = None
 
 
 @final
@@ -84,8 +127,16 @@ class CheckpointedState:
     inner: InnerState
     values: dict[str, Tensor]
     every: int
-    checkpoints: tuple[Checkpoint, ...]
+    stored: Stored | None
     functions: StepFunctions
+    plan: CheckpointPlan
+    graph_bytes: int = 0
+    hyper: tuple[tuple[int, ...], Hyper] = ((), {})
+
+    @property
+    def checkpoints(self) -> tuple[Checkpoint, ...]:
+        """The checkpoints stored so far, oldest first."""
+        return () if self.stored is None else self.stored.in_order()
 
 
 def checkpoint_interval(every: int | None, horizon: int) -> int:
@@ -98,6 +149,58 @@ def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, param
     """:func:`hpo.core.step.train_step` without a graph: the forward pass and the recomputation."""
     with torch.no_grad():
         return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
+
+
+def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
+                        buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                        seed: int = 0) -> StepOutput:
+    """:func:`plain_step` through ``torch.autograd`` (rules without ``curvature``): bit-identical, cheaper.
+
+    :math:`g_t = \\operatorname{clamp}_c(\nabla_\\theta L_t(\\theta_t))` by one ``autograd.grad`` on
+    detached leaves, then ``rule.step`` without a graph.
+    """
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    with torch.enable_grad():
+        loss, new_buffers = loss_fn(leaves, buffers, batch)
+        g = torch.autograd.grad(loss, tuple(leaves.values()))
+    with torch.no_grad():
+        grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
+        new_params, new_state = rule.step(params, opt_state, grads, hyper, t)
+    return StepOutput(new_params, new_state, new_buffers, loss.detach(), grads)
+
+
+def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
+                          buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
+                          a_params: Params, a_state: State, seed: int = 0) -> tuple[Params, State, Hyper]:
+    """:func:`adjoint_step` as one double backward of ``torch.autograd`` (rules without ``curvature``).
+
+    The step is rebuilt on leaves with ``create_graph=True`` for the gradient, and
+    ``autograd.grad`` of :math:`(\\theta', s')` with cotangents :math:`a_{t+1}` gives
+    :math:`a_t` and :math:`\\bar\\lambda_t` (zeros for inputs the step does not use).
+    """
+    p = {k: v.detach().requires_grad_() for k, v in params.items()}
+    s = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in opt_state.items()}
+    h = {k: v.detach().requires_grad_() for k, v in hyper.items()}
+    with torch.enable_grad():
+        loss, _ = loss_fn(p, buffers, batch)
+        g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
+        new_p, new_s = rule.step(p, s, tree_clamp(dict(zip(p, g)), grad_clip), h, t)
+        outs, cots = [], []
+        for k, v in new_p.items():
+            if v.requires_grad:
+                outs.append(v)
+                cots.append(a_params[k])
+        for sk, sv in new_s.items():
+            for k, v in sv.items():
+                if v.requires_grad:
+                    outs.append(v)
+                    cots.append(a_state[sk][k])
+        inputs = [*p.values(), *(v for sv in s.values() for v in sv.values()), *h.values()]
+        bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    it = iter(b if b is not None else torch.zeros_like(v) for b, v in zip(bars, inputs))
+    out_p = {k: next(it) for k in p}
+    out_s = {sk: {k: next(it) for k in sv} for sk, sv in s.items()}
+    return out_p, out_s, {k: next(it) for k in h}
 
 
 def adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
@@ -133,33 +236,68 @@ def all_finite(trees: list[dict]) -> Tensor:
 class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
     """``reverse-checkpointed``: exact reverse mode over the whole horizon, checkpoints every ``every`` steps.
 
-    ``every`` is the checkpoint interval k (None: :math:`\\mathrm{round}(\\sqrt{T})`).  ``compile``
+    ``every`` is the checkpoint interval k (None: as ``memory_budget`` allows, see
+    :func:`~hpo.backends.memory_budget.plan_checkpoints`: taped :math:`\\sqrt T` segments, or every
+    state stored, or the fewest recomputations).  ``memory_budget`` is bytes or a size such as
+    ``"512MiB"`` (default: half the free memory of the weights' device).  ``compile``
     names a ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` for a quick capture check)
     for the plain and the adjoint step; None (default) runs them eagerly.  Under ``inductor``,
     random ops (dropout) are compiled with ``fallback_random`` so they draw from the global RNG as
     eager code does and the replay sees the same masks.
 
     Example:
-        >>> backend = ReverseCheckpointedBackend()          # k = round(sqrt(T))
-        >>> backend = ReverseCheckpointedBackend(every=50)  # a checkpoint every 50 steps
+        >>> backend = ReverseCheckpointedBackend()                         # k as the free memory allows
+        >>> backend = ReverseCheckpointedBackend(memory_budget="512MiB")   # ... as 512 MiB allow
+        >>> backend = ReverseCheckpointedBackend(every=50)                 # a checkpoint every 50 steps
     """
 
     name: ClassVar[str] = "reverse-checkpointed"
     supports_data_parallel: ClassVar[bool] = True
 
-    def __init__(self, every: int | None = None, compile: str | None = None) -> None:
+    def __init__(self, every: int | None = None, compile: str | None = None,
+                 memory_budget: int | str | None = None) -> None:
         if every is not None and every < 1:
             raise ConfigError("every", f"must be at least 1, got {every}")
         self.every = every
         self.compile = compile
+        self.memory_budget = None if memory_budget is None else parse_bytes("memory_budget", memory_budget)
 
-    def functions(self, comm: Communicator | None = None) -> StepFunctions:
-        """The step functions, compiled with ``self.compile`` if set; data-parallel ones with ``comm``."""
+    def plan(self, problem: InnerProblem, one: int, graph_bytes: int | None = None) -> CheckpointPlan:
+        """The checkpoint interval: ``every`` if given, else the budget's plan (:func:`plan_checkpoints`).
+
+        The budget is ``memory_budget``, or half the free memory of the weights' device; ``one``
+        state is the weights, the optimizer state and the buffers (no RNG state: steps reseed it).
+        ``graph_bytes`` (what step 0's graph saved; None before it ran, or where the sweep cannot
+        tape) gives a taped step :data:`TAPE_GRAPH_FACTOR` times that.
+        """
+        ref = next(iter(problem.params.values()))
+        budget = self.memory_budget if self.memory_budget is not None else default_budget(ref.device)
+        tape = None if graph_bytes is None else TAPE_GRAPH_FACTOR * graph_bytes
+        if self.every is None:
+            return plan_checkpoints(problem.horizon, one, budget, tape)
+        k = self.every
+        taped = CheckpointPlan(k, f"every {k} (set), segments taped", math.ceil(problem.horizon / k), one, budget,
+                               max(1, tape or 0))
+        if tape is not None and k > 1 and (budget is None or taped.bytes <= budget):
+            return taped
+        return CheckpointPlan(k, f"every {k} (set)", states_held(problem.horizon, min(k, problem.horizon)), one, budget)
+
+    def state_bytes(self, problem: InnerProblem, opt_state: State) -> int:
+        """Bytes of one stored state: weights, optimizer state and buffers (the RNG is reseeded, not stored)."""
+        return tree_bytes(problem.params, opt_state, problem.buffers)
+
+    def functions(self, comm: Communicator | None = None, rule: UpdateRule | None = None) -> StepFunctions:
+        """The step functions, compiled with ``self.compile`` if set; data-parallel ones with ``comm``.
+
+        Eager, on one process, for a ``rule`` without ``curvature``: the ``torch.autograd`` ones.
+        """
         if comm is not None:  # backends/data_parallel.py: the gradient and vector-Hessian products averaged
             if self.compile is not None:
                 raise ConfigError("compile", "a data-parallel run steps eagerly; leave it off")
             return StepFunctions(partial(parallel_plain_step, comm), partial(parallel_adjoint_step, comm))
         if self.compile is None:
+            if rule is not None and rule.curvature is None:
+                return StepFunctions(autograd_plain_step, autograd_adjoint_step, segment_adjoint)
             return StepFunctions(plain_step, adjoint_step)
         options = {"fallback_random": True} if self.compile == "inductor" else None
         return StepFunctions(torch.compile(plain_step, backend=self.compile, options=options),
@@ -174,8 +312,9 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         ref = next(iter(problem.params.values()))
         params = {k: v.detach() for k, v in problem.params.items()}
         inner = InnerState(params, problem.buffers, problem.rule.init(params), 0, ref.new_zeros(()))
-        return CheckpointedState(inner, schedule.values_like(ref), checkpoint_interval(self.every, problem.horizon),
-                                 (), self.functions(problem.comm))
+        plan = self.plan(problem, self.state_bytes(problem, inner.opt_state))
+        return CheckpointedState(inner, schedule.values_like(ref), plan.every, None,
+                                 self.functions(problem.comm, problem.rule), plan)
 
     def inner(self, state: CheckpointedState) -> InnerState:
         """The primal inner state."""
@@ -184,14 +323,24 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
     def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, batch: Batch) -> CheckpointedState:
         """A plain step without a graph; before steps ``0, k, 2k, ...`` first store the checkpoint."""
         inner = state.inner
-        checkpoints = state.checkpoints
+        stored = state.stored
         if t % state.every == 0:
-            checkpoints = (*checkpoints, Checkpoint(t, inner.params, inner.opt_state, inner.buffers))
-        out = state.functions.plain(problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers,
-                                    inner.opt_state, hyper_at_step(state.values, t, problem.horizon), t, batch,
-                                    seed=problem.seed)
+            stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers), stored)
+        key = tuple(segment_index(t, problem.horizon, v.shape[-1]) for v in state.values.values())
+        if key != state.hyper[0]:  # the values change only at segment starts: index them once per segment
+            state = replace(state, hyper=(key, hyper_at_step(state.values, t, problem.horizon)))
+        args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
+                state.hyper[1], t, batch)
+        if t == 0 and state.functions.segment is not None:  # measure one step's graph, then plan
+            counter = SavedBytes()
+            with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+                out = state.functions.plain(*args, seed=problem.seed)
+            plan = self.plan(problem, state.plan.state_bytes, counter.total)
+            state = replace(state, graph_bytes=counter.total, plan=plan, every=plan.every)
+        else:
+            out = state.functions.plain(*args, seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
-                       checkpoints=checkpoints)
+                       stored=stored)
 
     def hypergradient(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState) -> HypergradResult:
         """The reverse sweep over every segment, last to first (see the module docstring).
@@ -201,7 +350,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         """
         inner = state.inner
         loss, acc = problem.evaluate(inner.params, inner.buffers)
-        info = {"every": state.every, "checkpoints": len(state.checkpoints)}
+        info = {"every": state.every, "checkpoints": len(state.checkpoints), "regime": state.plan.regime}
 
         def failed(cause: str) -> HypergradResult:
             nan = {k: torch.full_like(v, float("nan")) for k, v in state.values.items()}
@@ -222,13 +371,92 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         return HypergradResult(hypergrad, float(loss), float(acc), inner.t, info=info)
 
 
+@final
+class SavedBytes:
+    """Saved-tensor hooks that add up the bytes a step's autograd graph saves (its activations)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def pack(self, x: Tensor) -> Tensor:
+        """Count ``x`` and save it unchanged."""
+        self.total += x.numel() * x.element_size()
+        return x
+
+    @staticmethod
+    def unpack(x: Tensor) -> Tensor:
+        """The saved tensor itself."""
+        return x
+
+
+#: A step's double-backward graph saves about this many times what its plain backward saves.
+TAPE_GRAPH_FACTOR = 4
+
+
+def fuse_segments(state: CheckpointedState) -> bool:
+    """Whether the sweep tapes whole segments (:func:`segment_adjoint`) instead of replaying them.
+
+    As planned after step 0: only with the ``torch.autograd`` functions and ``k > 1``, and when
+    ``k`` steps' double-backward graphs (:data:`TAPE_GRAPH_FACTOR` times what step 0's graph saved)
+    fit in the budget beside the checkpoints.
+    """
+    return state.functions.segment is not None and state.plan.taped
+
+
+def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Checkpoint, end: int,
+                    a_params: Params, a_state: State) -> tuple[Params, State, list[Hyper]]:
+    """:math:`a_{ckpt.t}` and :math:`\\bar\\lambda_t` for ``t`` in ``[ckpt.t, end)``, last step first, from one tape.
+
+    The segment's steps run from the checkpoint with ``create_graph=True`` gradients (each step
+    reseeding the RNG with :meth:`~hpo.core.problem.InnerProblem.seed_step`, as in the forward pass), so the tape holds :math:`s_{a+1}, \\dots, s_b` as functions of
+    :math:`s_a` and the :math:`\\lambda_t`; one ``autograd.grad`` of :math:`s_b` with cotangent
+    :math:`a_b` then gives the same adjoint as :func:`autograd_adjoint_step` applied step by step,
+    and the separate recomputation of the segment is not needed: the tape is it.
+    """
+    rule, loss_fn, clip, horizon = problem.rule, problem.loss_fn, problem.grad_clip, problem.horizon
+    p0 = {k: v.detach().requires_grad_() for k, v in ckpt.params.items()}
+    s0 = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in ckpt.opt_state.items()}
+    p, s, buffers = p0, s0, ckpt.buffers
+    hypers: list[Hyper] = []
+    with torch.enable_grad():
+        for t in range(ckpt.t, end):
+            problem.seed_step(t)  # the masks step t drew in the forward pass
+            batch = problem.batch(t)
+            h = {k: v.detach().requires_grad_() for k, v in hyper_at_step(values, t, horizon).items()}
+            loss, buffers = loss_fn(p, buffers, batch)
+            g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
+            p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
+            hypers.append(h)
+        outs, cots = [], []
+        for k, v in p.items():
+            if v.requires_grad:
+                outs.append(v)
+                cots.append(a_params[k])
+        for sk, sv in s.items():
+            for k, v in sv.items():
+                if v.requires_grad:
+                    outs.append(v)
+                    cots.append(a_state[sk][k])
+        inputs = [*p0.values(), *(v for sv in s0.values() for v in sv.values()),
+                  *(v for h in hypers for v in h.values())]
+        bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
+    it = iter(b if b is not None else torch.zeros_like(v) for b, v in zip(bars, inputs))
+    out_p = {k: next(it) for k in p0}
+    out_s = {sk: {k: next(it) for k in sv} for sk, sv in s0.items()}
+    h_bars = [{k: next(it) for k in h} for h in hypers]
+    return out_p, out_s, h_bars[::-1]
+
+
 def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] | None:
     """:math:`\\bar\\lambda_t` of every step as a ``(T,)`` tensor per type, or None if the adjoint blew up.
 
     Segments from the last to the first: recompute the states of the segment from its checkpoint
-    (:func:`replay`), then step the adjoint back through them.  One host sync per segment (the
-    finiteness check of the adjoint); the sweep stops at the first non-finite one.  The global RNG
-    is restored afterwards.
+    (:func:`replay`), then step the adjoint back through them; or, when :func:`fuse_segments`
+    allows, take the segment's adjoint from one tape of it (:func:`segment_adjoint`), which does
+    the recomputation and the vector-Jacobian products in one pass.  The per-step cotangents are stacked,
+    and the adjoint checked for finiteness (one host sync), once at least :math:`\\sqrt T` steps
+    have gone by since the last check (so ``k = 1`` does not sync every step); the sweep stops at
+    the first non-finite check.  The global RNG is restored afterwards.
     """
     inner = state.inner
     horizon, rule, loss_fn, clip = problem.horizon, problem.rule, problem.loss_fn, problem.grad_clip
@@ -236,24 +464,33 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
                                               problem.eval_batch_size))(inner.params)
     a_state = {sk: {n: torch.zeros_like(v) for n, v in sv.items()} for sk, sv in inner.opt_state.items()}
-    per_segment: dict[str, list[Tensor]] = {name: [] for name in state.values}  # (b - a,) per segment
-    ends = [c.t for c in state.checkpoints[1:]] + [horizon]
+    chunks: dict[str, list[Tensor]] = {name: [] for name in state.values}  # stacked cotangents, last steps first
+    pending: list[Hyper] = []  # cotangents of the steps since the last stack, in reverse step order
+    check_every = max(1, round(math.sqrt(horizon)))
+    checkpoints = state.checkpoints
+    ends = [c.t for c in checkpoints[1:]] + [horizon]
     device = inner.loss.device
+    fused = state.functions.segment if fuse_segments(state) else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for ckpt, end in zip(reversed(state.checkpoints), reversed(ends)):
-            h_bars: list[Hyper] = []
-            for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
-                problem.seed_step(t)  # the masks step t drew in the forward pass
-                batch = problem.batch(t)
-                hyper = hyper_at_step(state.values, t, horizon)
-                a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t, batch,
-                                                   a_params, a_state, seed=problem.seed)
-                h_bars.append(h_bar)
-            for name, segments in per_segment.items():  # one tensor per segment, not T 0-d tensors; step order
-                segments.append(torch.stack([h[name] for h in reversed(h_bars)]))
-            if not bool(all_finite([a_params, a_state])):
-                return None
-    return {name: torch.cat(segs[::-1]) for name, segs in per_segment.items()}  # the sweep ran backwards
+        for ckpt, end in zip(reversed(checkpoints), reversed(ends)):
+            if fused is not None:  # one tape of the segment: no separate recomputation
+                a_params, a_state, h_bars = fused(problem, state.values, ckpt, end, a_params, a_state)
+                pending.extend(h_bars)
+            else:
+                for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
+                    problem.seed_step(t)  # the masks step t drew in the forward pass
+                    batch = problem.batch(t)
+                    hyper = hyper_at_step(state.values, t, horizon)
+                    a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t,
+                                                       batch, a_params, a_state, seed=problem.seed)
+                    pending.append(h_bar)
+            if len(pending) >= check_every or ckpt.t == 0:
+                for name, stacked in chunks.items():  # one tensor per chunk, not T 0-d tensors
+                    stacked.append(torch.stack([h[name] for h in pending]))
+                pending = []
+                if not bool(all_finite([a_params, a_state])):
+                    return None
+    return {name: torch.cat(stacked).flip(0) for name, stacked in chunks.items()}  # the sweep ran backwards
 
 
 def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,

@@ -2,8 +2,9 @@
 
 Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen model:
 
-* ``sgd``: a plain training step of the same model (``torch.optim.SGD``: forward, backward, step),
-  the yardstick; every other figure is also given as a multiple of it;
+* ``sgd``: a plain training step of the same model, the fastest a user would write: the
+  ``nn.Module`` itself, ``loss.backward()`` and ``torch.optim.SGD(..., foreach=True)`` on one fixed
+  batch (:data:`PLAIN_STEP`); the yardstick, every other figure is also given as a multiple of it;
 * ``forward-manual`` / ``forward-jvp``: one inner step with every tangent column started (the
   steady state of the last segment), for each ``--counts`` setting (lr,momentum,wd values), and
   with ``--compile inductor`` also with the step compiled (compilation happens in the warm-up);
@@ -12,7 +13,9 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
   as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
 * ``reverse-checkpointed``: a whole run of ``--checkpoint-horizon`` steps (the forward pass, then
   the recomputation and the reverse sweep) divided by its number of steps, eager and, with
-  ``--compile``, compiled; a second table splits it into the forward pass and the sweep;
+  ``--compile``, compiled, for each ``--regimes`` entry (``sqrt``: a checkpoint every
+  ``round(sqrt(T))`` steps; ``all``: every state stored, nothing recomputed); a second table splits
+  it into the forward pass and the sweep;
 * peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
   reverse-checkpointed, reverse-truncated with the largest window, and full reverse mode up to
   ``--full-reverse-max``).
@@ -50,17 +53,38 @@ from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import pick_device, pick_dtype, synchronize
 from hpo.tasks.base import classification_task, cross_entropy, model_functions, split_state
-from hpo.tasks.mnist1d import MLP
+from hpo.tasks.mnist1d import CNN1D, MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
 INPUTS = {"cifar": (3, 32, 32), "mnist": (1, 28, 28), "mnist1d": (40,)}
 MODELS: dict[str, Callable[[tuple[int, ...]], nn.Module]] = {
     "mlp": lambda s: MLP(in_features=math.prod(s)),
+    "cnn": lambda s: CNN1D(length=math.prod(s)),
     "lenet": lambda s: LeNet(s[0], 10, s[-1]),
     "wrn16": lambda s: wrn16_1(s[0], 10),
     "wrn40": lambda s: wrn40_2(s[0], 10),
 }
 HYPER = {"lr": 0.05, "momentum": 0.9, "wd": 5e-4}
+#: The timer (``--clock``): wall time, or this process's CPU time (steadier on a shared machine).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = [time.perf_counter]
+
+
+def clock() -> float:
+    """Seconds on the chosen clock (:data:`CLOCKS`)."""
+    return _clock[0]()
+
+
+#: The yardstick's name in the tables.
+PLAIN_STEP = "plain step (nn.Module, backward, torch.optim.SGD foreach)"
+#: ``--regimes`` of reverse-checkpointed: (checkpoint interval for a horizon T, memory budget).  ``sqrt``
+#: tapes each segment in the sweep (its graph fits the budget), ``sqrt-replay`` has no room for the
+#: tape and recomputes each segment before its reverse steps, ``all`` stores every state.
+REGIMES: dict[str, tuple[Callable[[int], int], int | None]] = {
+    "sqrt": (lambda T: max(1, round(math.sqrt(T))), None),
+    "sqrt-replay": (lambda T: max(1, round(math.sqrt(T))), 1),
+    "all": (lambda T: 1, None),
+}
 
 
 def _malloc_trim() -> None:
@@ -134,9 +158,13 @@ def schedule_for(counts: dict[str, int], dtype: torch.dtype, device: torch.devic
     return Schedule.constant(HYPER, counts).to(dtype, device)
 
 
-def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int) -> tuple[float, float]:
-    """ms per plain ``torch.optim.SGD`` step (forward, backward, update) and its peak memory."""
-    opt = torch.optim.SGD(net.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], weight_decay=HYPER["wd"])
+def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int, repeats: int = 1) -> tuple[float, float]:
+    """ms per plain step (:data:`PLAIN_STEP`: forward, backward, foreach update) and its peak memory.
+
+    With ``repeats``, the fastest of that many timed loops of ``steps`` steps.
+    """
+    opt = torch.optim.SGD(net.parameters(), lr=HYPER["lr"], momentum=HYPER["momentum"], weight_decay=HYPER["wd"],
+                          foreach=True)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -146,11 +174,17 @@ def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int) -> t
     for _ in range(warmup):
         step()
     with PeakMemory(x.device) as mem:
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             step()
         synchronize(x.device)
-        ms = (time.perf_counter() - start) * 1000 / steps
+        ms = (clock() - start) * 1000 / steps
+    for _ in range(repeats - 1):
+        start = clock()
+        for _ in range(steps):
+            step()
+        synchronize(x.device)
+        ms = min(ms, (clock() - start) * 1000 / steps)
     return ms, mem.mib
 
 
@@ -166,11 +200,11 @@ def time_forward(backend: HypergradientBackend, net: nn.Module, x: Tensor, y: Te
     for t in range(t0, t0 + warmup):
         state = backend.step(problem, sched, state, t, (x, y))
     with PeakMemory(x.device) as mem:
-        start = time.perf_counter()
+        start = clock()
         for t in range(t0 + warmup, t0 + warmup + steps):
             state = backend.step(problem, sched, state, t, (x, y))
         synchronize(x.device)
-        ms = (time.perf_counter() - start) * 1000 / steps
+        ms = (clock() - start) * 1000 / steps
     return ms, mem.mib
 
 
@@ -189,19 +223,20 @@ def time_truncated(make: Callable[..., HypergradientBackend], window: int, net: 
 
     run(2)  # warm-up
     with PeakMemory(x.device) as mem:
-        start = time.perf_counter()
+        start = clock()
         run(window)
         synchronize(x.device)
-        ms = (time.perf_counter() - start) * 1000 / window
+        ms = (clock() - start) * 1000 / window
     return ms, mem.mib
 
 
 def time_checkpointed(make: Callable[[], HypergradientBackend], net: nn.Module, x: Tensor, y: Tensor,
-                      counts: dict[str, int], horizon: int) -> tuple[float, float, float, float]:
+                      counts: dict[str, int], horizon: int, repeats: int = 1) -> tuple[float, float, float, float]:
     """A whole reverse-checkpointed run of ``horizon`` steps per inner step, in ms: total, forward pass, sweep.
 
     The sweep is the recomputation of every segment plus the reverse steps.  A shorter run first
-    warms up (and compiles).  Also returns the run's peak memory (MiB).
+    warms up (and compiles).  With ``repeats`` the fastest of that many runs (by total).  Also
+    returns the peak memory (MiB) of the first.
     """
     sched = schedule_for(counts, x.dtype, x.device)
 
@@ -209,18 +244,22 @@ def time_checkpointed(make: Callable[[], HypergradientBackend], net: nn.Module, 
         backend = make()
         problem = problem_for(net, x, y, steps, x.shape[0])
         state = backend.init(problem, sched)
-        start = time.perf_counter()
+        start = clock()
         for t, batch in problem.batches():
             state = backend.step(problem, sched, state, t, batch)
         synchronize(x.device)
-        mid = time.perf_counter()
+        mid = clock()
         backend.hypergradient(problem, sched, state)
         synchronize(x.device)
-        return mid - start, time.perf_counter() - mid
+        return mid - start, clock() - mid
 
     run(max(4, max(counts.values())))
     with PeakMemory(x.device) as mem:
         fwd, rev = run(horizon)
+    for _ in range(repeats - 1):
+        f, r = run(horizon)
+        if f + r < fwd + rev:
+            fwd, rev = f, r
     return (fwd + rev) * 1000 / horizon, fwd * 1000 / horizon, rev * 1000 / horizon, mem.mib
 
 
@@ -230,14 +269,14 @@ def whole_run(method: str, make: Callable[[], HypergradientBackend] | None, net:
     problem = problem_for(net, x, y, horizon, batch)
     sched = schedule_for(counts, x.dtype, x.device)
     with PeakMemory(x.device) as mem:
-        start = time.perf_counter()
+        start = clock()
         if method == "reverse-full":
             reverse_hypergradient(problem, sched.values)
         else:
             assert make is not None
             run_inner(make(), problem, sched, check_every=max(1, horizon))
         synchronize(x.device)
-        secs = time.perf_counter() - start
+        secs = clock() - start
     return secs, mem.mib
 
 
@@ -282,6 +321,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint-horizon", type=int, default=100,
                     help="Steps of the timed reverse-checkpointed run (its interval is round(sqrt) of it).")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--regimes", type=lambda s: [r for r in s.split(",") if r], default=["sqrt", "all"],
+                    help="reverse-checkpointed regimes: sqrt (k = round(sqrt(T)), segments taped), sqrt-replay "
+                         "(the same, segments recomputed), all (k = 1).")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall time, or the process's CPU time (one thread: steadier when others share the machine).")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="Time the plain step and each reverse-checkpointed run this often; keep the fastest.")
     ap.add_argument("--horizons", type=ints, default=[100, 1000, 10000], help="Horizons of the memory sweep ('' skips).")
     ap.add_argument("--horizon-model", choices=sorted(MODELS), default=None, help="Model of the sweep (default --model).")
     ap.add_argument("--horizon-input", choices=sorted(INPUTS), default=None)
@@ -295,10 +341,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     a = ap.parse_args(argv)
     device, dtype = pick_device(a.device), pick_dtype(a.dtype)
+    _clock[0] = CLOCKS[a.clock]
     if a.threads:
         torch.set_num_threads(a.threads)
     counts_list = a.counts or [parse_counts("7,1,1"), parse_counts("7,7,7")]
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    for regime in a.regimes:
+        if regime not in REGIMES:
+            ap.error(f"--regimes: unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
     shape = INPUTS[a.input]
     truncated = find_truncated(a.reverse_truncated) if ("reverse-truncated" in methods or a.horizons) else None
     from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
@@ -307,17 +357,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     forward = {"forward-manual": ForwardManualBackend, "forward-jvp": ForwardJvpBackend}
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"# step cost: model={a.model} input={a.input}{shape} batch={a.batch_size} device={dev_name} "
-          f"dtype={a.dtype} torch={torch.__version__}")
+          f"dtype={a.dtype} torch={torch.__version__} clock={a.clock}")
     out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}, "device": dev_name, "steps": [], "horizons": []}
 
     net, x, y = build(a.model, shape, a.batch_size, dtype, device)
     print(f"parameters: {sum(p.numel() for p in net.parameters()):,}\n")
-    print("| method | shared values (lr/mom/wd) | ms per inner step | x plain SGD | peak memory (MiB) |")
+    print("| method | shared values (lr/mom/wd) | ms per inner step | x plain step | peak memory (MiB) |")
     print("|---|---|---|---|---|")
     sgd_ms = float("nan")
     if "sgd" in methods:
-        sgd_ms, mib = time_sgd(build(a.model, shape, a.batch_size, dtype, device)[0], x, y, a.steps, a.warmup)
-        print(f"| plain SGD step | - | {sgd_ms:.2f} | 1.0 | {mib:.1f} |", flush=True)
+        sgd_ms, mib = time_sgd(build(a.model, shape, a.batch_size, dtype, device)[0], x, y, a.steps, a.warmup,
+                               a.repeats)
+        print(f"| {PLAIN_STEP} | - | {sgd_ms:.2f} | 1.0 | {mib:.1f} |", flush=True)
         out["steps"].append({"method": "sgd", "ms": sgd_ms, "peak_mib": mib})
     for counts in counts_list:
         label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
@@ -330,10 +381,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib})
         if "reverse-checkpointed" in methods:
-            for comp in (None, a.compile) if a.compile else (None,):
-                row = "reverse-checkpointed" if comp is None else f"reverse-checkpointed (compiled, {comp})"
-                ms, fwd, rev, mib = time_checkpointed(lambda comp=comp: ReverseCheckpointedBackend(compile=comp),
-                                                      net, x, y, counts, a.checkpoint_horizon)
+            for comp, regime in [(c, r) for c in ((None, a.compile) if a.compile else (None,)) for r in a.regimes]:
+                every, budget = REGIMES[regime][0](a.checkpoint_horizon), REGIMES[regime][1]
+                row = f"reverse-checkpointed {regime} (k={every})" + ("" if comp is None else f" (compiled, {comp})")
+                ms, fwd, rev, mib = time_checkpointed(
+                    lambda comp=comp, every=every, budget=budget: ReverseCheckpointedBackend(
+                        every=every, compile=comp, **({} if budget is None else {"memory_budget": budget})),
+                    net, x, y, counts, a.checkpoint_horizon, a.repeats)
                 print(f"| {row} | {label} | {ms:.2f} | {ms / sgd_ms:.1f} | {mib:.1f} |", flush=True)
                 out["steps"].append({"method": row, "counts": label, "ms": ms, "ratio": ms / sgd_ms, "peak_mib": mib,
                                      "forward_ms": fwd, "sweep_ms": rev, "horizon": a.checkpoint_horizon})
@@ -346,8 +400,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     split = [r for r in out["steps"] if "sweep_ms" in r]
     if split:
-        k = round(math.sqrt(a.checkpoint_horizon))
-        print(f"\n## reverse-checkpointed split: T={a.checkpoint_horizon}, k={k}, ms per inner step (x plain SGD)\n")
+        print(f"\n## reverse-checkpointed split: T={a.checkpoint_horizon}, ms per inner step (x plain step)\n")
         print("| method | shared values (lr/mom/wd) | forward pass | recompute + reverse sweep | whole run |")
         print("|---|---|---|---|---|")
         for r in split:

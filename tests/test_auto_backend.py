@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hpo.backends.auto import BackendChoice, choose_backend, forward_bytes, reverse_bytes
+from hpo.backends.auto import BackendChoice, choose_backend, forward_bytes, reverse_bytes, reverse_cost
 from hpo.errors import ConfigError
 
 MLP = 15_210  # weights of the MNIST-1D MLP the CPU constants were measured on
@@ -12,10 +12,13 @@ MIB = 2**20
 
 
 def test_nine_values_on_a_cpu_use_reverse_mode() -> None:
-    """Measured: 7/1/1 forward-manual 12.8x (MLP) / 14.2x (LeNet) a plain step, reverse-checkpointed 4.0x-7.2x."""
+    """Measured: 7/1/1 forward-manual 12.8x (MLP) / 14.2x (LeNet) a plain step, reverse-checkpointed 3.6x-5.1x."""
     choice = choose_backend(9, MLP, "cpu", None, 1000)
     assert choice == BackendChoice("reverse-checkpointed", choice.reason)
-    assert choice.reason.startswith("cheaper: forward 12.7 vs reverse 4.2 plain steps per step (9 values on cpu)")
+    assert choice.reason.startswith("cheaper: forward 12.7 vs reverse 4.1 plain steps per step (9 values on cpu)")
+    taped = choose_backend(9, MLP, "cpu", None, 1000, tape_bytes=10**6)
+    assert taped.reason.startswith("cheaper: forward 12.7 vs reverse 3.8 plain steps per step")
+    assert taped.reason.endswith("reverse regime: sqrt(T) checkpoints, segments taped, k=32")
     assert "\n" not in choice.reason
 
 
@@ -40,7 +43,7 @@ def test_on_a_gpu_columns_are_nearly_free_up_to_the_assumed_width() -> None:
 def test_no_memory_for_sqrt_t_states_falls_back_to_forward_mode() -> None:
     """1e6 weights, T = 10^4: 200 states need 1.6 GB; 9 tangent columns need 72 MB."""
     n_params, horizon = 10**6, 10_000
-    assert reverse_bytes(n_params, horizon) == 2 * 200 * n_params * 4
+    assert reverse_bytes(n_params, horizon) == 2 * 199 * n_params * 4  # T/k + k - 1 states, k = 100
     assert forward_bytes(9, n_params) == 2 * 9 * n_params * 4
     choice = choose_backend(9, n_params, "cpu", 500 * MIB, horizon)
     assert choice.name == "forward-manual" and choice.reason.startswith("only forward mode fits in 500 MiB")
@@ -67,3 +70,41 @@ def test_bad_input_names_its_field(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         choose_backend(**args)
     assert err.value.field == field and "--" not in str(err.value)
+
+
+def test_the_reason_names_the_regime_the_budget_allows() -> None:
+    """T = 1000 states of 2 x 15,210 float32 weights: 116 MiB for all; at least 63 states with one level."""
+    state = 2 * MLP * 4
+    assert choose_backend(9, MLP, "cpu", None, 1000).reason.endswith("reverse regime: all states stored, k=1")
+    assert choose_backend(9, MLP, "cpu", 1000 * state, 1000).reason.endswith("all states stored, k=1")
+    assert choose_backend(9, MLP, "cpu", 999 * state, 1000).reason.endswith("every k-th state, k=2")
+    assert choose_backend(9, MLP, "cpu", 63 * state, 1000).reason.endswith("every k-th state, k=28")  # S = 63
+    assert choose_backend(9, MLP, "cpu", 62 * state, 1000).reason.endswith("over budget, k=32")
+    assert choose_backend(9, MLP, "cpu", 19 * state, 100).reason.endswith("sqrt(T) checkpoints, k=10")
+    assert reverse_cost("cpu", 1000, 1) < reverse_cost("cpu", 1000, 2) < reverse_cost("cpu", 1000, 32)
+
+
+def test_auto_passes_its_memory_budget_to_reverse_mode() -> None:
+    from hpo.backends.auto_backend import AutoBackend
+    from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+
+    backend = AutoBackend(memory_budget="64MiB")
+    assert backend.memory_budget == 64 * MIB
+    built = backend.build("reverse-checkpointed", backend.memory_budget)
+    assert isinstance(built, ReverseCheckpointedBackend) and built.memory_budget == 64 * MIB
+    with pytest.raises(ConfigError) as err:
+        AutoBackend(memory_budget="lots")
+    assert err.value.field == "memory_budget" and "\n" not in str(err.value)
+
+
+def test_auto_measures_the_tape_and_runs_the_regime_it_names() -> None:
+    from hpo.backends.auto_backend import AutoBackend
+    from hpo.core.backend import run_inner
+    from tests import conftest as helpers
+
+    problem = helpers.tiny_problem(horizon=16)
+    sched = helpers.sgd_schedule()
+    choice = AutoBackend().choose(problem, sched)
+    assert choice.name == "reverse-checkpointed" and choice.reason.endswith("segments taped, k=4")
+    res = run_inner(AutoBackend(), problem, sched)
+    assert res.info["regime"] == "sqrt(T) checkpoints, segments taped" and res.info["every"] == 4

@@ -15,8 +15,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from hpo.backends import reverse_checkpointed
 from hpo.backends.forward import ForwardJvpBackend
-from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend, checkpoint_interval
+from hpo.backends.memory_budget import ALL_STORED, OVER_BUDGET, SPACED, SQRT, TAPED, parse_bytes, plan_checkpoints
+from hpo.backends.reverse_checkpointed import (
+    ReverseCheckpointedBackend,
+    adjoint_step,
+    autograd_adjoint_step,
+    autograd_plain_step,
+    checkpoint_interval,
+    fuse_segments,
+    plain_step,
+)
 from hpo.checking.unroll import finite_difference_hypergradient, reverse_hypergradient
 from hpo.core.backend import HypergradResult, run_inner
 from hpo.core.problem import InnerProblem
@@ -146,7 +156,7 @@ def test_every_checkpoint_interval_gives_the_same_hypergradient() -> None:
     sched = helpers.sgd_schedule()
     results = {k: checkpointed(problem, sched, k) for k in (1, 2, 3, 5, 12, 50)}
     assert {k: r.info["checkpoints"] for k, r in results.items()} == {1: 12, 2: 6, 3: 4, 5: 3, 12: 1, 50: 1}
-    assert checkpointed(problem, sched).info == {"every": 3, "checkpoints": 4}  # round(sqrt(12))
+    assert checkpointed(problem, sched).info == {"every": 3, "checkpoints": 4, "regime": TAPED}  # round(sqrt(12))
     for r in results.values():
         assert rel_err(r.hypergrad, results[3].hypergrad) < 1e-12
 
@@ -216,8 +226,10 @@ def test_hz_clip_and_a_bad_interval_are_refused() -> None:
 def test_memory_holds_one_checkpoint_per_interval() -> None:
     problem = helpers.tiny_problem(horizon=100, batch_size=4)
     sched = helpers.sgd_schedule()
-    backend = ReverseCheckpointedBackend()
+    one = state_bytes(problem)
+    backend = ReverseCheckpointedBackend(memory_budget=19 * one)  # S(10) = 10 + 9 states
     state = backend.init(problem, sched)
+    assert state.plan.regime == SQRT and state.plan.bytes == 19 * one
     for t, batch in problem.batches():
         state = backend.step(problem, sched, state, t, batch)
     assert [c.t for c in state.checkpoints] == list(range(0, 100, 10))
@@ -233,3 +245,117 @@ def test_compiled_steps_give_the_same_hypergradient() -> None:
     compiled = run_inner(ReverseCheckpointedBackend(compile="aot_eager"), problem, sched)
     assert not compiled.diverged
     assert rel_err(compiled.hypergrad, eager) < 1e-12
+
+
+def state_bytes(problem: InnerProblem) -> int:
+    """Bytes of one stored state of ``problem`` as the backend counts them."""
+    return ReverseCheckpointedBackend().state_bytes(problem, problem.rule.init(problem.params))
+
+
+@pytest.mark.parametrize("states, every, regime", [(None, 5, TAPED), ("no tape", 1, ALL_STORED), (25, 1, ALL_STORED),
+                                                   (14, 2, SPACED), (9, 5, SQRT), (3, 5, OVER_BUDGET)])
+def test_every_budget_regime_equals_the_reference_and_finite_differences(
+        states: int | str | None, every: int, regime: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taped sqrt(T) segments, k = 1 (all stored), k = 2, k = sqrt(T) replayed and over budget:
+    the reference unroll to 1e-13, central finite differences to 1e-6."""
+    problem = helpers.tiny_problem(horizon=25)
+    sched = helpers.sgd_schedule()
+    if states is not None:  # a step's tape that fits no budget: the plans without taping
+        monkeypatch.setattr(reverse_checkpointed, "TAPE_GRAPH_FACTOR", 10**9)
+    budget = states * state_bytes(problem) if isinstance(states, int) else None
+    backend = ReverseCheckpointedBackend(memory_budget=budget) if budget else ReverseCheckpointedBackend()
+    if states is not None and budget is None:
+        backend.memory_budget = 10**7  # all 25 states fit, but no tape does
+    res = run_inner(backend, problem, sched)
+    assert (res.info["every"], res.info["regime"]) == (every, regime)
+    rev = reverse_hypergradient(problem, sched.values)
+    assert rel_err(res.hypergrad, rev) < 1e-13
+    fd = finite_difference_hypergradient(problem, sched.values, eps=1e-5)
+    assert rel_err(res.hypergrad, fd) < 1e-6
+
+
+def test_k_equal_to_the_horizon_recomputes_everything_exactly() -> None:
+    problem = helpers.tiny_problem(horizon=25)
+    sched = helpers.sgd_schedule()
+    res = run_inner(ReverseCheckpointedBackend(every=25), problem, sched)
+    assert res.info["checkpoints"] == 1
+    assert rel_err(res.hypergrad, reverse_hypergradient(problem, sched.values)) < 1e-13
+
+
+@pytest.mark.parametrize("key", list(RULES))
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_autograd_steps_are_bit_identical_to_the_torch_func_steps(key: str, clip: float | None) -> None:
+    """The eager fast path (``torch.autograd``) gives exactly the ``torch.func`` step and adjoint step."""
+    make, vals = RULES[key]
+    rule = make()
+    problem = helpers.tiny_problem(rule, horizon=4)
+    batch = problem.batch(0)
+    gen = torch.Generator().manual_seed(3)
+    params = problem.params
+    state = {sk: {k: torch.rand(v.shape, generator=gen, dtype=v.dtype) for k, v in sv.items()}
+             for sk, sv in rule.init(params).items()}
+    hyper = {k: v[0] for k, v in vals.items()}
+    args = (rule, problem.loss_fn, clip, params, problem.buffers, state, hyper, 1, batch)
+    fast, ref = autograd_plain_step(*args), plain_step(*args)
+    for a, b in [(fast.params, ref.params), (fast.grads, ref.grads), *zip(fast.opt_state.values(),
+                                                                          ref.opt_state.values())]:
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    assert torch.equal(fast.loss, ref.loss)
+    a_p = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
+    a_s = {sk: {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in sv.items()}
+           for sk, sv in state.items()}
+    got, want = autograd_adjoint_step(*args, a_p, a_s), adjoint_step(*args, a_p, a_s)
+    assert all(torch.equal(got[0][k], want[0][k]) for k in want[0])
+    assert all(torch.equal(got[1][sk][k], want[1][sk][k]) for sk in want[1] for k in want[1][sk])
+    assert all(torch.equal(got[2][k], want[2][k]) for k in want[2])
+
+
+def test_the_eager_single_process_path_uses_autograd_and_curvature_rules_keep_torch_func() -> None:
+    from hpo.optimizers import Sophia
+
+    backend = ReverseCheckpointedBackend()
+    assert backend.functions(None, SGDMomentum()).adjoint is autograd_adjoint_step
+    assert backend.functions(None, Sophia()).adjoint is adjoint_step
+
+
+@pytest.mark.parametrize("text, size", [("512MiB", 512 * 2**20), ("2GiB", 2 * 2**30), ("1.5GB", 1_500_000_000),
+                                        ("1000000", 1_000_000), (4096, 4096), ("64 kib", 65536)])
+def test_memory_budget_sizes(text: object, size: int) -> None:
+    assert parse_bytes("memory_budget", text) == size
+    assert ReverseCheckpointedBackend(memory_budget=text).memory_budget == size  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["banana", "12 parsecs", "-5MiB", "0", "", True, "0.1"])
+def test_a_bad_memory_budget_is_one_line_naming_the_field(bad: object) -> None:
+    with pytest.raises(ConfigError, match="^memory_budget: must be") as err:
+        ReverseCheckpointedBackend(memory_budget=bad)  # type: ignore[arg-type]
+    assert err.value.field == "memory_budget" and "\n" not in str(err.value)
+
+
+def test_the_plan_takes_the_fewest_recomputations_the_budget_allows() -> None:
+    assert [plan_checkpoints(100, 1, c).every for c in (100, 99, 51, 50, 19, 18)] == [1, 2, 2, 3, 10, 10]
+    assert [plan_checkpoints(100, 1, c).regime for c in (100, 51, 19, 18)] == [ALL_STORED, SPACED, SQRT, OVER_BUDGET]
+    assert plan_checkpoints(100, 1, None).every == 1
+    # a taped segment of 10 steps: 10 checkpoints + 10 step graphs of 5 bytes
+    assert plan_checkpoints(100, 1, 60, tape_bytes=5).regime == TAPED
+    assert plan_checkpoints(100, 1, 59, tape_bytes=5).regime == SPACED  # S(2) = 51 states fit
+    assert plan_checkpoints(100, 1, None, tape_bytes=5).every == 10
+
+
+@pytest.mark.parametrize("key", ["sgd", "adam"])
+def test_taped_segments_equal_replayed_segments(key: str) -> None:
+    """With room for a segment's graph the sweep tapes it (no separate replay); else it replays: same result."""
+    make, vals = RULES[key]
+    problem = helpers.tiny_problem(make(), horizon=25)
+    sched = Schedule(vals)
+    results = {}
+    for budget in (10**9, 1):  # a segment's graph fits / nothing fits: the set interval, replayed
+        backend = ReverseCheckpointedBackend(every=5, memory_budget=budget)
+        state = backend.init(problem, sched)
+        for t, batch in problem.batches():
+            state = backend.step(problem, sched, state, t, batch)
+        assert state.graph_bytes > 0
+        results[fuse_segments(state)] = backend.hypergradient(problem, sched, state).hypergrad
+    assert set(results) == {True, False}
+    rev = reverse_hypergradient(problem, sched.values)
+    assert rel_err(results[True], rev) < 1e-13 and rel_err(results[False], rev) < 1e-13

@@ -23,6 +23,7 @@ import torch
 
 from hpo import checks
 from hpo.app.registry import VISION_TASKS, check_task_name, make_backend, make_outer, resolve_rule
+from hpo.backends.memory_budget import parse_bytes
 from hpo.core.backend import HypergradientBackend
 from hpo.core.grouping import check_groups
 from hpo.core.schedule import Schedule
@@ -76,6 +77,7 @@ class RunConfig:
     hz_clip: float | None = None
     compile: bool = False
     window: int | None = None
+    memory_budget: str | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -281,6 +283,7 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "hz_clip": checks.optional_positive("hz_clip", c.hz_clip),
         "compile": checks.flag("compile", c.compile),
         "window": checks.optional_integer("window", c.window),
+        "memory_budget": memory_budget_field(c.memory_budget),
         "seed": checks.seed("seed", c.seed),
         "device": checks.choice("device", c.device, DEVICE_CHOICES),
         "dtype": checks.choice("dtype", c.dtype, tuple(DTYPES)),
@@ -289,6 +292,14 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "logdir": None if c.logdir is None else str(checks.text("logdir", str(c.logdir))),
         "schedule_init": None if c.schedule_init is None else str(checks.text("schedule_init", str(c.schedule_init))),
     }
+
+
+def memory_budget_field(value: object) -> str | None:
+    """``memory_budget`` as given (``512MiB``, ``2GB``, bytes), checked: ``ConfigError`` unless a size."""
+    if value is None:
+        return None
+    parse_bytes("memory_budget", value)
+    return str(value)
 
 
 def resolve_rule_field(spec: str) -> UpdateRule:
@@ -318,4 +329,5 @@ def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
         pick_device(c.device)
     except ValueError as e:
         raise ConfigError("device", str(e)) from None
-    return make_backend(c.backend, rule, window=c.window, compile=c.compile, hz_clip=c.hz_clip)
+    return make_backend(c.backend, rule, window=c.window, compile=c.compile, hz_clip=c.hz_clip,
+                        memory_budget=c.memory_budget)

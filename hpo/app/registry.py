@@ -213,10 +213,11 @@ def resolve_backend(spec: str, **options: Any) -> HypergradientBackend:
 
 
 def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile: bool = False,
-                 hz_clip: float | None = None) -> HypergradientBackend:
+                 hz_clip: float | None = None, memory_budget: int | str | None = None) -> HypergradientBackend:
     """The backend ``spec`` with its options, checked against ``rule``; ``ConfigError`` naming the field.
 
-    ``window`` applies to ``reverse-truncated`` only, ``compile`` to the forward-mode backends.
+    ``window`` applies to ``reverse-truncated`` only, ``compile`` to the forward-mode backends,
+    ``memory_budget`` to ``reverse-checkpointed`` and ``auto``.
     """
     try:
         backend = resolve_backend(spec)
@@ -231,6 +232,11 @@ def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile
             raise ConfigError("compile", f"applies to the forward-mode, reverse-checkpointed and auto backends, "
                                          f"not {backend.name!r}")
         backend = type(backend)(compile="inductor")
+    if memory_budget is not None:
+        if not isinstance(backend, (ReverseCheckpointedBackend, AutoBackend)):
+            raise ConfigError("memory_budget", f"applies to the reverse-checkpointed and auto backends, "
+                                               f"not {backend.name!r}")
+        backend = type(backend)(compile=backend.compile, memory_budget=memory_budget)
     if hz_clip is not None and not backend.supports_hz_clip:
         raise ConfigError("hz_clip", f"applies to forward mode (the forward-manual, forward-jvp and auto backends), "
                                      f"not {backend.name!r}")

@@ -52,7 +52,7 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 @options("task", "optimizer", "samples", "data_root", "download", "augment", "batch_size", "val_frac",
          "counts", "init", "groups", "baseline", "schedule_init",
          "outer_steps", "inner_steps", "outer", "outer_options", "steps", "divergence", "outer_space", "converged_frac",
-         "backend", "window", "compile", "grad_clip", "hz_clip",
+         "backend", "window", "compile", "memory_budget", "grad_clip", "hz_clip",
          "seed", "retrain_steps", "device", "dtype", "deterministic", "threads", "resume",
          "logdir", "progress")
 def run_command(resume_dir: Path | None = None, progress: bool = True, **options: Any) -> None:

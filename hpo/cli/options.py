@@ -150,6 +150,9 @@ OPTIONS: dict[str, Callable[..., Callable[[Any], Any]]] = {
     "compile": option(BACKEND, "--compile/--no-compile", default=False, show_default=True,
                       help="forward-manual, forward-jvp, reverse-checkpointed and auto: torch.compile the inner step "
                            "(worth it on a GPU, and for small models on a CPU)."),
+    "memory_budget": option(BACKEND, "--memory-budget", default=None,
+                            help="reverse-checkpointed and auto: memory for stored inner states, e.g. 512MiB, 2GB "
+                                 "(default: half the free memory); every state is kept when all fit."),
     "grad_clip": option(BACKEND, "--grad-clip", type=float, default=None,
                         help="Clamp inner gradients to +-C (authors' code: 3). Off by default."),
     "hz_clip": option(BACKEND, "--hz-clip", type=float, default=None,
