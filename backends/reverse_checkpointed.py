@@ -185,16 +185,7 @@ def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | 
         loss, _ = loss_fn(p, buffers, batch)
         g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
         new_p, new_s = rule.step(p, s, tree_clamp(dict(zip(p, g)), grad_clip), h, t)
-        outs, cots = [], []
-        for k, v in new_p.items():
-            if v.requires_grad:
-                outs.append(v)
-                cots.append(a_params[k])
-        for sk, sv in new_s.items():
-            for k, v in sv.items():
-                if v.requires_grad:
-                    outs.append(v)
-                    cots.append(a_state[sk][k])
+        outs, cots = paired_cotangents(new_p, new_s, a_params, a_state)
         inputs = [*p.values(), *(v for sv in s.values() for v in sv.values()), *h.values()]
         bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
     it = iter(b if b is not None else torch.zeros_like(v) for b, v in zip(bars, inputs))
@@ -427,16 +418,7 @@ def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Chec
             g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
             p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
             hypers.append(h)
-        outs, cots = [], []
-        for k, v in p.items():
-            if v.requires_grad:
-                outs.append(v)
-                cots.append(a_params[k])
-        for sk, sv in s.items():
-            for k, v in sv.items():
-                if v.requires_grad:
-                    outs.append(v)
-                    cots.append(a_state[sk][k])
+        outs, cots = paired_cotangents(p, s, a_params, a_state)
         inputs = [*p0.values(), *(v for sv in s0.values() for v in sv.values()),
                   *(v for h in hypers for v in h.values())]
         bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
@@ -509,3 +491,20 @@ def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,
         params, opt_state, buffers = out.params, out.opt_state, out.buffers
         states.append((t + 1, params, opt_state, buffers))
     return states
+
+
+def paired_cotangents(params: Params, state: State, a_params: Params,
+                      a_state: State) -> tuple[list[Tensor], list[Tensor]]:
+    """The step's outputs that depend on its inputs, and the adjoint entry of each, in matching order:
+    ``torch.autograd.grad(outs, inputs, cots)`` is then :math:`\\bar a_t = a_{t+1}^\\top \\partial F_t`."""
+    outs, cots = [], []
+    for k, v in params.items():
+        if v.requires_grad:
+            outs.append(v)
+            cots.append(a_params[k])
+    for sk, sv in state.items():
+        for k, v in sv.items():
+            if v.requires_grad:
+                outs.append(v)
+                cots.append(a_state[sk][k])
+    return outs, cots
