@@ -27,6 +27,8 @@ from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
+from hpo.core.step import hyper_at_step
+from hpo.optimizers.grouped import group_counts
 
 
 @final
@@ -51,7 +53,8 @@ def tape_bytes(problem: InnerProblem) -> int | None:
     leaves = {k: v.detach().requires_grad_() for k, v in problem.params.items()}
     with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []), torch.enable_grad(),
           torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)):
-        problem.loss_fn(leaves, problem.buffers, batch)  # the forward saves what its backward needs
+        values = Schedule.initial(problem.rule, groups=group_counts(problem.rule)).values_like(ref)
+        problem.loss_fn(leaves, problem.buffers, batch, hyper_at_step(values, 0, problem.horizon))  # saves what its backward needs
     return TAPE_GRAPH_FACTOR * counter.total
 
 

@@ -86,16 +86,16 @@ def parallel_step_core(comm: Communicator, tangent: Callable[..., Any], rule: Up
     Two vmaps over the started columns: the first gives this rank's :math:`g^{(r)}` and
     :math:`H^{(r)} Z`; after the average, the second runs the rule's tangent update.
     """
-    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, batch)
+    def loss_only(p: Params, h: Hyper) -> tuple[Tensor, tuple[Tensor, Buffers]]:
+        loss, new_buffers = loss_fn(p, buffers, batch, h)
         return loss, (loss.detach(), new_buffers)
 
-    grad_fn = grad(loss_only, has_aux=True)
+    grad_fn = grad(loss_only, has_aux=True)  # in the weights; its jvp in (p, h) adds a loss value's direct term
 
-    def hvp_column(dp: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
-        return jvp(grad_fn, (params,), (dp,), has_aux=True)
+    def hvp_column(dp: Params, dh: Hyper) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
+        return jvp(grad_fn, (params, hyper), (dp, dh), has_aux=True)
 
-    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None), randomness="same")(dp_k)
+    g_r, hz_r, (loss_r, buffers_r) = vmap(hvp_column, out_dims=(None, 0, None), randomness="same")(dp_k, direct)
     g, hz, loss, new_buffers = averaged(comm, g_r, hz_r, loss_r, buffers_r)
     g = tree_clamp(g, grad_clip)
     dg = tree_clamp(hz, hz_clip)
@@ -117,7 +117,7 @@ def parallel_plain_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn, g
     """:func:`hpo.backends.reverse_checkpointed.plain_step` on this rank's shard: the gradient, loss
     and float buffers averaged in one ``all_reduce``, then the rule's step (no graph)."""
     with torch.no_grad():
-        g_r, loss_r, buffers_r = loss_gradient(loss_fn, params, buffers, batch)
+        g_r, loss_r, buffers_r = loss_gradient(loss_fn, params, buffers, batch, hyper)
         g, _, loss, new_buffers = averaged(comm, g_r, {}, loss_r, buffers_r)
         g = tree_clamp(g, grad_clip)
         new_params, new_state = rule.step(params, opt_state, g, hyper, t)
@@ -130,19 +130,22 @@ def parallel_adjoint_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn,
     """:func:`hpo.backends.reverse_checkpointed.adjoint_step` on this rank's shard (module docstring).
 
     Two ``all_reduce`` calls: the gradient (the rule's step needs the averaged one) and the
-    vector-Hessian product :math:`\\bar g^\\top H^{(r)}`.
+    vector-Hessian product :math:`\\bar g^\\top H^{(r)}` together with the gradient's pullback to
+    the loss's hyperparameters, :math:`\\bar g^\\top \\partial g^{(r)} / \\partial \\lambda` (zero for a
+    loss without them).
     """
-    def shard_gradient(p: Params) -> Params:
-        return loss_gradient(loss_fn, p, buffers, batch)[0]
+    def shard_gradient(p: Params, h: Hyper) -> Params:
+        return loss_gradient(loss_fn, p, buffers, batch, h)[0]
 
     def rule_step(p: Params, s: State, g: Params, h: Hyper) -> tuple[Params, State]:
         return rule.step(p, s, tree_clamp(g, grad_clip), h, t)
 
     with torch.no_grad():
-        g_r, pull_gradient = vjp(shard_gradient, params)
+        g_r, pull_gradient = vjp(shard_gradient, params, hyper)
         g = comm.mean_tree(g_r)
         _, pull_step = vjp(rule_step, params, opt_state, g, hyper)
         a_direct, a_s, a_g, h_bar = pull_step((a_params, a_state))
-        (vhp_r,) = pull_gradient(a_g)
-        vhp = comm.mean_tree(vhp_r)
-        return {n: a_direct[n] + vhp[n] for n in a_direct}, a_s, h_bar
+        vhp_r, h_loss_r = pull_gradient(a_g)
+        both = comm.mean_tree({**{"p:" + n: v for n, v in vhp_r.items()}, **{"h:" + n: v for n, v in h_loss_r.items()}})
+        return ({n: a_direct[n] + both["p:" + n] for n in a_direct}, a_s,
+                {n: h_bar[n] + both["h:" + n] for n in h_bar})

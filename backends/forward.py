@@ -50,6 +50,7 @@ from hpo.core.schedule import Schedule
 from hpo.core.step import gradient_and_curvature, hyper_at_step, rademacher_probes, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.optimizers.loss_hypers import loss_names
 
 #: ``(rule, p, s, g, h, t, dp, ds, dg, dh, curv) -> (primal step output or None, (new dp, new ds))``;
 #: ``curv`` is ``(D, dD)``, a curvature rule's estimate and its tangent on a step where it is due, else None.
@@ -157,24 +158,24 @@ def step_core(tangent: TangentFn, rule: UpdateRule, loss_fn: LossFn, grad_clip: 
     curvature = rule.curvature
     z = rademacher_probes(params, seed, t, curvature.probes) if curvature is not None and curvature.due(t) else None
 
-    def with_curvature(p: Params) -> tuple[tuple[Params, Params], tuple[Tensor, Buffers]]:
+    def with_curvature(p: Params, h: Hyper) -> tuple[tuple[Params, Params], tuple[Tensor, Buffers]]:
         assert z is not None
-        g_, d_, aux_ = gradient_and_curvature(loss_fn, p, buffers, batch, z)
+        g_, d_, aux_ = gradient_and_curvature(loss_fn, p, buffers, batch, h, z)
         return (g_, d_), aux_
 
-    def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, batch)
+    def loss_only(p: Params, h: Hyper) -> tuple[Tensor, tuple[Tensor, Buffers]]:
+        loss, new_buffers = loss_fn(p, buffers, batch, h)
         return loss, (loss.detach(), new_buffers)
 
-    grad_fn = grad(loss_only, has_aux=True)
+    grad_fn = grad(loss_only, has_aux=True)  # in the weights; its jvp in (p, h) adds a loss value's direct term
 
     def column(dp: Params, ds: State, dh: Hyper) -> tuple[Params, Params, State, tuple[Tensor, Buffers],
                                                           tuple[Params, State] | None]:
         curv: tuple[Params, Params] | None = None
         if z is None:
-            g, dg, aux = jvp(grad_fn, (params,), (dp,), has_aux=True)
+            g, dg, aux = jvp(grad_fn, (params, hyper), (dp, dh), has_aux=True)
         else:
-            (g, d), (dg, dd), aux = jvp(with_curvature, (params,), (dp,), has_aux=True)
+            (g, d), (dg, dd), aux = jvp(with_curvature, (params, hyper), (dp, dh), has_aux=True)
             curv = (d, dd)
         g = tree_clamp(g, grad_clip)
         dg = tree_clamp(dg, hz_clip)
@@ -283,6 +284,9 @@ class ForwardManualBackend(ForwardModeBackend):
         if rule.curvature is not None:
             raise ValueError(f"optimizer {rule.name!r} uses a curvature estimate, whose derivative a hand-derived "
                              "tangent does not carry; use forward-jvp or reverse-checkpointed")
+        if loss_names(rule):
+            raise ValueError(f"the loss hyperparameters {', '.join(loss_names(rule))} enter the gradient, whose "
+                             "derivative a hand-derived tangent does not carry; use forward-jvp or reverse-checkpointed")
         if not rule.hand_tangent:
             raise ValueError(f"optimizer {rule.name!r} has no hand-derived tangent; use the forward-jvp backend")
 

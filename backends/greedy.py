@@ -31,8 +31,9 @@ from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import EVAL_SEED, Batch
 from hpo.core.problem import InnerProblem, batch_index_stream
 from hpo.core.schedule import Schedule, segment_index
-from hpo.core.step import hyper_at_step, train_step
+from hpo.core.step import hyper_at_step, loss_gradient, train_step
 from hpo.optimizers.base import Hyper, Params, UpdateRule
+from hpo.optimizers.loss_hypers import loss_names
 
 
 def validation_batches(problem: InnerProblem, seed_offset: int = 1) -> Tensor:
@@ -50,11 +51,22 @@ def one_step_hypergrad(
     t: int,
     val_batch: Batch,
     buffers: dict[str, Tensor],
+    batch: Batch | None = None,
 ) -> dict[str, Tensor]:
-    """:math:`h_t = \\partial L^{B_t}_{val}(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)) / \\partial \\lambda_t`."""
+    """:math:`h_t = \\partial L^{B_t}_{val}(\\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_t)) / \\partial \\lambda_t`.
+
+    With loss hyperparameters (:mod:`hpo.optimizers.loss_hypers`) the gradient depends on them,
+    :math:`g_t = \\nabla_\\theta L(\\theta_t; b_t, \\lambda_t)`, and is recomputed inside the
+    derivative on the training minibatch ``batch`` (for per-example weights and plain SGD this is
+    Ren et al.'s one-step reweighting, :math:`h_{t,i} = -\\eta\\, \\nabla L^{B_t}_{val}(\\theta_{t+1})^\\top
+    \\nabla \\ell_i(\\theta_t)/B`); otherwise ``grads`` is held fixed.
+    """
 
     def after_step(h: Hyper) -> Tensor:
-        new_params, _ = problem.rule.step(inner.params, inner.opt_state, grads, h, t)
+        g = grads
+        if batch is not None and loss_names(problem.rule):
+            g = loss_gradient(problem.loss_fn, inner.params, inner.buffers, batch, h, problem.grad_clip)[0]
+        new_params, _ = problem.rule.step(inner.params, inner.opt_state, g, h, t)
         loss, _ = problem.eval_fn(new_params, buffers, val_batch, False)
         return loss
 
@@ -109,7 +121,7 @@ class GreedyBackend(HypergradientBackend[GreedyState]):
                                                    inner.opt_state, hyper, t, batch, problem.grad_clip,
                                                    seed=problem.seed)
         idx = state.val_batches[t]
-        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers, batch)
         sums = {  # h[k] is 0-d, or (groups,) for a grouped type: added to the active segment (last dim)
             k: v.index_add(v.dim() - 1, torch.tensor([seg[k]], device=v.device), h[k].reshape(*v.shape[:-1], 1))
             for k, v in state.sums.items()

@@ -161,7 +161,7 @@ def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | No
     """
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     with torch.enable_grad():
-        loss, new_buffers = loss_fn(leaves, buffers, batch)
+        loss, new_buffers = loss_fn(leaves, buffers, batch, hyper)
         g = torch.autograd.grad(loss, tuple(leaves.values()))
     with torch.no_grad():
         grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
@@ -182,7 +182,7 @@ def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | 
     s = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in opt_state.items()}
     h = {k: v.detach().requires_grad_() for k, v in hyper.items()}
     with torch.enable_grad():
-        loss, _ = loss_fn(p, buffers, batch)
+        loss, _ = loss_fn(p, buffers, batch, h)
         g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
         new_p, new_s = rule.step(p, s, tree_clamp(dict(zip(p, g)), grad_clip), h, t)
         outs, cots = paired_cotangents(new_p, new_s, a_params, a_state)
@@ -414,7 +414,7 @@ def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Chec
             problem.seed_step(t)  # the masks step t drew in the forward pass
             batch = problem.batch(t)
             h = {k: v.detach().requires_grad_() for k, v in hyper_at_step(values, t, horizon).items()}
-            loss, buffers = loss_fn(p, buffers, batch)
+            loss, buffers = loss_fn(p, buffers, batch, h)
             g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
             p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
             hypers.append(h)

@@ -142,7 +142,7 @@ class ReverseTruncatedBackend(HypergradientBackend[TruncatedState]):
             opt_state = _detach(opt_state)
             diffopt = RuleDifferentiableOptimizer(problem.rule, names, [params[n] for n in names])
         hyper: Hyper = hyper_at_step(state.values, t, problem.horizon)
-        loss, buffers = problem.loss_fn(params, inner.buffers, batch)
+        loss, buffers = problem.loss_fn(params, inner.buffers, batch, hyper)
         clip = problem.grad_clip
 
         def clamp_grads(gs: list[Tensor]) -> list[Tensor]:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.optimizers.loss_hypers import WithLossHypers
 
 
 @final
@@ -211,10 +212,15 @@ class GroupedRule(UpdateRule):
 
 
 def group_counts(rule: UpdateRule) -> dict[str, int]:
-    """Groups per grouped type of ``rule`` (empty for a rule that is not a :class:`GroupedRule`)."""
+    """Groups per grouped type of ``rule``: a :class:`GroupedRule`'s, and the values of every loss
+    hyperparameter per example, class or layer (:class:`~hpo.optimizers.loss_hypers.WithLossHypers`)."""
+    if isinstance(rule, WithLossHypers):
+        return {**group_counts(rule.rule), **rule.groups}
     return rule.grouping.group_counts if isinstance(rule, GroupedRule) else {}
 
 
 def group_names(rule: UpdateRule) -> dict[str, tuple[str, ...]]:
     """Group names per grouped type of ``rule`` (empty for a rule that is not a :class:`GroupedRule`)."""
+    if isinstance(rule, WithLossHypers):
+        return group_names(rule.rule)
     return dict(rule.grouping.names) if isinstance(rule, GroupedRule) else {}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, final
 
 import torch
@@ -32,10 +32,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 from torch.utils.data import Dataset
 
-from hpo.core.data import Batch, Rows, TensorRows, as_rows, cast
+from hpo.core.data import Batch, Indexed, Rows, TensorRows, as_rows, cast, unindexed
+from hpo.core.grouping import layer_of
 from hpo.core.problem import Buffers, EvalFn, LossFn, MetricLabel, ScoreFn
 from hpo.errors import ConfigError
-from hpo.optimizers.base import Params
+from hpo.optimizers.base import Hyper, Params
+from hpo.optimizers.loss_hypers import LossHyper
 
 #: ``fn(model, batch) -> 0-d tensor``: a loss, an objective or a metric, written against the model.
 ModelFn = Callable[[nn.Module, Batch], Tensor]
@@ -81,7 +83,15 @@ class Problem:
     differentiates on the validation data.  ``metrics`` maps names to :class:`Metric`; ``rank_by``
     names the one searches rank by (default: the first metric; with none, the objective, lower
     better).  ``augment(x, generator)`` augments the inputs of in-memory data
-    (:mod:`hpo.tasks.augment`).
+    (:mod:`hpo.tasks.augment`).  ``val`` (optional) is a fixed validation set; searches then use
+    it rather than a fresh split of ``train``.
+
+    Hyperparameters of the loss: ``hypers`` declares them (:class:`~hpo.optimizers.loss_hypers.LossHyper`),
+    and ``loss(model, batch, hyper)`` then receives their values at the step, a 0-d tensor or a
+    vector per kind (per-example values already picked for the batch's rows); ``objective`` must
+    then be given.  The built-in kinds (:mod:`hpo.tasks.loss_hypers`) need ``logits(model, batch)``
+    and ``classes`` (a classifier: class weights, label smoothing) or ``example_loss(model,
+    batch)``, the ``(B,)`` per-example losses (per-example weights).
 
     Example (a linear regression on random data)::
 
@@ -104,12 +114,26 @@ class Problem:
     batch_size: int = 128
     rank_by: str | None = None
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
+    hypers: tuple[LossHyper, ...] = ()
+    val: Any = None
+    logits: ModelFn | None = None
+    example_loss: ModelFn | None = None
+    classes: int | None = None
 
     def __post_init__(self) -> None:
         """Put the data behind :class:`~hpo.core.data.Rows` and check the metrics (one-line ``ConfigError``)."""
         if not callable(self.make_model) or not callable(self.loss):
             raise ConfigError("task", "a problem needs a model factory make_model() and a loss(model, batch)")
-        for name, data in (("train", self.train), ("test", self.test)):
+        object.__setattr__(self, "hypers", tuple(self.hypers))
+        if self.hypers and self.objective is None:
+            raise ConfigError("task", "a problem whose loss takes hyperparameters needs an objective(model, batch): "
+                                      "the plain loss the hypergradient lowers on validation data")
+        for h in self.hypers:
+            if not isinstance(h, LossHyper):
+                raise ConfigError("task", f"a problem's hypers are LossHyper declarations, got {type(h).__name__}")
+        for name, data in (("train", self.train), ("test", self.test), ("val", self.val)):
+            if data is None:
+                continue
             rows = as_rows(data, self.collate)
             if self.augment is not None and isinstance(rows, TensorRows) and name == "train":
                 rows = TensorRows(rows.data, self.augment)
@@ -136,6 +160,11 @@ class Problem:
         return self.test  # type: ignore[no-any-return]
 
     @property
+    def val_rows(self) -> Rows | None:
+        """The problem's own validation data (None: searches split theirs off ``train``)."""
+        return self.val  # type: ignore[no-any-return]
+
+    @property
     def metric_name(self) -> str:
         """Name of the ranking metric (``loss`` for a problem without metrics)."""
         return self.rank_by or "loss"
@@ -152,9 +181,35 @@ class Problem:
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> Problem:
         """The problem with floating data in ``dtype`` on ``device`` (a Dataset is cast batch by batch)."""
-        return Problem(self.name, self.make_model, self.loss, self.train_rows.to(dtype, device),
-                       self.test_rows.to(dtype, device), self.metrics, self.objective, self.collate,
-                       self.batch_size, self.rank_by, None)
+        val = None if self.val_rows is None else self.val_rows.to(dtype, device)
+        return replace(self, train=self.train_rows.to(dtype, device), test=self.test_rows.to(dtype, device),
+                       val=val, augment=None)
+
+    def hyper_groups(self) -> dict[str, int]:
+        """The number of values of every loss hyperparameter that is per example, class or layer.
+
+        Per example: the training set's size; per class: ``classes``; per layer: the owners of the
+        model's parameters (:func:`hpo.core.grouping.layer_of`).  A per-class kind without
+        ``classes`` is a one-line ``ConfigError``.
+        """
+        out: dict[str, int] = {}
+        for h in self.hypers:
+            if h.per == "example":
+                out[h.name] = len(self.train_rows)
+            elif h.per == "class":
+                if not self.classes:
+                    raise ConfigError("task", f"{h.name} is per class, but problem {self.name!r} does not say how "
+                                              f"many classes it has: set classes=")
+                out[h.name] = int(self.classes)
+            elif h.per == "layer":
+                out[h.name] = len(layer_names(self))
+        return out
+
+    def hyper_at_start(self, dtype: torch.dtype = torch.float64) -> Hyper:
+        """Every loss hyperparameter at its untuned value, shaped as a step's values (0-d, or one per group)."""
+        groups = self.hyper_groups()
+        return {h.name: torch.full((groups[h.name],) if h.name in groups else (), h.neutral, dtype=dtype)
+                for h in self.hypers}
 
     def score_fn(self) -> ScoreFn:
         """``score(objective, metric means)``: the ranking metric, oriented so larger is better."""
@@ -189,6 +244,12 @@ def negative_objective(objective: Tensor, means: Mapping[str, Tensor]) -> Tensor
     return -objective
 
 
+def layer_names(task: Problem) -> tuple[str, ...]:
+    """The layers of ``task``'s model (the owner of each parameter, in order): what a per-layer value indexes."""
+    names = [name for name, _ in init_model(task, 0, torch.float32, "cpu").named_parameters()]
+    return tuple(dict.fromkeys(layer_of(n) for n in names))
+
+
 def init_model(task: Problem, seed: int, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
     """A freshly initialised model of ``task``, seeded without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
@@ -216,6 +277,11 @@ def classification_loss(model: nn.Module, batch: Batch) -> Tensor:
     return cross_entropy(model(x), y)
 
 
+def classifier_logits(model: nn.Module, batch: Batch) -> Tensor:
+    """``model(x)`` of a batch ``(x, y)``: the logits the built-in loss hyperparameters weigh."""
+    return model(batch[0])  # type: ignore[index, no-any-return]
+
+
 def accuracy(model: nn.Module, batch: Batch) -> Tensor:
     """Fraction of a batch ``(x, y)`` whose arg-max class is ``y`` (float64)."""
     x, y = batch
@@ -227,41 +293,63 @@ def classification_task(name: str, train_x: Tensor, train_y: Tensor, test_x: Ten
                         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None) -> Problem:
     """A classification problem on in-memory tensors: cross-entropy loss, accuracy (higher is better)."""
     return Problem(name, make_model, classification_loss, (train_x, train_y), (test_x, test_y),
-                   metrics={"acc": Metric(accuracy, "higher")}, batch_size=batch_size, augment=augment)
+                   metrics={"acc": Metric(accuracy, "higher")}, batch_size=batch_size, augment=augment,
+                   logits=classifier_logits, classes=int(torch.cat([train_y, test_y]).max()) + 1)
 
 
 @final
 class LossModule(nn.Module):
-    """``forward(fn, batch) = fn(self.model, batch)``: the wrapper ``functional_call`` swaps weights into."""
+    """``forward(fn, batch, *rest) = fn(self.model, batch, *rest)``: the wrapper ``functional_call`` swaps weights into."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, fn: ModelFn, batch: Batch) -> Tensor:
+    def forward(self, fn: Callable[..., Tensor], batch: Batch, *rest: Any) -> Tensor:
         """The user's function on the wrapped model."""
-        return fn(self.model, batch)
+        return fn(self.model, batch, *rest)
 
 
 def _named(tree: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {"model." + k: v for k, v in tree.items()}
 
 
+def loss_values(kinds: tuple[LossHyper, ...], hyper: Mapping[str, Tensor] | None, index: Tensor | None) -> Hyper:
+    """What a loss with hyperparameters receives at a step: each kind's value, per-example kinds at the
+    batch's rows, :math:`w_{index_1}, \\dots, w_{index_B}` (``index`` from an :class:`~hpo.core.data.Indexed` batch)."""
+    if hyper is None:
+        raise ValueError("this problem's loss takes hyperparameters: pass their values")
+    out = {}
+    for k in kinds:
+        v = hyper[k.name]
+        if k.per == "example":
+            if index is None:
+                raise ValueError(f"{k.name} is per example: the batch must carry its rows (hpo.core.data.Indexed)")
+            v = v[index.to(v.device)]
+        out[k.name] = v
+    return out
+
+
 def model_functions(model: nn.Module, task: Problem) -> tuple[LossFn, EvalFn]:
     """The pure train-mode loss and eval-mode (objective, metrics) functions of ``task`` on ``model``.
 
-    ``loss_fn(params, buffers, batch) -> (loss, new_buffers)`` runs the user's loss in train mode on
-    cloned buffers and returns them; ``eval_fn(params, buffers, batch, metrics=True) ->
-    (objective, {name: batch mean})`` runs in eval mode.
+    ``loss_fn(params, buffers, batch, hyper=None) -> (loss, new_buffers)`` runs the user's loss in
+    train mode on cloned buffers and returns them (a loss with hyperparameters receives theirs,
+    :func:`loss_values`); ``eval_fn(params, buffers, batch, metrics=True) -> (objective, {name:
+    batch mean})`` runs in eval mode.
     """
     wrapper = LossModule(model)
     objective = task.objective or task.loss
     metrics = dict(task.metrics)
+    kinds = task.hypers
 
-    def loss_fn(params: Params, buffers: Buffers, batch: Batch) -> tuple[Tensor, Buffers]:
+    def loss_fn(params: Params, buffers: Buffers, batch: Batch, hyper: Hyper | None = None
+                ) -> tuple[Tensor, Buffers]:
         new_buffers = {k: v.clone() for k, v in buffers.items()}
+        data, index = unindexed(batch)
+        rest = (loss_values(kinds, hyper, index),) if kinds else ()
         wrapper.train()
-        loss = functional_call(wrapper, (_named(params), _named(new_buffers)), (task.loss, batch))
+        loss = functional_call(wrapper, (_named(params), _named(new_buffers)), (task.loss, data, *rest))
         return loss, new_buffers
 
     def eval_fn(params: Params, buffers: Buffers, batch: Batch, with_metrics: bool = True
@@ -311,11 +399,14 @@ def checked_problem(task: Problem, seed: int) -> None:
     val = cast(task.test_rows.fetch(torch.arange(min(4, len(task.test_rows))), -1, 0), torch.float64, "cpu")
     loss_fn, eval_fn = model_functions(model, task)
     params, buffers = split_state(model)
+    hyper = task.hyper_at_start() if task.hypers else None
+    if hyper is not None:
+        batch = Indexed(batch, torch.arange(n))
 
     def loss_of(p: Params) -> Tensor:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return loss_fn(p, buffers, batch)[0]
+            return loss_fn(p, buffers, batch, hyper)[0]
 
     try:
         value = loss_of(params)

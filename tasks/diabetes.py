@@ -48,6 +48,12 @@ def squared_error(model: nn.Module, batch: Batch) -> Tensor:
     return ((model(x).squeeze(-1) - y) ** 2).mean()
 
 
+def example_squared_errors(model: nn.Module, batch: Batch) -> Tensor:
+    """The ``(B,)`` squared errors of a batch: what per-example weights multiply."""
+    x, y = batch
+    return (model(x).squeeze(-1) - y) ** 2
+
+
 def mlp(hidden: int = 64) -> nn.Module:
     """10 -> hidden -> hidden -> 1, tanh."""
     return nn.Sequential(nn.Linear(10, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
@@ -62,4 +68,5 @@ def diabetes_task(hidden: int = 64, batch_size: int = 32, samples: int | None = 
     n = d["train_x"].shape[0] if samples is None else min(int(samples), d["train_x"].shape[0])
     rmse = Metric(squared_error, "lower", root=True, scale=float(d["y_std"]))
     return Problem("diabetes-mlp", lambda: mlp(hidden), squared_error, (d["train_x"][:n], d["train_y"][:n]),
-                   (d["test_x"], d["test_y"]), metrics={"rmse": rmse}, batch_size=batch_size)
+                   (d["test_x"], d["test_y"]), metrics={"rmse": rmse}, batch_size=batch_size,
+                   example_loss=example_squared_errors)

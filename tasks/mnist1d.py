@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import final
 
@@ -101,11 +102,58 @@ class CNN1D(nn.Module):
         return self.head(self.features(x.view(x.shape[0], 1, -1)).flatten(1))
 
 
-def mnist1d_task(model: str = "mlp", num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache_dir: Path | None = None) -> Task:
-    """MNIST-1D with an ``"mlp"`` or a ``"cnn"``."""
+#: The fraction of a noisy training set kept aside, clean, as the problem's validation set.
+CLEAN_VAL_FRACTION = 0.1
+
+
+def noisy_labels(y: Tensor, fraction: float, classes: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(labels, noisy)``: ``round(fraction n)`` labels, chosen by ``seed``, replaced by another class.
+
+    Each chosen label becomes :math:`(y + r) \bmod C` with :math:`r` uniform in ``1..C-1`` (never
+    its own class); ``noisy`` marks them.
+
+    Example:
+        >>> y, noisy = noisy_labels(torch.zeros(10, dtype=torch.long), 0.3, 10)
+        >>> int(noisy.sum()), bool((y[noisy] != 0).all()), bool((y[~noisy] == 0).all())
+        (3, True, True)
+    """
+    gen = torch.Generator().manual_seed(int(seed) + 77)
+    n = y.shape[0]
+    chosen = torch.randperm(n, generator=gen)[:round(fraction * n)]
+    shift = torch.randint(1, classes, (chosen.shape[0],), generator=gen)
+    out = y.clone()
+    out[chosen] = (y[chosen] + shift) % classes
+    noisy = torch.zeros(n, dtype=torch.bool)
+    noisy[chosen] = True
+    return out, noisy
+
+
+def noisy_split(x: Tensor, y: Tensor, fraction: float, classes: int = 10,
+                seed: int = 0) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], Tensor]:
+    """``(train, val, noisy)``: a clean validation set (:data:`CLEAN_VAL_FRACTION` of the examples, drawn
+    by ``seed``) and the rest with a fraction ``fraction`` of its labels replaced (:func:`noisy_labels`)."""
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(int(seed) + 5))
+    n_val = max(1, round(CLEAN_VAL_FRACTION * x.shape[0]))
+    va, tr = perm[:n_val], perm[n_val:]
+    y_tr, noisy = noisy_labels(y[tr], fraction, classes, seed)
+    return (x[tr], y_tr), (x[va], y[va]), noisy
+
+
+def mnist1d_task(model: str = "mlp", num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache_dir: Path | None = None,
+                 label_noise: float | None = None) -> Task:
+    """MNIST-1D with an ``"mlp"`` or a ``"cnn"``.
+
+    ``label_noise`` P: a clean validation set of :data:`CLEAN_VAL_FRACTION` of the training examples
+    is kept aside (the problem's ``val``), and a seeded fraction P of the remaining labels is
+    replaced by other classes (:func:`noisy_split`); the test set stays clean.
+    """
     data = load_mnist1d(num_samples, seed, cache_dir)
     makers = {"mlp": lambda: MLP(), "cnn": lambda: CNN1D()}
     if model not in makers:
         raise ValueError(f"unknown MNIST-1D model {model!r}; choose from {sorted(makers)}")
-    return classification_task(f"mnist1d-{model}", data["train_x"], data["train_y"], data["test_x"], data["test_y"],
+    task = classification_task(f"mnist1d-{model}", data["train_x"], data["train_y"], data["test_x"], data["test_y"],
                                makers[model], batch_size=128)
+    if label_noise is None:
+        return task
+    (x, y), val, _ = noisy_split(data["train_x"], data["train_y"], label_noise)
+    return replace(task, name=f"{task.name}-noisy{label_noise:g}", train=(x, y), val=val)

@@ -35,7 +35,13 @@ from hpo.reporting.schedule_file import read_schedule
 from hpo.runtime.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.search.inner_runs import DIVERGENCE_RULES, FDSConfig
 from hpo.tasks.augment import Augment
+from hpo.optimizers.loss_hypers import WithLossHypers
 from hpo.tasks.base import Problem
+from hpo.tasks.loss_hypers import BUILTIN as BUILTIN_KINDS
+from hpo.tasks.loss_hypers import parse_kinds
+
+#: The tasks ``label_noise`` applies to.
+NOISY_TASKS = ("mnist1d-mlp", "mnist1d-cnn")
 
 
 @final
@@ -68,6 +74,8 @@ class RunConfig:
     val_frac: float = 0.05
     batch_size: int | None = None
     samples: int | None = None
+    loss_hypers: tuple[str, ...] = ()
+    label_noise: float | None = None
     data_root: str = "data"
     download: bool = False
     augment: str | None = None
@@ -96,7 +104,7 @@ class RunConfig:
         norm = normalized_fields(self)
         for name, value in norm.items():
             object.__setattr__(self, name, value)
-        rule = resolve_rule_field(self.optimizer)
+        rule = with_loss_kinds(resolve_rule_field(self.optimizer), self.task, self.loss_hypers)
         checks.names_of("baseline", self.baseline or {}, rule.hyper_names, rule.name)
         baseline = self.baseline if self.baseline is not None else rule.hand_picked
         if baseline is not None:
@@ -147,6 +155,8 @@ class RunConfig:
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""
         kwargs: dict[str, Any] = {"samples": self.samples} if self.samples is not None else {}
+        if self.label_noise is not None:
+            kwargs["label_noise"] = self.label_noise
         if isinstance(self.task, str) and self.task in VISION_TASKS:
             kwargs.update(data_root=self.data_root, download=self.download, augment=self.augment)
         return kwargs
@@ -274,6 +284,8 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "val_frac": checks.open_interval("val_frac", c.val_frac, 0.0, 1.0),
         "batch_size": checks.optional_integer("batch_size", c.batch_size),
         "samples": checks.optional_integer("samples", c.samples, checks.MIN_SAMPLES, checks.MAX_SAMPLES),
+        "loss_hypers": parse_kinds(c.loss_hypers),
+        "label_noise": label_noise_field(c.task, c.label_noise),
         "data_root": str(checks.text("data_root", None if c.data_root is None else str(c.data_root))),
         "download": checks.flag("download", c.download),
         "augment": checks.text("augment", c.augment, optional=True),
@@ -292,6 +304,30 @@ def normalized_fields(c: RunConfig) -> dict[str, Any]:
         "logdir": None if c.logdir is None else str(checks.text("logdir", str(c.logdir))),
         "schedule_init": None if c.schedule_init is None else str(checks.text("schedule_init", str(c.schedule_init))),
     }
+
+
+def label_noise_field(task: object, value: object) -> float | None:
+    """``label_noise`` checked: a fraction in ``(0, 1)``, for an MNIST-1D task only (one-line ``ConfigError``)."""
+    if value is None:
+        return None
+    noise = checks.open_interval("label_noise", value, 0.0, 1.0)
+    if not (isinstance(task, str) and task in NOISY_TASKS):
+        name = problem_label(task) if isinstance(task, Problem) else task
+        raise ConfigError("label_noise", f"applies to the MNIST-1D tasks ({', '.join(NOISY_TASKS)}), not {name!r}")
+    return noise
+
+
+def with_loss_kinds(rule: UpdateRule, task: object, kinds: tuple[str, ...]) -> UpdateRule:
+    """``rule`` joined to the loss hyperparameters a run tunes: a problem object's own, then the built-in
+    ``kinds`` (their group counts come with the task's data, :func:`hpo.search.inner_runs.rule_with_groups`)."""
+    own = tuple(task.hypers) if isinstance(task, Problem) else ()
+    declared = (*own, *(BUILTIN_KINDS[k] for k in kinds))
+    if not declared:
+        return rule
+    try:
+        return WithLossHypers(rule, declared, {})
+    except ValueError as e:
+        raise ConfigError("loss_hypers", str(e)) from None
 
 
 def memory_budget_field(value: object) -> str | None:

@@ -55,13 +55,14 @@ def make_plan(config: RunConfig, checkpoint: Checkpoint | None, comm: Communicat
     only names the rank in an error; :func:`hpo.app.ranks.sharded` then sets the shard."""
     fds = config.fds()
     try:
-        task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device)
+        task = load_task(config.task, config.task_options(), DTYPES[config.dtype], fds.device, config.loss_hypers)
     except ConfigError as e:
         if comm is None or comm.rank == 0:
             raise
         raise RankError(f"rank {comm.rank}: {e}") from None  # e.g. this node lacks the data: say which rank
     check_split(len(task.train_rows), fds.val_frac, fds.batch_size or task.batch_size)
     rule = rule_with_groups(task, config.resolved_rule, fds)  # an unmatched parameter fails here, before any write
+    fds.validate(rule)  # a module:attr problem's own loss hyperparameters are known only now
     state = checkpoint.state if checkpoint is not None else start_state(config, rule)
     try:
         Schedule(dict(state.values)).check_groups(group_counts(rule))

@@ -48,10 +48,10 @@ from hpo.tasks.base import Task
 
 
 def _mnist1d(model: str) -> Callable[..., Task]:
-    def make(samples: int | None = None, **_: Any) -> Task:
+    def make(samples: int | None = None, label_noise: float | None = None, **_: Any) -> Task:
         from hpo.tasks.mnist1d import DEFAULT_SAMPLES, mnist1d_task
 
-        return mnist1d_task(model, num_samples=samples or DEFAULT_SAMPLES)
+        return mnist1d_task(model, num_samples=samples or DEFAULT_SAMPLES, label_noise=label_noise)
 
     return make
 

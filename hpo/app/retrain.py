@@ -14,7 +14,7 @@ from typing import Any, final
 import torch
 
 from hpo import checks
-from hpo.app.config import cls_replace, resolve_rule_field
+from hpo.app.config import cls_replace, label_noise_field, resolve_rule_field, with_loss_kinds
 from hpo.app.registry import BUILTIN_RULES, BUILTIN_TASKS, VISION_TASKS
 from hpo.app.task_loading import load_task
 from hpo.core.grouping import check_groups, grouped_rule
@@ -22,10 +22,12 @@ from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
+from hpo.optimizers.loss_hypers import WithLossHypers, loss_names, rule_of
 from hpo.reporting.schedule_file import read_json, read_schedule
 from hpo.runtime.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
 from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.tasks.base import Task, init_model
+from hpo.tasks.loss_hypers import parse_kinds
 
 
 @final
@@ -52,6 +54,8 @@ class RetrainConfig:
     device: str = "auto"
     dtype: str | None = None
     groups: Mapping[str, str] | None = None
+    loss_hypers: tuple[str, ...] | None = None
+    label_noise: float | None = None
     resolved_rule: UpdateRule = field(init=False, repr=False, compare=False)
     resolved_schedule: Schedule = field(init=False, repr=False, compare=False)
     resolved_task: str = field(init=False, repr=False, compare=False)
@@ -67,8 +71,10 @@ class RetrainConfig:
         recorded = data if isinstance(data, dict) and "schedule" in data else {}
         run = recorded.get("config") if isinstance(recorded.get("config"), dict) else {}
         given = {"samples": self.samples, "data_root": self.data_root, "augment": self.augment, "seed": self.seed,
-                 "dtype": self.dtype, "groups": self.groups}
-        defaults = {"samples": None, "data_root": "data", "augment": None, "seed": 0, "dtype": "float32", "groups": {}}
+                 "dtype": self.dtype, "groups": self.groups, "loss_hypers": self.loss_hypers,
+                 "label_noise": self.label_noise}
+        defaults = {"samples": None, "data_root": "data", "augment": None, "seed": 0, "dtype": "float32", "groups": {},
+                    "loss_hypers": (), "label_noise": None}
         settings = {k: v if v is not None else run.get(k, defaults[k]) for k, v in given.items()}
         checks.optional_integer("samples", settings["samples"], checks.MIN_SAMPLES, checks.MAX_SAMPLES)
         checks.text("data_root", settings["data_root"])
@@ -78,10 +84,14 @@ class RetrainConfig:
         checks.choice("dtype", settings["dtype"], tuple(DTYPES))
         settings["grad_clip"] = checks.optional_positive("grad_clip", run.get("grad_clip"))  # as the search trained
         optimizer = self.optimizer or recorded_name(recorded, "optimizer", BUILTIN_RULES) or "sgd"
-        rule = resolve_rule_field(optimizer)
-        settings["groups"] = check_groups("groups", settings["groups"], rule.hyper_names, rule.name)
+        settings["loss_hypers"] = parse_kinds(settings["loss_hypers"])
+        task = self.task or recorded_name(recorded, "task", BUILTIN_TASKS) or "mnist1d-mlp"
+        settings["label_noise"] = label_noise_field(task, settings["label_noise"])
+        plain_rule = resolve_rule_field(optimizer)
+        settings["groups"] = check_groups("groups", settings["groups"], plain_rule.hyper_names, plain_rule.name)
+        rule = with_loss_kinds(plain_rule, task, settings["loss_hypers"])
         schedule, meta = read_schedule(self.schedule, "schedule", rule)
-        ungrouped = sorted(set(schedule.group_counts) - set(settings["groups"]))
+        ungrouped = sorted(set(schedule.group_counts) - set(settings["groups"]) - set(loss_names(rule)))
         if ungrouped:
             raise ConfigError("groups", f"{self.schedule} holds {ungrouped[0]} per parameter group; give its "
                                         f"grouping rule (e.g. {ungrouped[0]}=layer)")
@@ -90,7 +100,6 @@ class RetrainConfig:
             if float(v.abs().max()) > limit:
                 raise ConfigError("schedule", f"{k} = {float(v.abs().max()):g} in {self.schedule} does not fit in "
                                               f"{settings['dtype']} (largest {limit:g})")
-        task = self.task or recorded_name(recorded, "task", BUILTIN_TASKS) or "mnist1d-mlp"
         if task not in BUILTIN_TASKS and ":" not in task:
             raise ConfigError("task", f"unknown task {task!r}; choose from {', '.join(sorted(BUILTIN_TASKS))} "
                                       f"or give module:attr")
@@ -123,15 +132,28 @@ def retrain_schedule(config: RetrainConfig) -> RetrainResult:
     """Retrain from scratch with the schedule of ``config`` (stretched to its steps); test metrics."""
     s = config.resolved
     options: dict[str, Any] = {"samples": s["samples"]} if s["samples"] is not None else {}
+    if s["label_noise"] is not None:
+        options["label_noise"] = s["label_noise"]
     if config.resolved_task in VISION_TASKS:
         options.update(data_root=s["data_root"], augment=s["augment"])
     device = str(pick_device(config.device))
     dtype = DTYPES[s["dtype"]]
     with torch_threads(cpu_threads(None, device)):
-        task = load_task(config.resolved_task, options, dtype, device)
+        task = load_task(config.resolved_task, options, dtype, device, s["loss_hypers"])
         rule, schedule = grouped_for_task(config, task)
         return retrain(task, rule, schedule, config.resolved_steps, s["seed"] + RETRAIN_SEED_OFFSET, dtype, device,
                        grad_clip=s["grad_clip"])
+
+
+def check_example_tables(config: RetrainConfig, task: Task) -> None:
+    """Per-example weights must have one row per training example of ``task`` (``ConfigError`` naming the fix)."""
+    counts = task.hyper_groups()
+    for h in task.hypers:
+        table = config.resolved_schedule.values.get(h.name)
+        if h.per == "example" and table is not None and table.dim() == 2 and table.shape[0] != counts[h.name]:
+            raise ConfigError("schedule", f"{config.schedule} holds {table.shape[0]} {h.name} values but "
+                                          f"{task.name} has {counts[h.name]} training examples; retrain with the "
+                                          f"task, --samples and --label-noise of the run that learned them")
 
 
 def grouped_for_task(config: RetrainConfig, task: Task) -> tuple[UpdateRule, Schedule]:
@@ -142,7 +164,10 @@ def grouped_for_task(config: RetrainConfig, task: Task) -> tuple[UpdateRule, Sch
     """
     groups = config.resolved["groups"]
     params = dict(init_model(task, 0, torch.float32, "cpu").named_parameters())
-    rule = grouped_rule(config.resolved_rule, groups, params)
+    rule: UpdateRule = grouped_rule(rule_of(config.resolved_rule), groups, params)
+    if task.hypers:  # the loss's own values, sized by the task's data
+        rule = WithLossHypers(rule, task.hypers, task.hyper_groups())
+        check_example_tables(config, task)
     names = group_names(rule)
     for name, recorded in config.resolved_schedule.groups.items():
         if name in names and tuple(recorded) != tuple(names[name]):

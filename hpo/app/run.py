@@ -34,8 +34,10 @@ from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.core.problem import MetricLabel
 from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError, Interrupted, WriteError
-from hpo.optimizers.grouped import group_names
+from hpo.optimizers.grouped import group_counts, group_names
+from hpo.optimizers.loss_hypers import example_names, loss_names
 from hpo.reporting.report import format_values
+from hpo.reporting.schedule_file import schedule_entries
 from hpo.reporting.schedule_plot import save_schedule_figure
 from hpo.runtime.determinism import use_deterministic_kernels
 from hpo.runtime.device import DTYPES, cpu_threads, torch_threads
@@ -192,7 +194,10 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
     base = None
     hand = config.resolved_baseline
     if hand is not None:
-        base = retrain(task, config.resolved_rule, Schedule.constant(hand), steps, seed, DTYPES[config.dtype], fds.device,
+        hand_rule, hand_schedule = config.resolved_rule, Schedule.constant(hand)
+        if loss_names(rule):  # the loss takes its values: the neutral ones, shaped for their groups
+            hand_rule, hand_schedule = rule, hand_schedule.broadcast_groups(group_counts(rule))
+        base = retrain(task, hand_rule, hand_schedule, steps, seed, DTYPES[config.dtype], fds.device,
                        on_step=lambda t, loss: logged.on_retrain_step("hand-picked", t, steps, loss),
                        grad_clip=fds.grad_clip)
         desc = ", ".join(f"{k} {v:g}" for k, v in hand.items())
@@ -201,7 +206,9 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
         results["hand_picked"] = {"hyper": hand, **result_json(base, task.label)}
     out = {
         "optimizer": rule.name, "backend": backend.name, "task": task.name,
-        "schedule": result.schedule.to_dict(), **grouped_entry(result.schedule), "retrain_steps": steps,
+        "schedule": schedule_entries(result.schedule, example_names(rule), logdir),
+        **grouped_entry(result.schedule, example_names(rule)),
+        "retrain_steps": steps,
         "search_seconds": search_seconds, "results": results, "config": writer.config, "versions": versions(),
         "processes": fds.comm.world_size if fds.comm is not None else 1,
         "history": [r.to_json() for r in result.history],
@@ -262,9 +269,10 @@ def versions() -> dict[str, str]:
     return {"hpo": hpo_version, "torch": torch.__version__, "python": platform.python_version()}
 
 
-def grouped_entry(schedule: Schedule) -> dict[str, Any]:
-    """``{"groups": {type: [group names]}}`` for schedule.json when a type is grouped, else nothing."""
-    groups = schedule.groups_dict()
+def grouped_entry(schedule: Schedule, aside: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``{"groups": {type: [group names]}}`` for schedule.json when a type is grouped, else nothing
+    (the types in ``aside``, saved as tensor files, are indexed by training example: no names)."""
+    groups = {k: v for k, v in schedule.groups_dict().items() if k not in aside}
     return {"groups": groups} if groups else {}
 
 

@@ -11,12 +11,15 @@ from hpo.app.registry import resolve_task
 from hpo.core.data import check_batch_size
 from hpo.errors import ConfigError
 from hpo.tasks.base import Task, check_problem
+from hpo.tasks.loss_hypers import with_loss_hypers
 from hpo.tasks.vision import DatasetMissing
 
 
-def load_task(spec: str | Task, options: dict[str, Any], dtype: torch.dtype, device: str) -> Task:
+def load_task(spec: str | Task, options: dict[str, Any], dtype: torch.dtype, device: str,
+              loss_hypers: tuple[str, ...] = ()) -> Task:
     """The task ``spec`` (a name, or a :class:`~hpo.tasks.base.Problem` object as it is) built with
-    ``options`` on ``device``; missing data is a ``data_root`` error.
+    ``options`` on ``device``, with the built-in ``loss_hypers`` turned on
+    (:func:`~hpo.tasks.loss_hypers.with_loss_hypers`); missing data is a ``data_root`` error.
 
     The problem is run once on a few examples first (:func:`~hpo.tasks.base.check_problem`): a loss
     that is not a scalar tensor, or whose derivative through the weights is cut, is refused here.
@@ -27,6 +30,7 @@ def load_task(spec: str | Task, options: dict[str, Any], dtype: torch.dtype, dev
         raise ConfigError("data_root", str(e)) from None
     except ValueError as e:
         raise ConfigError("task", str(e)) from None
+    task = with_loss_hypers(task, loss_hypers)
     check_problem(task)
     return task.to(dtype=dtype, device=device)
 

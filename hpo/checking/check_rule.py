@@ -205,13 +205,14 @@ def _plain_run(problem: InnerProblem, values: dict[str, Tensor]) -> HyperCheck |
                     return HyperCheck("step", False, f"rule.step raises {_describe(e)} (inner step {t})")
                 params, state, buffers = out.params, out.opt_state, out.buffers
                 continue
+            hyper = hyper_at_step(values, t, problem.horizon)
             try:
-                g, _, buffers = loss_gradient(problem.loss_fn, params, buffers, batch)
+                g, _, buffers = loss_gradient(problem.loss_fn, params, buffers, batch, hyper)
             except Exception as e:  # noqa: BLE001 - only a bad step output can break the tiny model's loss
                 return HyperCheck("step", False, f"the weights rule.step returns cannot be used: {_describe(e)} "
                                                  f"(inner step {t})")
             try:
-                params, state = rule.step(params, state, g, hyper_at_step(values, t, problem.horizon), t)
+                params, state = rule.step(params, state, g, hyper, t)
             except Exception as e:  # noqa: BLE001
                 return HyperCheck("step", False, f"rule.step raises {_describe(e)} (inner step {t})")
         try:

@@ -49,8 +49,8 @@ def as_config_values(options: dict[str, Any]) -> dict[str, Any]:
 
 
 @cli.command("run", cls=SectionedCommand)
-@options("task", "optimizer", "samples", "data_root", "download", "augment", "batch_size", "val_frac",
-         "counts", "init", "groups", "baseline", "schedule_init",
+@options("task", "optimizer", "samples", "label_noise", "data_root", "download", "augment", "batch_size", "val_frac",
+         "counts", "init", "groups", "loss_hypers", "baseline", "schedule_init",
          "outer_steps", "inner_steps", "outer", "outer_options", "steps", "divergence", "outer_space", "converged_frac",
          "backend", "window", "compile", "memory_budget", "grad_clip", "hz_clip",
          "seed", "retrain_steps", "device", "dtype", "deterministic", "threads", "resume",
@@ -89,8 +89,10 @@ def optimizers_command(names: tuple[str, ...]) -> None:
 
 
 @cli.command("retrain", cls=SectionedCommand)
-@options("schedule", "task", "optimizer", "samples", "data_root", "augment", "groups", "train_steps", "seed", "device",
-         "dtype",
+@options("schedule", "task", "optimizer", "samples", "label_noise", "data_root", "augment", "groups", "loss_hypers",
+         "train_steps", "seed", "device", "dtype",
+         loss_hypers={"default": None, "help": "The loss hyperparameters the schedule holds (default: as recorded)."},
+         label_noise={"help": "MNIST-1D: the label noise of the run (default: as recorded)."},
          task={"default": None, "show_default": False,
                "help": f"Task: {', '.join(BUILTIN_TASKS)} or module:attr (default: as the file records)."},
          optimizer={"default": None, "show_default": False,

@@ -103,6 +103,12 @@ OPTIONS: dict[str, Callable[..., Callable[[Any], Any]]] = {
     "schedule_init": option(HYPER, "--schedule-init", type=click.Path(path_type=Path), default=None,
                             help="Start from the schedule in this JSON file (e.g. an earlier schedule.json); "
                                  "sets --counts."),
+    "loss_hypers": option(HYPER, "--loss-hypers", default="",
+                          help="Tune hyperparameters of the loss too, any of example_weight,class_weight,l2,"
+                               "label_smoothing (docs/loss-hyperparameters.md)."),
+    "label_noise": option(PROBLEM, "--label-noise", type=float, default=None,
+                          help="MNIST-1D: replace a seeded fraction P of the training labels by other classes; "
+                               "a clean tenth of the training set becomes the validation set."),
     "space": option(HYPER, "--space", default=None,
                     help="Search space of the baselines, e.g. lr=1e-3:1:log,momentum=0:0.99 (default: each rule's "
                          "own)."),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, final
+from typing import Any, NamedTuple, final
 
 import torch
 from torch import Tensor
@@ -32,10 +32,29 @@ from hpo.errors import ConfigError
 Batch = Tensor | tuple[Any, ...] | list[Any] | dict[str, Any]
 
 
+@final
+class Indexed(NamedTuple):
+    """A minibatch with the training-set row of each example: what a loss with per-example
+    hyperparameters needs to pick its values, :math:`w_{index_1}, \\dots, w_{index_B}`."""
+
+    data: Any
+    index: Tensor
+
+
+def unindexed(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(data, index)`` of an :class:`Indexed` batch, ``(batch, None)`` of any other."""
+    return (batch.data, batch.index) if isinstance(batch, Indexed) else (batch, None)
+
+
 def tree_map(fn: Callable[[Tensor], Any], batch: Any) -> Any:
-    """``batch`` with ``fn`` applied to every tensor, the structure kept (lists become tuples)."""
+    """``batch`` with ``fn`` applied to every tensor, the structure kept (lists become tuples).
+
+    An :class:`Indexed` batch stays one, its rows mapped too (a data-parallel shard keeps its rows).
+    """
     if isinstance(batch, Tensor):
         return fn(batch)
+    if isinstance(batch, Indexed):
+        return Indexed(tree_map(fn, batch.data), fn(batch.index))
     if isinstance(batch, Mapping):
         return {k: tree_map(fn, v) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):

@@ -10,15 +10,17 @@ from typing import Any, final
 import torch
 from torch import Tensor
 
-from hpo.core.data import Batch, Rows, batch_seed, batch_size_of, tree_map
-from hpo.optimizers.base import Params, UpdateRule
+from hpo.core.data import Batch, Indexed, Rows, batch_seed, batch_size_of, tree_map
+from hpo.optimizers.base import Hyper, Params, UpdateRule
 from hpo.runtime.distributed import Communicator
 
 Buffers = dict[str, Tensor]
 
 
-#: ``loss_fn(params, buffers, batch) -> (loss, new_buffers)``: the train-mode minibatch loss.
-LossFn = Callable[[Params, Buffers, Batch], tuple[Tensor, Buffers]]
+#: ``loss_fn(params, buffers, batch, hyper) -> (loss, new_buffers)``: the train-mode minibatch loss.  ``hyper``
+#: holds the values in force at the step (:func:`hpo.core.step.hyper_at_step`); a loss with hyperparameters
+#: (:mod:`hpo.optimizers.loss_hypers`) reads its own, any other ignores them.
+LossFn = Callable[[Params, Buffers, Batch, Hyper], tuple[Tensor, Buffers]]
 
 
 #: ``eval_fn(params, buffers, batch, metrics=True) -> (objective, {metric: batch mean})``: eval mode, no
@@ -96,6 +98,10 @@ class InnerProblem:
     ``comm`` (set only in a data-parallel run, see :mod:`hpo.runtime.distributed`) makes :meth:`batch`
     return this rank's shard of every minibatch; the backends then average gradients and their
     derivatives over ranks.  The validation set is not sharded: every rank evaluates all of it.
+
+    ``example_ids`` (set when the loss has per-example hyperparameters) holds the training-set row of
+    each row of ``train``; :meth:`batch` then returns an :class:`~hpo.core.data.Indexed` batch whose
+    ``index`` is ``example_ids[order[t]]``, the rows the loss picks its weights at.
     """
 
     loss_fn: LossFn
@@ -114,6 +120,7 @@ class InnerProblem:
     score_fn: ScoreFn = negative_loss
     model_loss: Callable[[Any, Batch], Tensor] | None = None
     comm: Communicator | None = None
+    example_ids: Tensor | None = None
 
     order: Tensor = field(init=False, repr=False, compare=False)
 
@@ -130,6 +137,8 @@ class InnerProblem:
         augmented) as in one process and this rank keeps its shard of it.
         """
         batch = self.train.fetch(self.order[t], self.seed, t)
+        if self.example_ids is not None:
+            batch = Indexed(batch, self.example_ids[self.order[t]])
         if self.comm is not None:
             return tree_map(self.comm.shard, batch)
         return batch

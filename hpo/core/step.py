@@ -5,7 +5,7 @@ One inner step at step ``t`` on minibatch ``b_t`` with the hyperparameters of th
 
 .. math::
 
-    g_t = \\operatorname{clamp}_c\\big(\\nabla_\\theta L(\\theta_t; b_t)\\big), \\qquad
+    g_t = \\operatorname{clamp}_c\\big(\\nabla_\\theta L(\\theta_t; b_t, \\lambda_{\\mathrm{seg}(t)})\\big), \\qquad
     (\\theta_{t+1}, s_{t+1}) = \\mathrm{step}(\\theta_t, s_t, g_t, \\lambda_{\\mathrm{seg}(t)}, t)
 
 (the clamp to ``[-c, c]`` only with ``grad_clip`` set).  The reference unroll, the baselines, the
@@ -70,15 +70,16 @@ def tree_clamp(tree: Params, c: float | None) -> Params:
     return {k: v.clamp(-c, c) for k, v in tree.items()}
 
 
-def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch,
+def loss_gradient(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch, hyper: Hyper,
                   grad_clip: float | None = None) -> tuple[Params, Tensor, Buffers]:
     """``(g, loss, new_buffers)``: the (optionally clamped) minibatch gradient :math:`g_t`.
 
     Computed with :func:`torch.func.grad`, so it composes with ``vjp``/``jvp`` of an outer
-    transform (the reverse sweep differentiates through it).  The loss is returned detached.
+    transform (the reverse sweep differentiates through it, also with respect to the loss's
+    hyperparameters in ``hyper``).  The loss is returned detached.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, batch)
+        loss, new_buffers = loss_fn(p, buffers, batch, hyper)
         return loss, (loss.detach(), new_buffers)
 
     g, (loss, new_buffers) = grad(loss_only, has_aux=True)(params)
@@ -107,7 +108,7 @@ def rademacher_probes(params: Params, seed: int, t: int, probes: int) -> Params:
             for k, v in params.items()}
 
 
-def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch,
+def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, batch: Batch, hyper: Hyper,
                            z: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
     """``(g, D, (loss, new_buffers))``: the gradient and :math:`D = \\mathrm{mean}_i\\, z_i \\odot H z_i`.
 
@@ -116,7 +117,7 @@ def gradient_and_curvature(loss_fn: LossFn, params: Params, buffers: Buffers, ba
     output.  A pure function of ``params``, so the backends differentiate through it.
     """
     def loss_only(p: Params) -> tuple[Tensor, tuple[Tensor, Buffers]]:
-        loss, new_buffers = loss_fn(p, buffers, batch)
+        loss, new_buffers = loss_fn(p, buffers, batch, hyper)
         return loss, (loss.detach(), new_buffers)
 
     def probe(zi: Params) -> tuple[Params, Params, tuple[Tensor, Buffers]]:
@@ -134,10 +135,10 @@ def curvature_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: B
     assert curv is not None
     if curv.due(t):
         z = rademacher_probes(params, seed, t, curv.probes)
-        g, d, (loss, new_buffers) = gradient_and_curvature(loss_fn, params, buffers, batch, z)
+        g, d, (loss, new_buffers) = gradient_and_curvature(loss_fn, params, buffers, batch, hyper, z)
         g = tree_clamp(g, grad_clip)
     else:
-        g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
+        g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, hyper, grad_clip)
         d = None
     new_params, new_state = rule.step(params, opt_state, g, hyper, t, hess_diag=d)  # type: ignore[call-arg]
     return StepOutput(new_params, new_state, new_buffers, loss, g)
@@ -153,7 +154,7 @@ def train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffe
     """
     if rule.curvature is not None:
         return curvature_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
-    g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, grad_clip)
+    g, loss, new_buffers = loss_gradient(loss_fn, params, buffers, batch, hyper, grad_clip)
     new_params, new_state = rule.step(params, opt_state, g, hyper, t)
     return StepOutput(new_params, new_state, new_buffers, loss, g)
 

@@ -4,7 +4,9 @@ Segment ``j`` of ``n`` covers the fraction ``[j/n, (j+1)/n)`` of training, whate
 so the x axis is that fraction.  A flat schedule keeps a y range around its value (matplotlib
 would otherwise blow a constant up to fill the panel) and says its value in the title.  A grouped
 type (a ``(groups, segments)`` table) is drawn as a heat map: one row per group, one column per
-segment, the value as colour (:func:`draw_heatmap`).
+segment, the value as colour (:func:`draw_heatmap`); one with more than
+:data:`~hpo.reporting.report.MANY_GROUPS` groups (a weight per training example) as the histogram
+of its values (:func:`draw_histogram`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.core.schedule import Schedule
+from hpo.reporting.report import MANY_GROUPS
 from hpo.runtime.files import atomic_write
 
 
@@ -27,6 +30,9 @@ def schedule_figure(schedule: Schedule, title: str = "learned schedule") -> Any:
     fig = Figure(figsize=(4 * len(names), 3))
     axes = fig.subplots(1, len(names), squeeze=False)
     for ax, name in zip(axes[0], names):
+        if schedule.values[name].dim() == 2 and schedule.values[name].shape[0] > MANY_GROUPS:
+            draw_histogram(ax, schedule, name)
+            continue
         if schedule.values[name].dim() == 2:
             draw_heatmap(fig, ax, schedule, name)
             continue
@@ -46,6 +52,15 @@ def schedule_figure(schedule: Schedule, title: str = "learned schedule") -> Any:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def draw_histogram(ax: Any, schedule: Schedule, name: str) -> None:
+    """A type with many groups (one weight per training example) on ``ax``: the histogram of its values."""
+    table = schedule.values[name].detach().cpu().double().flatten().numpy()
+    ax.hist(table, bins=40)
+    ax.set_xlabel(name)
+    ax.set_ylabel("count")
+    ax.set_title(f"{name}: {table.size} values")
 
 
 def draw_heatmap(fig: Any, ax: Any, schedule: Schedule, name: str, vmin: float | None = None,

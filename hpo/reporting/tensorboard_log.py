@@ -18,11 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import final
 
+import torch
 from torch import Tensor
 
 from hpo.core.callbacks import Callbacks, OuterRecord
 from hpo.core.schedule import Schedule
-from hpo.reporting.report import divergence_text
+from hpo.reporting.report import MANY_GROUPS, divergence_text
 from hpo.reporting.schedule_plot import heatmap_figure, schedule_figure
 
 
@@ -77,7 +78,9 @@ class TensorBoardLogger(Callbacks):
         names = record.groups or {}
         for group, data in (("hypergrad", record.hypergrad), ("hyper", record.values), ("step", record.step_sizes)):
             for name, vals in data.items():
-                if vals and isinstance(vals[0], list):  # grouped: one row per group
+                if vals and isinstance(vals[0], list) and len(vals) > MANY_GROUPS:  # one per example: a histogram
+                    w.add_histogram(f"{group}/{name}", torch.tensor(vals, dtype=torch.float64).flatten(), k)
+                elif vals and isinstance(vals[0], list):  # grouped: one row per group
                     labels = names.get(name) or [str(g) for g in range(len(vals))]
                     for label, row in zip(labels, vals):
                         for j, x in enumerate(row):
@@ -87,7 +90,7 @@ class TensorBoardLogger(Callbacks):
                         w.add_scalar(f"{group}/{name}/{j}", x, k)
         schedule = Schedule.from_dict(record.values, names or None)
         w.add_figure("schedule", schedule_figure(schedule, title=f"after outer step {k + 1}"), k)
-        for name in schedule.group_counts:
+        for name in (n for n, g in schedule.group_counts.items() if g <= MANY_GROUPS):
             w.add_figure(f"heatmap/{name}", heatmap_figure(schedule, name, f"{name} after outer step {k + 1}"), k)
         for writer in (w, self.inner_writer, self.outer_writer):
             if writer is not None:

@@ -24,6 +24,7 @@ from hpo.core.schedule import check_counts
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import GroupedRule
+from hpo.optimizers.loss_hypers import WithLossHypers, example_names, rule_of
 from hpo.outer.base import OuterOptimizer
 from hpo.outer.coordinates import LOG_STEP, OUTER_SPACES
 from hpo.outer.divergence import DIVERGENCE_RULES
@@ -130,16 +131,23 @@ def validation_split(n: int, frac: float, seed: int, k: int) -> tuple[torch.Tens
 
 
 def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> InnerProblem:
-    """The inner problem of outer step ``k``: fresh network, fresh validation split."""
+    """The inner problem of outer step ``k``: fresh network, fresh validation split (or the problem's own
+    validation set).  With per-example loss hyperparameters, each batch carries its rows' training-set
+    indices (``example_ids``)."""
     dev = torch.device(config.device)
     model = init_model(task, config.seed * 1000 + k, config.dtype, dev)
     loss_fn, eval_fn = model_functions(model, task)
     params, buffers = split_state(model)
     data = task.train_rows.to(config.dtype, dev)
-    tr, va = validation_split(len(data), config.val_frac, config.seed, k)
+    if task.val_rows is not None:  # the problem's own validation set: train on all of train
+        tr = torch.arange(len(data))
+        train, val = data, task.val_rows.to(config.dtype, dev)
+    else:
+        tr, va = validation_split(len(data), config.val_frac, config.seed, k)
+        train, val = data.subset(tr), data.subset(va)
     return InnerProblem(
         loss_fn=loss_fn, eval_fn=eval_fn, params=params, buffers=buffers, rule=rule,
-        train=data.subset(tr), val=data.subset(va),
+        train=train, val=val, example_ids=tr if example_names(rule) else None,
         horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
         seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
         score_fn=task.score_fn(), model_loss=task.loss, comm=config.comm,
@@ -162,10 +170,15 @@ def task_parameters(task: Task, config: FDSConfig) -> dict[str, torch.Tensor]:
 
 
 def rule_with_groups(task: Task, rule: UpdateRule, config: FDSConfig) -> UpdateRule:
-    """``rule`` wrapped for ``config.groups`` on ``task``'s parameters (itself when nothing is grouped).
+    """``rule`` wrapped for ``config.groups`` on ``task``'s parameters, then joined to the task's loss
+    hyperparameters (:class:`~hpo.optimizers.loss_hypers.WithLossHypers`, their group counts from the
+    task); itself when nothing is grouped and the loss takes no hyperparameters.
 
     An unmatched parameter or an empty group is a :class:`~hpo.errors.ConfigError` on ``groups``.
     """
-    if not config.groups or isinstance(rule, GroupedRule):
-        return rule
-    return grouped_rule(rule, config.groups, task_parameters(task, config))
+    base = rule_of(rule)
+    if config.groups and not isinstance(base, GroupedRule):
+        base = grouped_rule(base, config.groups, task_parameters(task, config))
+    if not task.hypers:
+        return base
+    return WithLossHypers(base, task.hypers, task.hyper_groups())

@@ -92,7 +92,7 @@ def online_greedy(
                                                    inner.opt_state, hyper, t, batch, problem.grad_clip,
                                                    seed=problem.seed)
         idx = val_batches[t]
-        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers)
+        h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers, batch)
         hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}
         inner = InnerState(params, buffers, opt, t + 1, loss)
         if on_step is not None:

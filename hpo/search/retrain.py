@@ -9,13 +9,14 @@ from typing import final
 
 import torch
 
-from hpo.core.data import Batch
+from hpo.core.data import Batch, Indexed
 from hpo.core.problem import Buffers, batch_order, evaluate
 from hpo.core.schedule import Schedule
 from hpo.core.step import hyper_at_step, train_step
 from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers.base import Params, UpdateRule
 from hpo.optimizers.grouped import GroupedRule, group_counts
+from hpo.optimizers.loss_hypers import example_names
 from hpo.tasks.base import Task, init_model, model_functions, split_state
 
 #: ``hpo run --seed S`` retrains with seed ``S + RETRAIN_SEED_OFFSET``; ``hpo retrain`` does the same.
@@ -56,7 +57,8 @@ def retrain(
     The schedule is stretched to ``steps`` (segment of step t is ``floor(n t / steps)``).  Rules
     with a ``torch.optim`` counterpart train through it and :class:`ScheduleDriver` (a
     :class:`~hpo.optimizers.grouped.GroupedRule` through one param group per cell); others fall
-    back to the rule's own ``step``.  A schedule whose groups do not fit ``rule`` is a ``ValueError``.  ``grad_clip`` clamps every gradient to ``[-c, c]``, as the
+    back to the rule's own ``step``, as does a rule with loss hyperparameters (the loss receives
+    their values at every step, per-example ones at the batch's rows).  A schedule whose groups do not fit ``rule`` is a ``ValueError``.  ``grad_clip`` clamps every gradient to ``[-c, c]``, as the
     search did (:func:`hpo.core.step.tree_clamp`).
     """
     model = init_model(task, seed, dtype, device)
@@ -90,6 +92,8 @@ def retrain(
         params, buffers = split_state(model)
         state = rule.init(params)
         values = schedule.values_like(next(iter(params.values())))
+        if example_names(rule):  # per-example loss values: each batch carries its training-set rows
+            batches = retrain_batches(task, steps, seed, dtype, device, indexed=True)
         for t, batch in batches:
             params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
                                                          hyper_at_step(values, t, steps), t, batch, grad_clip,
@@ -103,15 +107,17 @@ def retrain(
 
 
 def retrain_batches(task: Task, steps: int, seed: int, dtype: torch.dtype = torch.float32,
-                    device: torch.device | str = "cpu") -> Iterator[tuple[int, Batch]]:
+                    device: torch.device | str = "cpu", indexed: bool = False) -> Iterator[tuple[int, Batch]]:
     """``(t, batch_t)`` for ``t = 0..steps-1``: the minibatches (augmented) of a retrain seeded ``seed``.
 
-    Every retrain from scratch sees these batches, whatever optimizer it trains with.
+    Every retrain from scratch sees these batches, whatever optimizer it trains with.  ``indexed``:
+    each is an :class:`~hpo.core.data.Indexed` batch carrying its training-set rows.
     """
     data = task.train_rows.to(dtype, device)
     stream = batch_order(len(data), task.batch_size, steps, seed + 1)
     for t, idx in enumerate(stream):
-        yield t, data.fetch(idx, seed + 1, t)
+        batch = data.fetch(idx, seed + 1, t)
+        yield t, Indexed(batch, idx) if indexed else batch
 
 
 def tested(task: Task, model: torch.nn.Module, params: Params, buffers: Buffers, loss: torch.Tensor, steps: int,
