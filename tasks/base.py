@@ -322,12 +322,33 @@ def loss_values(kinds: tuple[LossHyper, ...], hyper: Mapping[str, Tensor] | None
     out = {}
     for k in kinds:
         v = hyper[k.name]
-        if k.per == "example":
+        if k.per == "example" and v.dim() > 0:  # a single shared value weighs every example alike
             if index is None:
                 raise ValueError(f"{k.name} is per example: the batch must carry its rows (hpo.core.data.Indexed)")
             v = v[index.to(v.device)]
         out[k.name] = v
     return out
+
+
+def stateful_loss(task: Problem, hyper: Mapping[str, float] | None = None) -> ModelFn:
+    """``task.loss`` for training a stateful model (``torch.optim``, schedule-free, PBT): ``loss(model, batch)``.
+
+    The loss's hyperparameters, if it has any, are held at the constants ``hyper[name]`` (their
+    untuned values where absent), one value for every example, class and layer; an
+    :class:`~hpo.core.data.Indexed` batch is unwrapped.
+    """
+    hypers = task.hypers
+    consts = {h.name: float((hyper or {}).get(h.name, h.neutral)) for h in hypers}
+
+    def loss(model: nn.Module, batch: Batch) -> Tensor:
+        data, _ = unindexed(batch)
+        if not hypers:
+            return task.loss(model, data)
+        ref = next(model.parameters())
+        return task.loss(model, data, {k: torch.tensor(v, dtype=ref.dtype, device=ref.device)  # type: ignore[call-arg]
+                                       for k, v in consts.items()})
+
+    return loss
 
 
 def model_functions(model: nn.Module, task: Problem) -> tuple[LossFn, EvalFn]:

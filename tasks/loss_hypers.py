@@ -22,7 +22,9 @@ rewritten to take them (its plain loss stays the objective the hypergradient low
 
 The first three need per-example losses: a classifier (``logits`` and ``classes`` set, as every
 built-in classification task has) for all three, or ``example_loss`` for per-example weights;
-without a kind of those, the loss is the problem's own (``l2`` is added to any loss).
+without a kind of those, the loss is the problem's own (``l2`` is added to any loss).  A kind given
+one shared value rather than one per example, class or layer (as a black-box search draws it)
+applies that value to all of them.
 """
 
 from __future__ import annotations
@@ -88,7 +90,13 @@ def smoothed_nll(logits: Tensor, y: Tensor, eps: Tensor | None) -> Tensor:
 
 def l2_term(model: nn.Module, rho: Tensor, layers: Mapping[str, int]) -> Tensor:
     """:math:`\\frac12 \\sum_p \\rho_{\\mathrm{layer}(p)} \\lVert \\theta_p \\rVert^2` over the model's parameters."""
-    return 0.5 * sum(rho[layers[layer_of(n)]] * (p * p).sum() for n, p in model.named_parameters())  # type: ignore[return-value]
+    return 0.5 * sum(pick(rho, layers[layer_of(n)]) * (p * p).sum() for n, p in model.named_parameters())  # type: ignore[return-value]
+
+
+def pick(values: Tensor, index: Tensor | int) -> Tensor:
+    """``values[index]``, or ``values`` itself when it is one shared (0-d) value: what a search that does
+    not tune per group (a black-box trial) passes, the same value for every class or layer."""
+    return values if values.dim() == 0 else values[index]
 
 
 def with_loss_hypers(problem: Problem, kinds: Sequence[str]) -> Problem:
@@ -130,7 +138,7 @@ def with_loss_hypers(problem: Problem, kinds: Sequence[str]) -> Problem:
             if "example_weight" in hyper:
                 w = w * hyper["example_weight"]
             if "class_weight" in hyper:
-                w = w * hyper["class_weight"][labels_of(batch)]
+                w = w * pick(hyper["class_weight"], labels_of(batch))
             value = (w * per).mean()
         else:
             value = plain(model, batch, hyper) if problem.hypers else plain(model, batch)  # type: ignore[call-arg]

@@ -56,6 +56,9 @@ from hpo.errors import CompareInterrupted, ConfigError, WriteError
 from hpo.runtime.device import cpu_threads, torch_threads
 from hpo.runtime.distributed import launched_world_size
 from hpo.search.base import Incumbent, SearchSettings
+from hpo.optimizers.grouped import group_counts
+from hpo.optimizers.loss_hypers import example_names, loss_names
+from hpo.search.inner_runs import rule_with_groups
 from hpo.search.retrain import RETRAIN_SEED_OFFSET
 from hpo.tasks.base import Task
 
@@ -79,7 +82,13 @@ MAY_CHANGE_ON_RESUME = ("device", "jobs")
 
 
 def split_holdout(task: Task, frac: float) -> tuple[Task, Task]:
-    """``(search_task, holdout_task)``: the train set minus a fixed hold-out, and the hold-out as its test set."""
+    """``(search_task, holdout_task)``: the train set minus a fixed hold-out, and the hold-out as its test set.
+
+    A problem with its own validation set searches on all of its train set (its per-example weights
+    then index the examples a retrain trains on) and is scored on that validation set.
+    """
+    if task.val_rows is not None:
+        return task, replace(task, test=task.val_rows)
     n = len(task.train_rows)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(12_345))
     n_hold = max(1, math.ceil(frac * n))
@@ -102,6 +111,9 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
     search_task, holdout_task = split_holdout(task, cfg.holdout_frac)
     method = cfg.resolved_methods[name]
     points = method.search(search_task, rule, settings, seed)
+    if loss_names(rule):  # retrain with the loss's values sized by the task; a shared value goes to every group
+        rule = rule_with_groups(task, rule, settings.fds(0))
+        points = [replace(p, schedule=p.schedule.broadcast_groups(group_counts(rule))) for p in points]
     last = points[-1] if points else None
     lines = [f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
              f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU"]
@@ -132,7 +144,8 @@ def pair_job(config: dict[str, Any], seed: int, name: str, threads: int) -> tupl
     torch.set_num_threads(threads)
     cfg = CompareConfig.from_dict(config)
     settings = cfg.settings()
-    return run_pair(cfg, load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device), seed, name)
+    return run_pair(cfg, load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device, cfg.loss_hypers),
+                    seed, name)
 
 
 def run_compare(cfg: CompareConfig, task: Task, log: Log = print, done: CompareCheckpoint | None = None,
@@ -193,7 +206,11 @@ def compare(cfg: CompareConfig, log: Log = print, checkpoint: CompareCheckpoint 
 def compare_with_threads(cfg: CompareConfig, settings: SearchSettings, log: Log,
                          checkpoint: CompareCheckpoint | None) -> tuple[list[Row], dict[str, Path]]:
     """:func:`compare` with the thread count set (one per process, as ``hpo run``)."""
-    task = load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device)
+    task = load_task(cfg.task, cfg.task_options(), settings.dtype, settings.device, cfg.loss_hypers)
+    if example_names(cfg.resolved_rule) and task.val_rows is None:
+        raise ConfigError("loss_hypers", "per-example weights in hpo compare need the problem's own validation set "
+                                         "(--label-noise on MNIST-1D, or Problem(val=...)): a hold-out split would "
+                                         "change the examples they weigh")
     logdir = Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare")
     if checkpoint is None:
         refuse_existing(logdir)

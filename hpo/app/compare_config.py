@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any, final
 
 from hpo import checks
-from hpo.app.config import cls_replace, known_fields, legacy_outer, resolve_rule_field, settings_dict
+from hpo.app.config import (
+    cls_replace,
+    known_fields,
+    label_noise_field,
+    legacy_outer,
+    resolve_rule_field,
+    settings_dict,
+    with_loss_kinds,
+)
 from hpo.app.registry import check_task_name, make_outer, resolve_method
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
@@ -25,6 +33,7 @@ from hpo.search.base import SearchMethod, SearchSettings
 from hpo.search.fds import FDSSearch
 from hpo.search.inner_runs import DIVERGENCE_RULES
 from hpo.search.space import SearchSpace, default_space, parse_space
+from hpo.tasks.loss_hypers import parse_kinds
 
 DEFAULT_METHODS = ("auto", "greedy", "reverse-truncated", "online-greedy", "random-constant",
                    "random-schedule", "tpe", "hand-picked")
@@ -64,6 +73,8 @@ class CompareConfig:
     val_frac: float = 0.05
     batch_size: int | None = None
     samples: int | None = None
+    loss_hypers: tuple[str, ...] = ()
+    label_noise: float | None = None
     grad_clip: float | None = None
     budget_seconds: float | None = None
     jobs: int = 1
@@ -126,7 +137,9 @@ class CompareConfig:
             raise ConfigError("device", str(e)) from None
         if min(self.budget) < self.inner_steps:
             raise ConfigError("budget", f"{min(self.budget)} is below one inner run ({self.inner_steps} steps)")
-        rule = resolve_rule_field(self.optimizer)
+        set_(self, "loss_hypers", parse_kinds(self.loss_hypers))
+        set_(self, "label_noise", label_noise_field(self.task, self.label_noise))
+        rule = with_loss_kinds(resolve_rule_field(self.optimizer), self.task, self.loss_hypers)
         set_(self, "resolved_rule", rule)
         checks.names_of("hyper_lr", self.hyper_lr, rule.hyper_names, rule.name)
         checks.names_of("steps", self.steps, rule.hyper_names, rule.name)
@@ -194,7 +207,10 @@ class CompareConfig:
 
     def task_options(self) -> dict[str, Any]:
         """Keyword options of the task factory."""
-        return {"samples": self.samples} if self.samples is not None else {}
+        options: dict[str, Any] = {"samples": self.samples} if self.samples is not None else {}
+        if self.label_noise is not None:
+            options["label_noise"] = self.label_noise
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain JSON-able values (what the compare checkpoint stores)."""

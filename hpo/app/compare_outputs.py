@@ -108,7 +108,7 @@ def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, see
     """One panel per hyperparameter type: each method's final schedule (one seed) over the horizon.
 
     The panels are every type any method has (schedule-free adds ``warmup``); a method is drawn in
-    the panels of its own types.
+    the panels of its own types, a grouped type as the mean over its groups.
     """
     import matplotlib
 
@@ -123,8 +123,12 @@ def schedules_figure(rows: list[Row], methods: tuple[str, ...], budget: int, see
             if m not in final or name not in final[m].schedule:
                 continue
             dense = Schedule.from_dict(final[m].schedule).dense(1000)[name]
+            if dense.dim() == 2:  # grouped (per layer, class or example): the mean over its groups
+                dense = dense.mean(0)
+                ax.set_title(f"{name} (mean over groups)")
             ax.plot([i / 1000 for i in range(1000)], dense.numpy(), drawstyle="steps-post", label=m)
-        ax.set_title(name)
+        if not ax.get_title():
+            ax.set_title(name)
         ax.set_xlabel("fraction of training")
     if names:
         axes[0][0].legend(fontsize=7)

@@ -123,8 +123,8 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 
 
 @cli.command("compare", cls=SectionedCommand)
-@options("task", "optimizer", "samples", "batch_size", "val_frac", "holdout_frac",
-         "counts", "init", "space", "hyper_lr",
+@options("task", "optimizer", "samples", "label_noise", "batch_size", "val_frac", "holdout_frac",
+         "counts", "init", "loss_hypers", "space", "hyper_lr",
          "horizon", "outer", "outer_options", "steps", "divergence", "outer_space", "short_steps", "keep_best",
          "methods", "window", "grad_clip", "population",
          "seeds", "budget", "budget_seconds", "jobs", "retrain_steps", "device", "dtype", "resume",

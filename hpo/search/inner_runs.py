@@ -30,7 +30,7 @@ from hpo.outer.coordinates import LOG_STEP, OUTER_SPACES
 from hpo.outer.divergence import DIVERGENCE_RULES
 from hpo.outer.sign import SignDescent
 from hpo.runtime.distributed import Communicator
-from hpo.tasks.base import Task, init_model, model_functions, split_state
+from hpo.tasks.base import Task, init_model, model_functions, split_state, stateful_loss
 
 
 @final
@@ -150,7 +150,7 @@ def make_problem(task: Task, rule: UpdateRule, config: FDSConfig, k: int) -> Inn
         train=train, val=val, example_ids=tr if example_names(rule) else None,
         horizon=config.horizon(k), batch_size=config.batch_size or task.batch_size,
         seed=config.seed * 1000 + k, grad_clip=config.grad_clip, hz_clip=config.hz_clip,
-        score_fn=task.score_fn(), model_loss=task.loss, comm=config.comm,
+        score_fn=task.score_fn(), model_loss=stateful_loss(task), comm=config.comm,
     )
 
 

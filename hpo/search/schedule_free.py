@@ -51,7 +51,7 @@ from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.search.retrain import RetrainResult, retrain_batches, tested
 from hpo.search.space import Range, SearchSpace, sample_schedule
 from hpo.search.trials import Stop, Trial, best_so_far
-from hpo.tasks.base import ModelFn, Task, init_model, split_state
+from hpo.tasks.base import ModelFn, Task, init_model, split_state, stateful_loss
 
 #: The four types of a schedule-free setting.
 NAMES = ("lr", "momentum", "wd", "warmup")
@@ -78,6 +78,11 @@ def hyper_of(schedule: Schedule) -> dict[str, float]:
     if missing:
         raise ValueError(f"a schedule-free setting needs {', '.join(NAMES)}; this one lacks {', '.join(missing)}")
     return {n: float(schedule.values[n][0]) for n in NAMES}
+
+
+def constants(schedule: Schedule) -> dict[str, float]:
+    """Every type's first value: what the loss's hyperparameters are held at (a trial draws constants)."""
+    return {k: float(v.flatten()[0]) for k, v in schedule.values.items()}
 
 
 def make_optimizer(params: Iterable[Tensor], hyper: Mapping[str, float], steps: int) -> Any:
@@ -129,7 +134,8 @@ def trial(task: Task, rule: UpdateRule, config: FDSConfig, k: int, schedule: Sch
     """Trial ``k``: the inner problem of outer step ``k`` (its initialisation, batches and validation split), scored."""
     problem = make_problem(task, rule, config, k)
     model = init_model(task, problem.seed, config.dtype, config.device)
-    _, diverged = train_schedule_free(model, task.loss, problem.batches(), hyper_of(schedule), problem.horizon,
+    _, diverged = train_schedule_free(model, stateful_loss(task, constants(schedule)), problem.batches(),
+                                      hyper_of(schedule), problem.horizon,
                                       problem.grad_clip)
     params, buffers = split_state(model)
     with torch.no_grad():
@@ -161,7 +167,8 @@ def retrain_schedule_free(task: Task, schedule: Schedule, steps: int, seed: int,
     The same initialisation and batches as :func:`hpo.search.retrain.retrain` with ``seed``.
     """
     model = init_model(task, seed, dtype, device)
-    loss, diverged = train_schedule_free(model, task.loss, retrain_batches(task, steps, seed, dtype, device), hyper_of(schedule),
+    loss, diverged = train_schedule_free(model, stateful_loss(task, constants(schedule)),
+                                         retrain_batches(task, steps, seed, dtype, device), hyper_of(schedule),
                                          steps, grad_clip)
     return tested(task, model, *split_state(model), loss, steps, diverged)
 
