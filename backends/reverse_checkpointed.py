@@ -350,13 +350,9 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
 
         if inner.t < problem.horizon:  # run_inner stopped early: there is no hypergradient of a whole run
             return failed("loss")
-        cotangents = sweep(problem, state)
-        if cotangents is None:
+        hypergrad = sweep(problem, state)
+        if hypergrad is None:
             return failed("adjoint")
-        hypergrad = {}
-        for name, v in state.values.items():  # (T,) or (T, groups) cotangents, summed per segment (last dim)
-            seg = segment_indices(problem.horizon, v.shape[-1]).to(v.device)
-            hypergrad[name] = torch.zeros_like(v).index_add(v.dim() - 1, seg, cotangents[name].movedim(0, -1))
         if not bool(all_finite([hypergrad])):
             return failed("adjoint")
         return HypergradResult(hypergrad, float(loss), float(acc), inner.t, info=info)
@@ -430,15 +426,17 @@ def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Chec
 
 
 def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] | None:
-    """:math:`\\bar\\lambda_t` of every step as a ``(T,)`` tensor per type, or None if the adjoint blew up.
+    """The hypergradient tables, :math:`\\sum_{t: \\mathrm{seg}(t) = j} \\bar\\lambda_t` per type, or None if the adjoint blew up.
 
     Segments from the last to the first: recompute the states of the segment from its checkpoint
     (:func:`replay`), then step the adjoint back through them; or, when :func:`fuse_segments`
     allows, take the segment's adjoint from one tape of it (:func:`segment_adjoint`), which does
-    the recomputation and the vector-Jacobian products in one pass.  The per-step cotangents are stacked,
-    and the adjoint checked for finiteness (one host sync), once at least :math:`\\sqrt T` steps
-    have gone by since the last check (so ``k = 1`` does not sync every step); the sweep stops at
-    the first non-finite check.  The global RNG is restored afterwards.
+    the recomputation and the vector-Jacobian products in one pass.  The per-step cotangents are
+    added into their segments' columns in chunks (one ``index_add`` per type per chunk, memory the
+    size of the tables whatever ``T``: a weight per training example costs no ``T x n`` stack), and the
+    adjoint checked for finiteness (one host sync), once at least :math:`\\sqrt T` steps have gone
+    by since the last check (so ``k = 1`` does not sync every step); the sweep stops at the first
+    non-finite check.  The global RNG is restored afterwards.
     """
     inner = state.inner
     horizon, rule, loss_fn, clip = problem.horizon, problem.rule, problem.loss_fn, problem.grad_clip
@@ -446,8 +444,9 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
     a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
                                               problem.eval_batch_size))(inner.params)
     a_state = {sk: {n: torch.zeros_like(v) for n, v in sv.items()} for sk, sv in inner.opt_state.items()}
-    chunks: dict[str, list[Tensor]] = {name: [] for name in state.values}  # stacked cotangents, last steps first
-    pending: list[Hyper] = []  # cotangents of the steps since the last stack, in reverse step order
+    totals = {name: torch.zeros_like(v) for name, v in state.values.items()}
+    segments = {name: segment_indices(horizon, v.shape[-1]).to(v.device) for name, v in state.values.items()}
+    pending: list[tuple[int, Hyper]] = []  # (t, cotangent) of the steps since the last chunk, in reverse step order
     check_every = max(1, round(math.sqrt(horizon)))
     checkpoints = state.checkpoints
     ends = [c.t for c in checkpoints[1:]] + [horizon]
@@ -457,7 +456,7 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
         for ckpt, end in zip(reversed(checkpoints), reversed(ends)):
             if fused is not None:  # one tape of the segment: no separate recomputation
                 a_params, a_state, h_bars = fused(problem, state.values, ckpt, end, a_params, a_state)
-                pending.extend(h_bars)
+                pending.extend(zip(range(end - 1, ckpt.t - 1, -1), h_bars))
             else:
                 for t, params, opt_state, buffers in reversed(replay(problem, state, ckpt, end)):
                     problem.seed_step(t)  # the masks step t drew in the forward pass
@@ -465,14 +464,16 @@ def sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor] 
                     hyper = hyper_at_step(state.values, t, horizon)
                     a_params, a_state, h_bar = adjoint(rule, loss_fn, clip, params, buffers, opt_state, hyper, t,
                                                        batch, a_params, a_state, seed=problem.seed)
-                    pending.append(h_bar)
+                    pending.append((t, h_bar))
             if len(pending) >= check_every or ckpt.t == 0:
-                for name, stacked in chunks.items():  # one tensor per chunk, not T 0-d tensors
-                    stacked.append(torch.stack([h[name] for h in pending]))
+                steps = torch.tensor([t for t, _ in pending], device=device)
+                for name, total in totals.items():  # (m,) or (m, groups) cotangents into their segments (last dim)
+                    stacked = torch.stack([h[name] for _, h in pending]).to(total.dtype)
+                    total.index_add_(total.dim() - 1, segments[name][steps], stacked.movedim(0, -1))
                 pending = []
                 if not bool(all_finite([a_params, a_state])):
                     return None
-    return {name: torch.cat(stacked).flip(0) for name, stacked in chunks.items()}  # the sweep ran backwards
+    return totals
 
 
 def replay(problem: InnerProblem, state: CheckpointedState, ckpt: Checkpoint,

@@ -68,11 +68,12 @@ def problem_for(rule: str, batchnorm: bool, grad_clip: float | None, comm: Commu
 def ghost_batch(loss_fn: LossFn, parts: int) -> LossFn:
     """The loss of ``parts`` equal slices of the minibatch, each normalised on its own, averaged;
     the new buffers are the average of the slices' buffers (what N ranks compute together)."""
-    def loss(params: dict[str, torch.Tensor], buffers: Buffers, batch: tuple[torch.Tensor, torch.Tensor]
-             ) -> tuple[torch.Tensor, Buffers]:
+    def loss(params: dict[str, torch.Tensor], buffers: Buffers, batch: tuple[torch.Tensor, torch.Tensor],
+             hyper: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Buffers]:
         x, y = batch
         per = x.shape[0] // parts
-        outs = [loss_fn(params, buffers, (x[i * per:(i + 1) * per], y[i * per:(i + 1) * per])) for i in range(parts)]
+        outs = [loss_fn(params, buffers, (x[i * per:(i + 1) * per], y[i * per:(i + 1) * per]), hyper)
+                for i in range(parts)]
         total = sum(o[0] for o in outs) / parts
         new = {n: (sum(o[1][n] for o in outs) / parts if v.is_floating_point() else outs[0][1][n])
                for n, v in buffers.items()}

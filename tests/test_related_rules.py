@@ -123,7 +123,8 @@ def test_rule_equals_pytorch_optimizer(oracle: Oracle, schedule: bool, conv: boo
     opt = oracle.make(leaves, hyper_at(0))
     state = rule.init(params)
 
-    def loss_fn(p: dict[str, Tensor], buffers: dict[str, Tensor], batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    def loss_fn(p: dict[str, Tensor], buffers: dict[str, Tensor], batch: tuple[Tensor, Tensor],
+                hyper: dict[str, Tensor] | None = None) -> tuple[Tensor, dict]:
         x, y = batch
         return nn.functional.cross_entropy(functional_call(model, p, (x,)), y), buffers
 
