@@ -37,6 +37,7 @@ from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.step import StepOutput, loss_gradient, tree_clamp
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
+from hpo.optimizers.loss_hypers import loss_names
 from hpo.runtime.distributed import Communicator
 
 
@@ -134,18 +135,20 @@ def parallel_adjoint_step(comm: Communicator, rule: UpdateRule, loss_fn: LossFn,
     the loss's hyperparameters, :math:`\\bar g^\\top \\partial g^{(r)} / \\partial \\lambda` (zero for a
     loss without them).
     """
-    def shard_gradient(p: Params, h: Hyper) -> Params:
-        return loss_gradient(loss_fn, p, buffers, batch, h)[0]
+    loss_values = {n: hyper[n] for n in loss_names(rule)}  # what the gradient depends on (none for most losses)
+
+    def shard_gradient(p: Params, lv: Hyper) -> Params:
+        return loss_gradient(loss_fn, p, buffers, batch, {**hyper, **lv})[0]
 
     def rule_step(p: Params, s: State, g: Params, h: Hyper) -> tuple[Params, State]:
         return rule.step(p, s, tree_clamp(g, grad_clip), h, t)
 
     with torch.no_grad():
-        g_r, pull_gradient = vjp(shard_gradient, params, hyper)
+        g_r, pull_gradient = vjp(shard_gradient, params, loss_values)
         g = comm.mean_tree(g_r)
         _, pull_step = vjp(rule_step, params, opt_state, g, hyper)
         a_direct, a_s, a_g, h_bar = pull_step((a_params, a_state))
         vhp_r, h_loss_r = pull_gradient(a_g)
         both = comm.mean_tree({**{"p:" + n: v for n, v in vhp_r.items()}, **{"h:" + n: v for n, v in h_loss_r.items()}})
         return ({n: a_direct[n] + both["p:" + n] for n in a_direct}, a_s,
-                {n: h_bar[n] + both["h:" + n] for n in h_bar})
+                {n: h_bar[n] + both["h:" + n] if n in loss_values else h_bar[n] for n in h_bar})

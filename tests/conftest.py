@@ -21,8 +21,10 @@ from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.loss_hypers import WithLossHypers
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.tasks.base import Task, classification_task, init_model, model_functions, split_state
+from hpo.tasks.loss_hypers import with_loss_hypers
 
 REPO = Path(__file__).resolve().parents[1]
 #: hpo.backends, hpo.optimizers and hpo.tasks live in their own top-level folders (package-dir), so
@@ -99,10 +101,15 @@ def tiny_task(batchnorm: bool = False, n: int = 48, d: int = 5, classes: int = 3
 
 
 def tiny_task_problem(
-    horizon: int = 12, batchnorm: bool = False, seed: int = 0, grad_clip: float | None = None
+    horizon: int = 12, batchnorm: bool = False, seed: int = 0, grad_clip: float | None = None,
+    loss_hypers: tuple[str, ...] = (),
 ) -> InnerProblem:
-    """A float64 inner problem: 32 train / 16 val samples, batch 8, SGD-momentum."""
-    task = tiny_task(batchnorm=batchnorm, seed=seed)
+    """A float64 inner problem: 32 train / 16 val samples, batch 8, SGD-momentum (and the built-in
+    ``loss_hypers``: the rule then carries them, and per-example weights index the 32 training rows)."""
+    task = with_loss_hypers(tiny_task(batchnorm=batchnorm, seed=seed), loss_hypers)
+    rule: UpdateRule = SGDMomentum()
+    if task.hypers:
+        rule = WithLossHypers(rule, task.hypers, {**task.hyper_groups(), "example_weight": 32})
     model = init_model(task, seed, torch.float64, "cpu")
     loss_fn, eval_fn = model_functions(model, task)
     params, buffers = split_state(model)
@@ -112,7 +119,8 @@ def tiny_task_problem(
         eval_fn=eval_fn,
         params=params,
         buffers=buffers,
-        rule=SGDMomentum(),
+        rule=rule,
+        example_ids=torch.arange(32) if "example_weight" in loss_hypers else None,
         train=data.subset(torch.arange(32)),
         val=data.subset(torch.arange(32, 48)),
         score_fn=task.score_fn(),

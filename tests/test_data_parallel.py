@@ -29,6 +29,7 @@ from hpo.core.grouping import grouped_rule
 from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.optimizers.adam import Adam
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.grouped import group_counts
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.distributed import Communicator, end_process
 from tests.conftest import max_rel_err, tiny_task_problem
@@ -37,12 +38,15 @@ WORLD = 2
 HORIZON = 9
 BACKENDS = ("forward-manual", "forward-jvp", "reverse-checkpointed")
 RULES = ("sgd", "adam")
-#: (case name, backend, rule, batchnorm, grad_clip, per-group schedule)
-CASES = [(f"{b}/{r}", b, r, False, None, False) for b in BACKENDS for r in RULES] + [
-    (f"{b}/sgd/batchnorm", b, "sgd", True, None, False) for b in ("forward-jvp", "reverse-checkpointed")] + [
-    ("reverse-checkpointed/sgd/clip", "reverse-checkpointed", "sgd", False, 0.05, False),
-    ("forward-jvp/sgd/clip", "forward-jvp", "sgd", False, 0.05, False)] + [
-    (f"{b}/sgd/groups", b, "sgd", False, None, True) for b in BACKENDS]
+#: (case name, backend, rule, batchnorm, grad_clip, per-group schedule, loss hyperparameters)
+CASES = [(f"{b}/{r}", b, r, False, None, False, False) for b in BACKENDS for r in RULES] + [
+    (f"{b}/sgd/batchnorm", b, "sgd", True, None, False, False) for b in ("forward-jvp", "reverse-checkpointed")] + [
+    ("reverse-checkpointed/sgd/clip", "reverse-checkpointed", "sgd", False, 0.05, False, False),
+    ("forward-jvp/sgd/clip", "forward-jvp", "sgd", False, 0.05, False, False)] + [
+    (f"{b}/sgd/groups", b, "sgd", False, None, True, False) for b in BACKENDS] + [
+    (f"{b}/sgd/loss", b, "sgd", False, None, False, True) for b in ("forward-jvp", "reverse-checkpointed")]
+#: The loss-hyperparameter case: a weight per training example (each rank picks its shard's) and label smoothing.
+LOSS_HYPERS = ("example_weight", "label_smoothing")
 #: The per-group case: a learning rate per layer, weight decay for biases apart from the rest.
 GROUPS = {"lr": "layer", "wd": "bias-vs-rest"}
 
@@ -59,8 +63,11 @@ def make_rule(name: str) -> UpdateRule:
     return {"sgd": SGDMomentum(), "adam": Adam()}[name]
 
 
-def problem_for(rule: str, batchnorm: bool, grad_clip: float | None, comm: Communicator | None) -> InnerProblem:
+def problem_for(rule: str, batchnorm: bool, grad_clip: float | None, comm: Communicator | None,
+                loss: bool = False) -> InnerProblem:
     """The float64 tiny-task problem (batch 8) with ``rule``, on ``comm``'s shards if given."""
+    if loss:  # SGD with the loss's values
+        return dataclasses.replace(tiny_task_problem(horizon=HORIZON, loss_hypers=LOSS_HYPERS), comm=comm)
     base = tiny_task_problem(horizon=HORIZON, batchnorm=batchnorm, grad_clip=grad_clip)
     return dataclasses.replace(base, rule=make_rule(rule), comm=comm)
 
@@ -82,9 +89,9 @@ def ghost_batch(loss_fn: LossFn, parts: int) -> LossFn:
 
 
 def run_case(backend_name: str, rule: str, batchnorm: bool, grad_clip: float | None,
-             comm: Communicator | None, ghost: bool = False, groups: bool = False) -> dict[str, Any]:
+             comm: Communicator | None, ghost: bool = False, groups: bool = False, loss: bool = False) -> dict[str, Any]:
     """Weights, buffers and hypergradient after ``HORIZON`` steps of one case."""
-    problem = problem_for(rule, batchnorm, grad_clip, comm)
+    problem = problem_for(rule, batchnorm, grad_clip, comm, loss)
     if ghost:
         problem = dataclasses.replace(problem, loss_fn=ghost_batch(problem.loss_fn, WORLD))
     schedule = tiny_schedule(problem.rule, HORIZON)
@@ -94,6 +101,10 @@ def run_case(backend_name: str, rule: str, batchnorm: bool, grad_clip: float | N
         schedule = dataclasses.replace(wide, values={**wide.values, "lr": wide.values["lr"] * torch.tensor(
             [[1.0], [0.6]], dtype=torch.float64), "wd": wide.values["wd"] * torch.tensor([[1.0], [3.0]],
                                                                                           dtype=torch.float64)})
+    if loss:  # a distinct weight per example (each rank must pick its own rows' weights)
+        wide = schedule.broadcast_groups(group_counts(problem.rule))
+        weights = torch.linspace(0.3, 1.0, 32, dtype=torch.float64).unsqueeze(1)
+        schedule = dataclasses.replace(wide, values={**wide.values, "example_weight": weights})
     backend = make_backend(backend_name)
     state = backend.init(problem, schedule)
     for t, batch in problem.batches():
@@ -110,7 +121,7 @@ def worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         comm = Communicator(rank, WORLD)
-        results = {name: run_case(b, r, bn, clip, comm, groups=g) for name, b, r, bn, clip, g in CASES}
+        results = {name: run_case(b, r, bn, clip, comm, groups=g, loss=lh) for name, b, r, bn, clip, g, lh in CASES}
         torch.save(results, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -127,8 +138,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])
 def test_two_ranks_equal_one_process_on_the_whole_batch(ranks: list[dict[str, Any]], case: str) -> None:
-    _, backend, rule, batchnorm, clip, groups = next(c for c in CASES if c[0] == case)
-    single = run_case(backend, rule, batchnorm, clip, None, ghost=batchnorm, groups=groups)
+    _, backend, rule, batchnorm, clip, groups, loss = next(c for c in CASES if c[0] == case)
+    single = run_case(backend, rule, batchnorm, clip, None, ghost=batchnorm, groups=groups, loss=loss)
     got = ranks[0][case]
     assert max_rel_err(got["hypergrad"], single["hypergrad"]) < 1e-10
     assert max_rel_err(got["params"], single["params"]) < 1e-10
