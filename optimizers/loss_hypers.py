@@ -94,7 +94,7 @@ class WithLossHypers(UpdateRule):
     """
 
     def __init__(self, rule: UpdateRule, kinds: Sequence[LossHyper], groups: Mapping[str, int]) -> None:
-        clash = sorted(set(k.name for k in kinds) & set(rule.hyper_names))
+        clash = sorted({k.name for k in kinds} & set(rule.hyper_names))
         if clash:
             raise ValueError(f"loss hyperparameter {clash[0]!r} has the name of one of optimizer {rule.name!r}'s")
         self.rule = rule

@@ -110,7 +110,7 @@ def with_loss_hypers(problem: Problem, kinds: Sequence[str]) -> Problem:
         return problem
     own = {h.name for h in problem.hypers}
     if own & set(names):
-        raise ConfigError("loss_hypers", f"problem {problem.name!r} already declares {sorted(own & set(names))[0]}")
+        raise ConfigError("loss_hypers", f"problem {problem.name!r} already declares {min(own & set(names))}")
     weighted = [n for n in names if n in PER_EXAMPLE]
     classifier = problem.logits is not None and problem.classes is not None
     if weighted and problem.hypers:

@@ -34,7 +34,7 @@ def test_noisy_labels_replace_the_chosen_fraction_by_other_classes() -> None:
     noisy_y, noisy = noisy_labels(y, 0.45, 10, seed=3)
     assert int(noisy.sum()) == 45
     assert bool((noisy_y[noisy] != y[noisy]).all()) and bool((noisy_y[~noisy] == y[~noisy]).all())
-    (x_tr, y_tr), (x_va, y_va), mask = noisy_split(torch.randn(100, 2), y, 0.45)
+    (x_tr, _), (x_va, _), mask = noisy_split(torch.randn(100, 2), y, 0.45)
     assert x_tr.shape[0] == 90 and x_va.shape[0] == 10 and mask.shape == (90,) and int(mask.sum()) == 40
 
 
@@ -63,8 +63,8 @@ def test_run_learns_per_example_weights_saved_beside_the_schedule(tmp_path: Path
 
 
 def test_resume_carries_the_per_example_weights(tmp_path: Path) -> None:
-    base = dict(task="mnist1d-mlp", samples=400, label_noise=0.4, batch_size=32, inner_steps=(20,),
-                retrain_steps=20, device="cpu", loss_hypers=("example_weight",), backend="reverse-checkpointed")
+    base = {"task": "mnist1d-mlp", "samples": 400, "label_noise": 0.4, "batch_size": 32, "inner_steps": (20,),
+            "retrain_steps": 20, "device": "cpu", "loss_hypers": ("example_weight",), "backend": "reverse-checkpointed"}
     straight = hpo.run(RunConfig(**base, outer_steps=3, logdir=str(tmp_path / "a")))
     hpo.run(RunConfig(**base, outer_steps=1, logdir=str(tmp_path / "b")))
     resumed = resume(tmp_path / "b", {"outer_steps": 3})

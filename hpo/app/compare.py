@@ -53,11 +53,11 @@ from hpo.app.lock import LogdirLock
 from hpo.app.logdir import default_logdir, ensure_writable_dir
 from hpo.app.task_loading import load_task
 from hpo.errors import CompareInterrupted, ConfigError, WriteError
+from hpo.optimizers.grouped import group_counts
+from hpo.optimizers.loss_hypers import example_names, loss_names
 from hpo.runtime.device import cpu_threads, torch_threads
 from hpo.runtime.distributed import launched_world_size
 from hpo.search.base import Incumbent, SearchSettings
-from hpo.optimizers.grouped import group_counts
-from hpo.optimizers.loss_hypers import example_names, loss_names
 from hpo.search.inner_runs import rule_with_groups
 from hpo.search.retrain import RETRAIN_SEED_OFFSET
 from hpo.tasks.base import Task

@@ -29,13 +29,13 @@ from hpo.core.grouping import check_groups
 from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.loss_hypers import WithLossHypers
 from hpo.outer.base import OuterOptimizer
 from hpo.outer.coordinates import OUTER_SPACES
 from hpo.reporting.schedule_file import read_schedule
 from hpo.runtime.device import DEVICE_CHOICES, DTYPES, pick_device
 from hpo.search.inner_runs import DIVERGENCE_RULES, FDSConfig
 from hpo.tasks.augment import Augment
-from hpo.optimizers.loss_hypers import WithLossHypers
 from hpo.tasks.base import Problem
 from hpo.tasks.loss_hypers import BUILTIN as BUILTIN_KINDS
 from hpo.tasks.loss_hypers import parse_kinds

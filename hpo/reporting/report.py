@@ -8,7 +8,6 @@ from typing import Any
 
 from hpo.core.callbacks import OuterRecord
 
-
 #: A grouped type with more groups than this (per-example or per-class weights) is shown as a summary.
 MANY_GROUPS = 12
 
