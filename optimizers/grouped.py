@@ -222,5 +222,5 @@ def group_counts(rule: UpdateRule) -> dict[str, int]:
 def group_names(rule: UpdateRule) -> dict[str, tuple[str, ...]]:
     """Group names per grouped type of ``rule`` (empty for a rule that is not a :class:`GroupedRule`)."""
     if isinstance(rule, WithLossHypers):
-        return group_names(rule.rule)
+        return {**group_names(rule.rule), **rule.names}
     return dict(rule.grouping.names) if isinstance(rule, GroupedRule) else {}

@@ -81,7 +81,8 @@ class WithLossHypers(UpdateRule):
     ``hyperparameters`` is the rule's, then each kind's spec; ``step`` passes the rule its own
     values only (the loss receives the others, :func:`hpo.core.step.train_step`).  ``groups[name]``
     is the number of values of a kind that is per example, class or layer (known once the task's
-    data is: a kind left out is not yet resolved, as in a configuration checked before loading).  There is no
+    data is: a kind left out is not yet resolved, as in a configuration checked before loading);
+    ``names[name]`` optionally names those values (the layers of a per-layer kind).  There is no
     hand-derived tangent (the gradient's derivative with respect to a loss value is not the
     rule's), and no ``torch.optim`` counterpart (a retrain steps the rule functionally).
 
@@ -93,13 +94,15 @@ class WithLossHypers(UpdateRule):
         (('lr', 'momentum', 'wd', 'label_smoothing'), ('label_smoothing',))
     """
 
-    def __init__(self, rule: UpdateRule, kinds: Sequence[LossHyper], groups: Mapping[str, int]) -> None:
+    def __init__(self, rule: UpdateRule, kinds: Sequence[LossHyper], groups: Mapping[str, int],
+                 names: Mapping[str, tuple[str, ...]] | None = None) -> None:
         clash = sorted({k.name for k in kinds} & set(rule.hyper_names))
         if clash:
             raise ValueError(f"loss hyperparameter {clash[0]!r} has the name of one of optimizer {rule.name!r}'s")
         self.rule = rule
         self.kinds = tuple(kinds)
         self.groups = {k.name: int(groups[k.name]) for k in kinds if k.per != "run" and k.name in groups}
+        self.names = {k: tuple(v) for k, v in (names or {}).items() if len(v) == self.groups.get(k)}
         self.name = rule.name  # type: ignore[misc]
         self.hyperparameters = (*rule.hyperparameters, *(k.spec for k in kinds))  # type: ignore[misc]
         picked = rule.hand_picked

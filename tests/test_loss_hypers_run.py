@@ -130,3 +130,16 @@ def test_retrain_refuses_weights_of_another_training_set_in_one_line(tmp_path: P
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1
     assert "holds 288 example_weight values but mnist1d-mlp-noisy0.4 has 216 training examples" in err, err
+
+
+def test_l2_per_layer_is_named_by_layer_beside_grouped_learning_rates(tmp_path: Path) -> None:
+    logdir = tmp_path / "l2"
+    result = run_cli("run", "--samples", "400", "--groups", "lr=layer", "--loss-hypers", "l2", "--outer-steps", "1",
+                     "--inner-steps", "10", "--device", "cpu", "--no-progress", "--logdir", str(logdir))
+    assert result.exit_code == 0, result.output
+    assert "l2 per group (layer): 3 groups net.0, net.2, net.4" in result.output
+    summary = json.loads((logdir / "schedule.json").read_text())
+    assert summary["groups"]["l2"] == ["net.0", "net.2", "net.4"]
+    again = run_cli("retrain", "--schedule", str(logdir / "schedule.json"))
+    assert again.exit_code == 0, again.output
+    assert f"test_acc={summary['results']['learned']['test_acc']:.4f}" in again.output

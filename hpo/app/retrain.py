@@ -22,9 +22,10 @@ from hpo.core.schedule import Schedule
 from hpo.errors import ConfigError
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
-from hpo.optimizers.loss_hypers import WithLossHypers, loss_names, rule_of
+from hpo.optimizers.loss_hypers import loss_names, rule_of
 from hpo.reporting.schedule_file import read_json, read_schedule
 from hpo.runtime.device import DEVICE_CHOICES, DTYPES, cpu_threads, pick_device, torch_threads
+from hpo.search.inner_runs import with_task_hypers
 from hpo.search.retrain import RETRAIN_SEED_OFFSET, RetrainResult, retrain
 from hpo.tasks.base import Task, init_model
 from hpo.tasks.loss_hypers import parse_kinds
@@ -166,7 +167,7 @@ def grouped_for_task(config: RetrainConfig, task: Task) -> tuple[UpdateRule, Sch
     params = dict(init_model(task, 0, torch.float32, "cpu").named_parameters())
     rule: UpdateRule = grouped_rule(rule_of(config.resolved_rule), groups, params)
     if task.hypers:  # the loss's own values, sized by the task's data
-        rule = WithLossHypers(rule, task.hypers, task.hyper_groups())
+        rule = with_task_hypers(task, rule)
         check_example_tables(config, task)
     names = group_names(rule)
     for name, recorded in config.resolved_schedule.groups.items():

@@ -133,7 +133,7 @@ def run_locked(plan: RunPlan, logdir: Path, cb: CallbackList, checkpoint: Checkp
     cb.on_message(f"task={task.name} backend={backend.name} optimizer={rule.name} device={fds.device} "
                   f"dtype={config.dtype} train={len(task.train_rows)} test={len(task.test_rows)} logdir={logdir}")
     for name, groups in group_names(rule).items():
-        cb.on_message(f"{name} per group ({config.groups[name]}): {len(groups)} groups {', '.join(groups)}")
+        cb.on_message(f"{name} per group ({config.groups.get(name, 'layer')}): {len(groups)} groups {', '.join(groups)}")
     if checkpoint is not None:
         cb.on_message(f"resuming {logdir} after outer step {checkpoint.state.k}/{config.outer_steps}")
     if isinstance(backend, AutoBackend):

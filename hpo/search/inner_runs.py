@@ -30,7 +30,7 @@ from hpo.outer.coordinates import LOG_STEP, OUTER_SPACES
 from hpo.outer.divergence import DIVERGENCE_RULES
 from hpo.outer.sign import SignDescent
 from hpo.runtime.distributed import Communicator
-from hpo.tasks.base import Task, init_model, model_functions, split_state, stateful_loss
+from hpo.tasks.base import Task, init_model, layer_names, model_functions, split_state, stateful_loss
 
 
 @final
@@ -179,6 +179,13 @@ def rule_with_groups(task: Task, rule: UpdateRule, config: FDSConfig) -> UpdateR
     base = rule_of(rule)
     if config.groups and not isinstance(base, GroupedRule):
         base = grouped_rule(base, config.groups, task_parameters(task, config))
+    return with_task_hypers(task, base)
+
+
+def with_task_hypers(task: Task, rule: UpdateRule) -> UpdateRule:
+    """``rule`` joined to ``task``'s loss hyperparameters, sized (and per-layer ones named) by the task;
+    ``rule`` itself when the loss takes none."""
     if not task.hypers:
-        return base
-    return WithLossHypers(base, task.hypers, task.hyper_groups())
+        return rule
+    layers = {h.name: layer_names(task) for h in task.hypers if h.per == "layer"}
+    return WithLossHypers(rule, task.hypers, task.hyper_groups(), layers)
