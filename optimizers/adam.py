@@ -186,7 +186,7 @@ class Adam(AdamFamily):
         HyperSpec("wd", low=0.0, init=0.0, step=1e-4, count=1, description="L2 weight decay", on_divergence=0,
                   search_low=1e-6, search_high=1e-2, search_log=True),
     )
-    hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 0.0}
+    hand_picked: ClassVar[dict[str, float]] = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 0.0}
 
     def torch_optimizer(self, params: Iterable[Tensor], hyper: dict[str, float]) -> torch.optim.Optimizer:
         """``torch.optim.Adam`` with the same update (no ``eps_root``: equal to float64 precision)."""
@@ -208,7 +208,7 @@ class AdamW(AdamFamily):
         HyperSpec("wd", low=0.0, init=0.0, step=3e-3, count=1, description="decoupled weight decay", on_divergence=0,
                   search_low=1e-4, search_high=1e-1, search_log=True),
     )
-    hand_picked = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 1e-2}
+    hand_picked: ClassVar[dict[str, float]] = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "wd": 1e-2}
 
     def torch_optimizer(self, params: Iterable[Tensor], hyper: dict[str, float]) -> torch.optim.Optimizer:
         """``torch.optim.AdamW`` with the same update (no ``eps_root``: equal to float64 precision)."""

@@ -17,7 +17,7 @@ Its tangent (one column, with :math:`\\dot g = H \\dot\\theta`):
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 import torch
 from torch import Tensor
@@ -54,7 +54,7 @@ class SGDMomentum(UpdateRule):
         HyperSpec("wd", low=0.0, init=0.0, step=3e-4, count=1, description="L2 weight decay", on_divergence=0,
                   search_low=1e-6, search_high=1e-2, search_log=True, hyper_lr=1e-3),
     )
-    hand_picked = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
+    hand_picked: ClassVar[dict[str, float]] = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
     hand_tangent = True
 
     def init(self, params: Params) -> State:

@@ -54,7 +54,7 @@ def load_mnist1d(num_samples: int = DEFAULT_SAMPLES, seed: int = 42, cache_dir: 
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
-        except Exception:  # a corrupt cache is regenerated
+        except Exception:  # noqa: BLE001, S110 - a corrupt cache is regenerated
             pass
     data = generate_mnist1d(num_samples, seed)
     try:

@@ -92,7 +92,7 @@ def download(dataset: str, data_root: str | Path) -> None:
             cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[dataset]
             for train in (True, False):
                 cls(str(root), train=train, download=True)
-    except Exception as e:  # network, disk, checksum: all become one line for the user
+    except Exception as e:  # noqa: BLE001 - network, disk, checksum: all become one line for the user
         msg = " ".join(str(e).split()) or type(e).__name__
         raise DatasetMissing(f"downloading {SPECS[dataset].name} into {root} failed: {msg}") from None
 

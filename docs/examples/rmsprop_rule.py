@@ -10,7 +10,7 @@ class RMSprop(UpdateRule):
     name = "rmsprop"
     hyperparameters = (HyperSpec("lr", init=0.0, step=1e-3, count=4),  # lr >= 0; 4 shared values
                        HyperSpec("alpha", high=1.0, high_open=True, init=0.9, step=0.05, on_divergence=0))
-    hand_picked = {"lr": 1e-3, "alpha": 0.99}  # the constant baseline `hpo run` compares with
+    hand_picked = {"lr": 1e-3, "alpha": 0.99}  # noqa: RUF012 - the constant baseline `hpo run` compares with
 
     def init(self, params):
         return {"v": {k: torch.zeros_like(p) for k, p in params.items()}}

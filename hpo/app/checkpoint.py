@@ -129,7 +129,7 @@ class Checkpoint:
             records.append(rec)
         config = d.get("config") if version >= 2 else v1_config(d.get("options"))
         if not isinstance(config, dict):
-            raise ValueError("it has no run configuration")
+            raise ValueError("it has no run configuration")  # noqa: TRY004 - read as malformed data, one line
         seconds = d.get("search_seconds", 0.0)
         if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
             raise ValueError("its search time is not a number")
@@ -209,7 +209,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says enough
             warnings.simplefilter("ignore")
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, foreign pickles needing code, ...: all one line
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated, foreign pickles needing code, ...: all one line
         raise ValueError(f"cannot read checkpoint {path}: it is corrupt, truncated or not plain data "
                          f"(torch.load with weights_only=True: {type(e).__name__})") from None
     try:

@@ -115,8 +115,8 @@ def run_pair(cfg: CompareConfig, task: Task, seed: int, name: str) -> tuple[list
         rule = rule_with_groups(task, rule, settings.fds(0))
         points = [replace(p, schedule=p.schedule.broadcast_groups(group_counts(rule))) for p in points]
     last = points[-1] if points else None
-    lines = [f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
-             f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU"]
+    lines = [(f"seed {seed}  {name:<18} search: {last.steps if last else 0} inner steps, "
+              f"{last.seconds if last else 0.0:.1f}s wall, {last.cpu_seconds if last else 0.0:.1f}s CPU")]
     pair: list[Row] = []
     for budget in sorted(cfg.budget):
         point = incumbent(points, budget)

@@ -105,7 +105,7 @@ class CompareCheckpoint:
         if not checks.is_int(d.get("version")) or d["version"] > VERSION:
             raise ValueError(f"it has format version {d.get('version')!r}; this hpo reads version {VERSION} or older")
         if not isinstance(d.get("config"), dict):
-            raise ValueError("it has no comparison configuration")
+            raise ValueError("it has no comparison configuration")  # noqa: TRY004 - read as malformed data, one line
         done = d.get("done")
         if not isinstance(done, list) or not all(
                 isinstance(p, list) and len(p) == 2 and checks.is_int(p[0]) and isinstance(p[1], str) for p in done):
@@ -114,7 +114,7 @@ class CompareCheckpoint:
         if len(set(pairs)) != len(pairs):
             raise ValueError("it lists a finished (seed, method) pair twice")
         if not isinstance(d.get("rows"), list):
-            raise ValueError("it has no rows")
+            raise ValueError("it has no rows")  # noqa: TRY004 - read as malformed data, one line
         rows = tuple(Row.from_dict(r) for r in d["rows"])
         if any((r.seed, r.method) not in set(pairs) for r in rows):
             raise ValueError("it holds a row of a (seed, method) pair it does not list as finished")

@@ -357,10 +357,10 @@ def make_backend_field(c: RunConfig, rule: UpdateRule) -> HypergradientBackend:
         Augment.parse(c.augment)
     except ValueError as e:
         raise ConfigError("augment", str(e)) from None
-    if c.download or c.augment:
-        if isinstance(c.task, Problem) or (":" not in c.task and c.task not in VISION_TASKS):  # a module:attr factory decides for itself
-            raise ConfigError("download" if c.download else "augment",
-                              f"applies to the vision tasks ({', '.join(VISION_TASKS)}), not {c.task!r}")
+    vision_only = isinstance(c.task, Problem) or (":" not in c.task and c.task not in VISION_TASKS)  # module:attr decides
+    if (c.download or c.augment) and vision_only:
+        raise ConfigError("download" if c.download else "augment",
+                          f"applies to the vision tasks ({', '.join(VISION_TASKS)}), not {c.task!r}")
     try:
         pick_device(c.device)
     except ValueError as e:

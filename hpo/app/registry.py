@@ -167,7 +167,7 @@ def load_object(spec: str) -> Any:
             module = importlib.import_module(mod_name)
     except ValueError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a user's module: any import failure is one line
         raise ValueError(f"cannot import {mod_name!r}: {type(e).__name__}: {e}") from None
     if not hasattr(module, attr):
         raise ValueError(f"{mod_name!r} has no attribute {attr!r}")
@@ -185,10 +185,10 @@ def _build(kind: str, spec: str, obj: Any, base: type, **kwargs: Any) -> Any:
                          f"instance or factory)")
     try:
         built = obj(**kwargs)
-    except Exception as e:  # a user's constructor: any failure is one line
+    except Exception as e:  # noqa: BLE001 - a user's constructor: any failure is one line
         raise ValueError(f"cannot build {kind} {spec!r}: {type(e).__name__}: {e}") from None
     if not isinstance(built, base):
-        raise ValueError(f"{spec!r} returned a {type(built).__name__}, not a {base.__name__}")
+        raise ValueError(f"{spec!r} returned a {type(built).__name__}, not a {base.__name__}")  # noqa: TRY004
     return built
 
 

@@ -188,8 +188,8 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
     seed = config.seed + RETRAIN_SEED_OFFSET
     final = retrain(task, rule, result.schedule, steps, seed, DTYPES[config.dtype], fds.device,
                     on_step=lambda t, loss: logged.on_retrain_step("learned", t, steps, loss), grad_clip=fds.grad_clip)
-    lines = [f"learned schedule   {metrics_text(final)}  "
-             f"({steps} steps{', DIVERGED' if final.diverged else ''})"]
+    lines = [(f"learned schedule   {metrics_text(final)}  "
+              f"({steps} steps{', DIVERGED' if final.diverged else ''})")]
     results: dict[str, Any] = {"learned": result_json(final, task.label)}
     base = None
     hand = config.resolved_baseline
@@ -229,8 +229,8 @@ def search_and_retrain(plan: RunPlan, logdir: Path, cb: CallbackList, tb: Guarde
     tb.close()
     summary = (f"learned schedule: {format_values(result.schedule.to_dict(), groups=result.schedule.groups_dict())}",
                *lines,
-               f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'}, {picture.name} and TensorBoard "
-               f"logs (tensorboard --logdir {logdir})")
+               (f"search took {search_seconds:.1f}s; wrote {logdir / 'schedule.json'}, {picture.name} and TensorBoard "
+                f"logs (tensorboard --logdir {logdir})"))
     for line in summary:
         cb.on_message(line)
     return RunResult(config.replace(logdir=str(logdir)), result.schedule, result.history, final, base, search_seconds,

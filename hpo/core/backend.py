@@ -127,11 +127,11 @@ def run_inner(
             inner = backend.inner(state)
             if on_step is not None:
                 on_step(t, inner)
-            if (t + 1) % check_every == 0 or t + 1 == problem.horizon:
-                if not bool(backend.finite(state)):
-                    diverged = True
-                    cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
-                    break
+            due = (t + 1) % check_every == 0 or t + 1 == problem.horizon
+            if due and not bool(backend.finite(state)):
+                diverged = True
+                cause = {"diverged_at": t + 1, "divergence": "loss" if not is_finite(inner.loss) else "tangents"}
+                break
         result = backend.hypergradient(problem, schedule, state)
     return replace(result, diverged=diverged or result.diverged, info={**(result.info or {}), **cause})
 
