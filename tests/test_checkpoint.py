@@ -156,3 +156,15 @@ def test_good_point_and_coordinates_survive_a_checkpoint(tmp_path) -> None:
     torch.save(raw, path)
     with pytest.raises(Exception, match="no valid 'good'"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_file_keeps_the_outer_optimizers_slots(tmp_path) -> None:
+    """Adam's moments survive save and load: a resumed Adam outer loop continues, not restarts."""
+    state = OuterState.start({"lr": torch.tensor([0.1, 0.2])}, {"lr": 0.05})
+    state = OuterState(state.values, state.steps, state.signs, 0, state.good, state.kinds,
+                       {"m": {"lr": torch.tensor([0.25, -0.5])}, "v": {"lr": torch.tensor([0.125, 2.0])}})
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, Checkpoint(state, (), {"outer": "adam"}))
+    slots = load_checkpoint(path).state.slots
+    assert torch.equal(slots["m"]["lr"], torch.tensor([0.25, -0.5], dtype=torch.float64))
+    assert torch.equal(slots["v"]["lr"], torch.tensor([0.125, 2.0], dtype=torch.float64))

@@ -143,3 +143,13 @@ def test_l2_per_layer_is_named_by_layer_beside_grouped_learning_rates(tmp_path: 
     again = run_cli("retrain", "--schedule", str(logdir / "schedule.json"))
     assert again.exit_code == 0, again.output
     assert f"test_acc={summary['results']['learned']['test_acc']:.4f}" in again.output
+
+
+def test_the_default_outer_optimizer_is_adam_for_per_example_weights_and_sign_otherwise() -> None:
+    from hpo.outer.adam import Adam as AdamOuter
+    from hpo.outer.sign import SignDescent
+
+    assert isinstance(RunConfig().resolved_outer, SignDescent)
+    assert isinstance(RunConfig(loss_hypers=("label_smoothing", "l2")).resolved_outer, SignDescent)
+    assert isinstance(RunConfig(loss_hypers=("example_weight",), label_noise=0.4).resolved_outer, AdamOuter)
+    assert isinstance(RunConfig(loss_hypers=("example_weight",), outer="sign").resolved_outer, SignDescent)

@@ -99,6 +99,8 @@ class Checkpoint:
                 "k": int(s.k),
                 **({"good": {k: v.detach().cpu() for k, v in s.good.items()}} if s.good is not None else {}),
                 **({"kinds": dict(s.kinds)} if s.kinds is not None else {}),
+                **({"slots": {n: {k: v.detach().cpu() for k, v in part.items()} for n, part in s.slots.items()}}
+                   if s.slots else {}),
             },
             "history": [to_plain(r.__dict__) for r in self.history],
             "config": to_plain(self.config),

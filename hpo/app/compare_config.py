@@ -63,7 +63,7 @@ class CompareConfig:
     population: int | None = None
     short_steps: int = 0
     keep_best: bool = False
-    outer: str = "sign"
+    outer: str = "auto"
     outer_options: Mapping[str, float] = field(default_factory=dict)
     divergence: str = "lower"
     outer_space: str = "linear"
@@ -117,7 +117,6 @@ class CompareConfig:
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "outer", checks.text("outer", self.outer))
         set_(self, "outer_options", checks.name_map("outer_options", self.outer_options, "float"))
-        set_(self, "resolved_outer", make_outer(self.outer, self.outer_options))
         set_(self, "divergence", checks.choice("divergence", self.divergence, DIVERGENCE_RULES))
         set_(self, "outer_space", checks.choice("outer_space", self.outer_space, OUTER_SPACES))
         set_(self, "steps", checks.name_map("steps", self.steps, "float"))
@@ -141,6 +140,7 @@ class CompareConfig:
         set_(self, "label_noise", label_noise_field(self.task, self.label_noise))
         rule = with_loss_kinds(resolve_rule_field(self.optimizer), self.task, self.loss_hypers)
         set_(self, "resolved_rule", rule)
+        set_(self, "resolved_outer", make_outer(self.outer, self.outer_options, rule))
         checks.names_of("hyper_lr", self.hyper_lr, rule.hyper_names, rule.name)
         checks.names_of("steps", self.steps, rule.hyper_names, rule.name)
         try:
@@ -171,7 +171,7 @@ class CompareConfig:
                 raise ConfigError("methods", f"{name}: {e}") from None
             methods[name] = method
         fds_only = [name for name, given in (("short_steps", self.short_steps != 0), ("keep_best", self.keep_best),
-                                             ("outer", self.outer != "sign"), ("outer_options", bool(self.outer_options)),
+                                             ("outer", self.outer not in ("auto", "sign")), ("outer_options", bool(self.outer_options)),
                                              ("steps", bool(self.steps)),
                                              ("init", bool(self.init)),
                                              ("divergence", self.divergence != "lower"),

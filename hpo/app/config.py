@@ -66,7 +66,7 @@ class RunConfig:
     init: Mapping[str, float] = field(default_factory=dict)
     steps: Mapping[str, float] = field(default_factory=dict)
     groups: Mapping[str, str] = field(default_factory=dict)
-    outer: str = "sign"
+    outer: str = "auto"
     outer_options: Mapping[str, float] = field(default_factory=dict)
     divergence: str = "lower"
     outer_space: str = "linear"
@@ -127,7 +127,7 @@ class RunConfig:
                     raise ConfigError(name, f"{k} = {x:g} does not fit in {self.dtype} (largest {limit:g})")
         object.__setattr__(self, "resolved_rule", rule)
         object.__setattr__(self, "initial_schedule", initial)
-        object.__setattr__(self, "resolved_outer", make_outer(self.outer, self.outer_options))
+        object.__setattr__(self, "resolved_outer", make_outer(self.outer, self.outer_options, rule))
         object.__setattr__(self, "resolved_fds", self.build_fds())
         try:
             self.resolved_fds.validate(rule)

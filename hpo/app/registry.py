@@ -29,6 +29,7 @@ from hpo.errors import ConfigError
 from hpo.optimizers.adahessian import AdaHessian
 from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.loss_hypers import example_names
 from hpo.optimizers.exadam import EXAdam
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.optimizers.sophia import Sophia
@@ -247,10 +248,28 @@ def make_backend(spec: str, rule: UpdateRule, window: int | None = None, compile
     return backend
 
 
-def make_outer(name: str, options: Mapping[str, float] | None = None) -> OuterOptimizer:
-    """The outer optimizer ``name`` with ``options`` (its dataclass fields); ``ConfigError`` naming the field."""
+#: ``--outer auto``: the outer optimizer for a rule, by what it tunes (see :func:`outer_name`).
+AUTO_OUTER = "auto"
+
+#: The outer optimizer ``auto`` picks when a weight per training example is tuned (measured in
+#: docs/results-hyper-cleaning.md: it separates noisy from clean examples better than sign steps).
+PER_EXAMPLE_OUTER = "adam"
+
+
+def outer_name(name: str, rule: UpdateRule) -> str:
+    """``name``, or for ``auto``: :data:`PER_EXAMPLE_OUTER` when ``rule`` tunes per-example loss weights, else ``sign``."""
+    if name != AUTO_OUTER:
+        return name
+    return PER_EXAMPLE_OUTER if example_names(rule) else "sign"
+
+
+def make_outer(name: str, options: Mapping[str, float] | None = None, rule: UpdateRule | None = None) -> OuterOptimizer:
+    """The outer optimizer ``name`` (``auto`` resolved for ``rule``, :func:`outer_name`) with ``options`` (its
+    dataclass fields); ``ConfigError`` naming the field."""
+    if name == AUTO_OUTER:
+        name = "sign" if rule is None else outer_name(name, rule)
     if name not in OUTER_OPTIMIZERS:
-        raise ConfigError("outer", f"unknown outer optimizer {name!r} (choose from {', '.join(OUTER_OPTIMIZERS)})")
+        raise ConfigError("outer", f"unknown outer optimizer {name!r} (choose from auto, {', '.join(OUTER_OPTIMIZERS)})")
     cls = OUTER_OPTIMIZERS[name]
     known = [f.name for f in dataclasses.fields(cls)]
     for key in options or {}:

@@ -121,9 +121,10 @@ OPTIONS: dict[str, Callable[..., Callable[[Any], Any]]] = {
                           help="Inner steps per outer step; the last entry repeats (e.g. 1 epoch, then 10)."),
     "horizon": option(OUTER, "--inner-steps", "inner_steps", type=int, default=100, show_default=True,
                       help="Horizon T of every inner run (one outer step or trial)."),
-    "outer": option(OUTER, "--outer", type=click.Choice(list(OUTER_OPTIMIZERS)), default="sign", show_default=True,
-                    help="Outer optimizer: sign (the authors'), rprop, sign-magnitude or adam "
-                               "(docs/concepts/outer-update.md)." + FDS),
+    "outer": option(OUTER, "--outer", type=click.Choice(["auto", *OUTER_OPTIMIZERS]), default="auto",
+                    show_default=True,
+                    help="Outer optimizer: sign (the authors'), rprop, sign-magnitude or adam; auto is sign, or adam "
+                         "when a weight per training example is tuned (docs/concepts/outer-update.md)." + FDS),
     "outer_options": option(OUTER, "--outer-option", "outer_options", type=KeyValues(float), default="",
                             help="Options of the outer optimizer, e.g. decay=0.5 (every sign optimizer), "
                                        "grow=1.2 (rprop), cap=2 (sign-magnitude), beta1=0.9,beta2=0.999 (adam)." + FDS),
