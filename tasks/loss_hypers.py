@@ -45,7 +45,7 @@ from hpo.tasks.base import Problem, layer_names
 
 #: The built-in kinds by name (what ``--loss-hypers`` takes).
 BUILTIN: Mapping[str, LossHyper] = {
-    "example_weight": LossHyper(HyperSpec("example_weight", low=0.0, high=1.0, init=1.0, step=0.2, count=1,
+    "example_weight": LossHyper(HyperSpec("example_weight", low=0.0, high=1.0, init=1.0, step=0.1, count=1,
                                           description="per-example loss weight", on_divergence=0,
                                           search_low=0.0, search_high=1.0), per="example"),
     "class_weight": LossHyper(HyperSpec("class_weight", low=0.0, high=10.0, init=1.0, step=0.2, count=1,
