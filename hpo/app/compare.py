@@ -211,6 +211,11 @@ def compare_with_threads(cfg: CompareConfig, settings: SearchSettings, log: Log,
         raise ConfigError("loss_hypers", "per-example weights in hpo compare need the problem's own validation set "
                                          "(--label-noise on MNIST-1D, or Problem(val=...)): a hold-out split would "
                                          "change the examples they weigh")
+    for name, method in cfg.resolved_methods.items():
+        try:
+            method.check_task(task)
+        except ValueError as e:
+            raise ConfigError("methods", f"{name}: {e}") from None
     logdir = Path(cfg.logdir) if cfg.logdir is not None else default_logdir("compare")
     if checkpoint is None:
         refuse_existing(logdir)

@@ -44,6 +44,7 @@ from hpo.search.hand_picked import HandPicked
 from hpo.search.online_greedy import OnlineGreedySearch
 from hpo.search.pbt import PBTSearch
 from hpo.search.schedule_free import ScheduleFreeSearch
+from hpo.search.stn import STNSearch
 from hpo.search.trials import CosineWarmup, RandomSearch, TPESearch
 from hpo.tasks.base import Task
 
@@ -120,6 +121,7 @@ SEARCH_METHODS: Mapping[str, Callable[[], SearchMethod]] = MappingProxyType({
     "cosine-tpe": partial(TPESearch, shape=CosineWarmup()),
     "schedule-free": ScheduleFreeSearch,
     "pbt": PBTSearch,
+    "stn": STNSearch,
     "hand-picked": HandPicked,
 })
 

@@ -121,6 +121,10 @@ class SearchMethod(ABC):
     def check(self, rule: UpdateRule, settings: SearchSettings) -> None:
         """Raise ``ValueError`` (one line) if this method cannot run ``rule`` with ``settings``."""
 
+    def check_task(self, task: Task) -> None:
+        """Raise ``ValueError`` (one line) if this method cannot search on ``task`` (e.g. its model); called
+        once the task is loaded, before the comparison starts."""
+
     @abstractmethod
     def search(self, task: Task, rule: UpdateRule, settings: SearchSettings, seed: int) -> list[Incumbent]:
         """Spend ``settings.budget`` inner steps; the incumbent after each unit of work."""
