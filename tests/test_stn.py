@@ -229,3 +229,25 @@ def test_stn_without_loss_hyperparameters_is_one_line_and_exit_2(tmp_path: Path)
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert "stn: it tunes loss hyperparameters" in r.output
     assert not (tmp_path / "c").exists()
+
+
+def test_stn_options_set_the_ratio_and_the_perturbation_scale() -> None:
+    from hpo.app.compare_config import CompareConfig
+
+    cfg = CompareConfig(methods=("stn",), loss_hypers=("l2", "label_smoothing"), label_noise=0.4,
+                        stn_options={"weight_steps": 3, "hyper_steps": 2, "sigma": 0.2})
+    method = cfg.resolved_methods["stn"]
+    assert (method.weight_steps, method.hyper_steps, method.sigma) == (3, 2, 0.2)
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--stn-option", "speed=2"], "stn has no option 'speed'"),
+    (["--stn-option", "weight_steps=2.5"], "stn's weight_steps must be a whole number"),
+    (["--stn-option", "sigma=-1"], "sigma must be positive"),
+])
+def test_bad_stn_options_are_one_line_exit_2(args: list[str], expected: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["compare", "--methods", "stn", "--loss-hypers", "l2,label_smoothing",
+                                      "--label-noise", "0.4", *args, "--logdir", str(tmp_path / "x")])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1 and "--stn-option" in err and expected in err, err

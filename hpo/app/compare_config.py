@@ -61,6 +61,7 @@ class CompareConfig:
     hyper_lr: Mapping[str, float] = field(default_factory=dict)
     window: int | None = None
     population: int | None = None
+    stn_options: Mapping[str, float] = field(default_factory=dict)
     short_steps: int = 0
     keep_best: bool = False
     outer: str = "auto"
@@ -113,6 +114,7 @@ class CompareConfig:
         set_(self, "hyper_lr", checks.name_map("hyper_lr", self.hyper_lr, "float"))
         set_(self, "window", checks.optional_integer("window", self.window))
         set_(self, "population", checks.optional_integer("population", self.population, 2))
+        set_(self, "stn_options", checks.name_map("stn_options", self.stn_options, "float"))
         set_(self, "short_steps", checks.integer("short_steps", self.short_steps, 0))
         set_(self, "keep_best", checks.flag("keep_best", self.keep_best))
         set_(self, "outer", checks.text("outer", self.outer))
@@ -160,10 +162,17 @@ class CompareConfig:
             raise ConfigError("window", "applies only to the reverse-truncated backend, which is not among the methods")
         if self.population is not None and "pbt" not in self.methods:
             raise ConfigError("population", "applies only to pbt, which is not among the methods")
+        if self.stn_options and "stn" not in self.methods:
+            raise ConfigError("stn_options", "applies only to stn, which is not among the methods")
         methods = {}
         for name in self.methods:
             try:
-                method = resolve_method(name, window=self.window, population=self.population)
+                method = resolve_method(name, window=self.window, population=self.population,
+                                        stn_options=self.stn_options)
+            except ValueError as e:
+                raise ConfigError("stn_options" if name == "stn" and self.stn_options else "methods",
+                                  f"{name}: {e}") from None
+            try:
                 method.check(rule, self.settings())
             except MissingExtra as e:
                 raise ConfigError("methods", f"{name} {e}") from None

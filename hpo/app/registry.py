@@ -299,13 +299,29 @@ def resolve_task(spec: str, **kwargs: Any) -> Task:
     return _build("task", spec, load_object(spec), Task, **kwargs)
 
 
-def resolve_method(spec: str, window: int | None = None, population: int | None = None) -> SearchMethod:
+#: The options of ``stn`` that ``--stn-option`` sets, with their types.
+STN_OPTIONS: Mapping[str, type] = MappingProxyType({"weight_steps": int, "hyper_steps": int, "sigma": float,
+                                                    "tau": float, "hyper_lr": float, "per_layer": bool})
+
+
+def resolve_method(spec: str, window: int | None = None, population: int | None = None,
+                   stn_options: Mapping[str, float] | None = None) -> SearchMethod:
     """A search method of ``hpo compare``: a name of :data:`SEARCH_METHODS`, or a backend (FDS with it).
 
-    ``window`` sets reverse-truncated's window and ``population`` the size of pbt's population.
+    ``window`` sets reverse-truncated's window, ``population`` the size of pbt's population and
+    ``stn_options`` the options of ``stn`` (:data:`STN_OPTIONS`: the ratio of weight to
+    hyperparameter steps, the perturbation scale ``sigma``, ...); ``ValueError`` on an unknown one.
     """
     if spec == "pbt" and population is not None:
         return PBTSearch(population=population)
+    if spec == "stn" and stn_options:
+        for key, value in stn_options.items():
+            if key not in STN_OPTIONS:
+                raise ValueError(f"stn has no option {key!r} (its options: {', '.join(STN_OPTIONS)})")
+            if STN_OPTIONS[key] is not float and float(value) != int(value):
+                raise ValueError(f"stn's {key} must be a whole number, got {value:g}")
+        return STNSearch(**{k: STN_OPTIONS[k](int(v) if STN_OPTIONS[k] is not float else v)
+                            for k, v in stn_options.items()})
     if spec in SEARCH_METHODS:
         return SEARCH_METHODS[spec]()
     try:

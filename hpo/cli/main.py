@@ -126,7 +126,7 @@ def parse_list(text: str, field: str, kind: type) -> tuple[Any, ...]:
 @options("task", "optimizer", "samples", "label_noise", "batch_size", "val_frac", "holdout_frac",
          "counts", "init", "loss_hypers", "space", "hyper_lr",
          "horizon", "outer", "outer_options", "steps", "divergence", "outer_space", "short_steps", "keep_best",
-         "methods", "window", "grad_clip", "population",
+         "methods", "window", "grad_clip", "population", "stn_options",
          "seeds", "budget", "budget_seconds", "jobs", "retrain_steps", "device", "dtype", "resume",
          "logdir",
          retrain_steps={"help": "Steps of each retrain from scratch (default: --inner-steps)."},

@@ -164,6 +164,9 @@ OPTIONS: dict[str, Callable[..., Callable[[Any], Any]]] = {
                         help="Clamp inner gradients to +-C (authors' code: 3). Off by default."),
     "hz_clip": option(BACKEND, "--hz-clip", type=float, default=None,
                       help="Clamp Hessian-tangent products to +-C (authors' code: 1). Off by default."),
+    "stn_options": option(BACKEND, "--stn-option", "stn_options", type=KeyValues(float), default="",
+                          help="stn: its options, e.g. weight_steps=5,hyper_steps=1 (their ratio), sigma=0.5 (the "
+                               "perturbation scale), tau=0.001, hyper_lr=0.03, per_layer=1."),
     "population": option(BACKEND, "--population", type=int, default=None,
                          help="pbt: members of the population (default: budget / T); set it when --budget-seconds "
                               "binds."),
