@@ -19,6 +19,10 @@ rewritten to take them (its plain loss stays the objective the hypergradient low
     uniform distribution.
 ``l2``
     :math:`\\rho_l \\ge 0`, one per layer (start 0).
+``input_noise``
+    :math:`\\sigma \\ge 0`, a schedule (start 0): the loss sees the inputs :math:`x + \\sigma n`, with
+    :math:`n \\sim N(0, I)` drawn from the step's seeded RNG (:func:`noisy_inputs`), so every backend
+    replays the same noise and differentiates :math:`\\sigma` through it.
 
 The first three need per-example losses: a classifier (``logits`` and ``classes`` set, as every
 built-in classification task has) for all three, or ``example_loss`` for per-example weights;
@@ -56,6 +60,9 @@ BUILTIN: Mapping[str, LossHyper] = {
     "label_smoothing": LossHyper(HyperSpec("label_smoothing", low=0.0, high=0.5, init=0.0, step=0.05, count=1,
                                            description="label smoothing", on_divergence=0,
                                            search_low=0.0, search_high=0.3), per="run"),
+    "input_noise": LossHyper(HyperSpec("input_noise", low=0.0, high=5.0, init=0.0, step=0.05, count=1,
+                                       description="std of Gaussian noise added to the inputs", on_divergence=0,
+                                       search_low=0.0, search_high=0.5), per="run"),
 }
 
 #: The kinds that weigh or change each example's loss (they need per-example losses).
@@ -99,6 +106,17 @@ def pick(values: Tensor, index: Tensor | int) -> Tensor:
     return values if values.dim() == 0 else values[index]
 
 
+def noisy_inputs(batch: Batch, sigma: Tensor) -> Batch:
+    """``(x + sigma * n, *rest)`` with :math:`n \\sim N(0, I)` from the global RNG, which every inner step
+    seeds (:meth:`~hpo.core.problem.InnerProblem.seed_step`): a replay draws the same noise, and the
+    derivative in ``sigma`` is the reparametrised one, :math:`n`.  ``sigma`` is 0-d or one per example."""
+    if not isinstance(batch, (tuple, list)) or not batch or not isinstance(batch[0], Tensor):
+        raise ValueError("input_noise needs batches (x, ...) whose first entry is the input tensor")
+    x = batch[0]
+    s = sigma.reshape(-1, *([1] * (x.dim() - 1))) if sigma.dim() == 1 else sigma
+    return (x + s * torch.randn_like(x), *batch[1:])
+
+
 def with_loss_hypers(problem: Problem, kinds: Sequence[str]) -> Problem:
     """``problem`` with the built-in ``kinds`` declared and its loss taking them (module docstring).
 
@@ -126,6 +144,8 @@ def with_loss_hypers(problem: Problem, kinds: Sequence[str]) -> Problem:
     logits_fn, example_fn = problem.logits, problem.example_loss
 
     def loss(model: nn.Module, batch: Batch, hyper: Mapping[str, Tensor]) -> Tensor:
+        if "input_noise" in hyper:
+            batch = noisy_inputs(batch, hyper["input_noise"])
         if weighted:
             if classifier:
                 assert logits_fn is not None

@@ -1,6 +1,6 @@
 """Loss hyperparameters: every exact backend equals the reference unroll and central finite differences.
 
-For each built-in kind (per-example and per-class weights, L2 per layer, label smoothing), with SGD
+For each built-in kind (per-example and per-class weights, L2 per layer, label smoothing, input noise), with SGD
 and Adam, on a classification and a regression problem, in float64: the hypergradient of every
 value, the optimizer's and the loss's, from ``reverse-checkpointed``, ``forward-jvp`` and
 ``reverse-truncated`` with its full window equals reverse-mode differentiation of the unrolled loop
@@ -59,8 +59,8 @@ def regression() -> Problem:
 
 
 #: (problem, kind): every built-in kind on the classifier, the ones a regression takes on it.
-CASES = [(classifier, k) for k in ("example_weight", "class_weight", "l2", "label_smoothing")] + \
-        [(regression, k) for k in ("example_weight", "l2")]
+CASES = [(classifier, k) for k in ("example_weight", "class_weight", "l2", "label_smoothing", "input_noise")] + \
+        [(regression, k) for k in ("example_weight", "l2", "input_noise")]
 
 RULES = {"sgd": SGDMomentum, "adam": Adam}
 
@@ -76,7 +76,7 @@ def setup(make: type | object, kind: str, rule_name: str, horizon: int = 8):
     assert isinstance(rule, WithLossHypers)
     problem = make_problem(task, rule, config, 0)
     gen = torch.Generator().manual_seed(9)
-    sched = Schedule.initial(rule, counts={"label_smoothing": 2}, groups=group_counts(rule))
+    sched = Schedule.initial(rule, counts={"label_smoothing": 2, "input_noise": 2}, groups=group_counts(rule))
     values = {}
     for name, v in sched.values.items():
         if name in RULE_VALUES[rule_name]:
@@ -87,6 +87,8 @@ def setup(make: type | object, kind: str, rule_name: str, horizon: int = 8):
             values[name] = 0.5 + torch.rand(v.shape, generator=gen, dtype=DT)
         elif name == "l2":
             values[name] = 0.01 + 0.02 * torch.rand(v.shape, generator=gen, dtype=DT)
+        elif name == "input_noise":
+            values[name] = torch.tensor([0.3, 0.5], dtype=DT)
         else:
             values[name] = torch.tensor([0.1, 0.2], dtype=DT)
     return problem, values

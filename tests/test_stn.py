@@ -251,3 +251,26 @@ def test_bad_stn_options_are_one_line_exit_2(args: list[str], expected: str, tmp
     assert result.exit_code == 2, result.output
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "--stn-option" in err and expected in err, err
+
+
+def test_stn_tunes_the_input_noise_when_it_is_turned_on(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["compare", "--task", "mnist1d-mlp", "--samples", "300", "--methods", "stn",
+                                 "--loss-hypers", "l2,input_noise", "--seeds", "0", "--inner-steps", "20",
+                                 "--budget", "40", "--device", "cpu", "--logdir", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    (row,) = [row for row in csv.DictReader((tmp_path / "c" / "results.csv").open()) if row["method"] == "stn"]
+    schedule = json.loads(row["schedule"])
+    noise = schedule["input_noise"]
+    assert len(noise) == 7 and all(v > 0 for v in noise) and len(set(noise)) > 1  # a trajectory, from 0.1
+    assert abs(noise[0] - 0.1) < 0.05 and "label_smoothing" not in schedule
+
+
+def test_noisy_inputs_replay_with_the_seeded_rng() -> None:
+    from hpo.tasks.loss_hypers import noisy_inputs
+
+    x, y = torch.ones(4, 3), torch.zeros(4)
+    torch.manual_seed(5)
+    a = noisy_inputs((x, y), torch.tensor([0.0, 1.0, 2.0, 0.5]))
+    torch.manual_seed(5)
+    n = torch.randn(4, 3)
+    assert torch.equal(a[0], x + torch.tensor([[0.0], [1.0], [2.0], [0.5]]) * n) and a[1] is y

@@ -29,8 +29,8 @@ from hpo.errors import ConfigError
 from hpo.optimizers.adahessian import AdaHessian
 from hpo.optimizers.adam import Adam, AdamW
 from hpo.optimizers.base import UpdateRule
-from hpo.optimizers.loss_hypers import example_names
 from hpo.optimizers.exadam import EXAdam
+from hpo.optimizers.loss_hypers import example_names
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.optimizers.sophia import Sophia
 from hpo.outer.adam import Adam as OuterAdam

@@ -105,7 +105,7 @@ OPTIONS: dict[str, Callable[..., Callable[[Any], Any]]] = {
                                  "sets --counts."),
     "loss_hypers": option(HYPER, "--loss-hypers", default="",
                           help="Tune hyperparameters of the loss too, any of example_weight,class_weight,l2,"
-                               "label_smoothing (docs/loss-hyperparameters.md)."),
+                               "label_smoothing,input_noise (docs/how-to/loss-hyperparameters.md)."),
     "label_noise": option(PROBLEM, "--label-noise", type=float, default=None,
                           help="MNIST-1D: replace a seeded fraction P of the training labels by other classes; "
                                "a clean tenth of the training set becomes the validation set."),

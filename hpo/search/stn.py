@@ -3,7 +3,8 @@
 The network's Linear and Conv layers become structured best-response layers
 (:mod:`hpo.search.stn_layers`), functions :math:`\\hat w_\\phi(\\lambda)` of the unconstrained
 hyperparameters :math:`u` (``l2``: :math:`\\rho = e^{u}`, one per layer or one shared;
-``label_smoothing``: :math:`\\varepsilon = \\tfrac12 \\sigma(u)`).  The layers see :math:`z = u - u_0`,
+``label_smoothing``: :math:`\\varepsilon = \\tfrac12 \\sigma(u)`; ``input_noise``, the standard deviation of
+Gaussian noise added to the inputs: :math:`e^{u}`).  The layers see :math:`z = u - u_0`,
 the offset from the run's starting values.  Training alternates
 
 * ``weight_steps`` steps on the weights :math:`\\phi`, at the rule's hand-picked setting (SGD:
@@ -22,7 +23,8 @@ the offset from the run's starting values.  Training alternates
 The hyperparameters reach the validation loss only through :math:`\\hat w`, so :math:`u` moves the
 way the best-response layers say the validation loss falls.
 
-``stn``: Self-Tuning Networks over the loss hyperparameters ``l2`` and ``label_smoothing``, the rest at the rule's hand-picked setting.
+``stn``: Self-Tuning Networks over the loss hyperparameters ``l2``, ``label_smoothing`` and ``input_noise`` (those
+turned on), the rest at the rule's hand-picked setting.
 
 Each of the ``budget // T`` runs trains a freshly initialised network for the horizon ``T`` on the
 train part of a fresh validation split, its hyperparameters starting where the previous run's ended
@@ -30,7 +32,7 @@ train part of a fresh validation split, its hyperparameters starting where the p
 validation minibatches and are not counted, as an FDS hypergradient is not.  The incumbent after
 each run is the trajectory of the run with the best validation score (of the network at its
 final :math:`u`, unperturbed), replayed as a schedule: each segment holds the mean of
-:math:`\\lambda` over its steps (default 1 segment for ``l2``, 7 for ``label_smoothing``; ``counts``
+:math:`\\lambda` over its steps (default 1 segment for ``l2``, 7 for ``label_smoothing`` and ``input_noise``; ``counts``
 overrides), and ``lr``, ``momentum``, ``wd`` the hand-picked constants.  ``hpo compare`` retrains it
 from scratch like any schedule.  Once ``settings.seconds`` have passed a run stops after its
 current weight/hyperparameter cycle and its trajectory so far (the last value held) is the last
@@ -58,13 +60,13 @@ from hpo.search.stn_layers import check_convertible, conditioned, convert, weigh
 from hpo.tasks.base import Task, init_model, layer_names
 
 #: The loss hyperparameters an STN tunes.
-TUNED = ("l2", "label_smoothing")
+TUNED = ("l2", "label_smoothing", "input_noise")
 
 #: Segments of each tuned type in the replayed schedule, unless ``counts`` says otherwise.
-DEFAULT_COUNTS: Mapping[str, int] = {"l2": 1, "label_smoothing": 7}
+DEFAULT_COUNTS: Mapping[str, int] = {"l2": 1, "label_smoothing": 7, "input_noise": 7}
 
-#: Starting values: L2 at the geometric middle of its search range, a little label smoothing.
-DEFAULT_INIT: Mapping[str, float] = {"l2": 1e-4, "label_smoothing": 0.05}
+#: Starting values: L2 at the geometric middle of its search range, a little label smoothing and input noise.
+DEFAULT_INIT: Mapping[str, float] = {"l2": 1e-4, "label_smoothing": 0.05, "input_noise": 0.1}
 
 
 @final
@@ -79,11 +81,12 @@ class Layout:
     l2_values: int
     smoothing: bool
     layers: int
+    noise: bool = False
 
     @property
     def size(self) -> int:
         """:math:`H`, the number of unconstrained values."""
-        return self.l2_values + int(self.smoothing)
+        return self.l2_values + int(self.smoothing) + int(self.noise)
 
     def rho(self, u: Tensor) -> Tensor:
         """:math:`\\rho = e^{u_{l2}}`, one per layer: ``(..., layers)`` (a shared value repeated)."""
@@ -94,11 +97,19 @@ class Layout:
         """:math:`\\varepsilon = \\tfrac12 \\mathrm{sigmoid}(u_{ls})`, in :math:`(0, \\tfrac12)`: ``(...)``."""
         return 0.5 * torch.sigmoid(u[..., self.l2_values])
 
-    def unconstrained(self, l2: float, smoothing: float, dtype: torch.dtype, device: torch.device | str) -> Tensor:
-        """:math:`u` of the values ``l2`` (every layer) and ``smoothing``: :math:`\\log \\rho`, :math:`\\mathrm{logit}(2\\varepsilon)`."""
+    def sigma(self, u: Tensor) -> Tensor:
+        """The input noise :math:`\\sigma = e^{u_{n}}` (the last value): ``(...)``."""
+        return u[..., self.size - 1].exp()
+
+    def unconstrained(self, l2: float, smoothing: float, dtype: torch.dtype, device: torch.device | str,
+                      noise: float = 0.1) -> Tensor:
+        """:math:`u` of the values ``l2`` (every layer), ``smoothing`` and ``noise``: :math:`\\log \\rho`,
+        :math:`\\mathrm{logit}(2\\varepsilon)`, :math:`\\log \\sigma`."""
         parts = [math.log(l2)] * self.l2_values
         if self.smoothing:
             parts.append(math.log(2 * smoothing / (1 - 2 * smoothing)))
+        if self.noise:
+            parts.append(math.log(noise))
         return torch.tensor(parts, dtype=dtype, device=device)
 
 
@@ -129,6 +140,8 @@ class SelfTuning:
         data, _ = unindexed(batch)
         z = u - self.center
         hyper = {"label_smoothing": self.layout.eps(u)} if self.layout.smoothing else {}
+        if self.layout.noise:
+            hyper["input_noise"] = self.layout.sigma(u)
         with conditioned(self.model, z):
             loss = self.task.loss(self.model, data, hyper)  # type: ignore[call-arg]
             if self.layout.l2_values:
@@ -216,6 +229,8 @@ def replay(trajectory: Tensor, layout: Layout, horizon: int, counts: Mapping[str
             groups["l2"] = tuple(layers)
     if layout.smoothing:
         values["label_smoothing"] = segment_means(layout.eps(u), horizon, counts["label_smoothing"])
+    if layout.noise:
+        values["input_noise"] = segment_means(layout.sigma(u), horizon, counts["input_noise"])
     return Schedule({n: values[n] for n in names}, groups)
 
 
@@ -252,8 +267,8 @@ class STNSearch(SearchMethod):
         if not (tau >= 0 and math.isfinite(tau)):
             raise ValueError(f"stn's entropy weight tau must be non-negative, got {tau:g}")
         self.init = {**DEFAULT_INIT, **(init or {})}
-        if not self.init["l2"] > 0 or not 0 < self.init["label_smoothing"] < 0.5:
-            raise ValueError(f"stn starts from l2 > 0 and 0 < label_smoothing < 0.5, got {self.init}")
+        if not self.init["l2"] > 0 or not 0 < self.init["label_smoothing"] < 0.5 or not self.init["input_noise"] > 0:
+            raise ValueError(f"stn starts from l2 > 0, 0 < label_smoothing < 0.5 and input_noise > 0, got {self.init}")
         self.weight_steps, self.hyper_steps = weight_steps, hyper_steps
         self.sigma, self.tau, self.hyper_lr, self.per_layer = sigma, tau, hyper_lr, per_layer
 
@@ -290,12 +305,13 @@ class STNSearch(SearchMethod):
         kinds = loss_names(rule)
         layers = layer_names(task)
         layout = Layout(0 if "l2" not in kinds else (len(layers) if self.per_layer else 1),
-                        "label_smoothing" in kinds, len(layers))
+                        "label_smoothing" in kinds, len(layers), "input_noise" in kinds)
         base = rule_of(rule)
         fixed = {n: float((base.hand_picked or {})[n]) for n in base.hyper_names}
         config = settings.fds(seed)
         counts = self.counts(settings, kinds)
-        u = layout.unconstrained(self.init["l2"], self.init["label_smoothing"], settings.dtype, settings.device)
+        u = layout.unconstrained(self.init["l2"], self.init["label_smoothing"], settings.dtype, settings.device,
+                                 self.init["input_noise"])
         points: list[Incumbent] = []
         best: RunResult | None = None
         steps = 0
