@@ -39,6 +39,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,15 @@ def flag_scores(weights: Sequence[Any], noisy: torch.Tensor, cut: float = 0.5) -
     return {"precision": precision, "recall": recall, "f1": f1, "flagged": float(flagged.sum())}
 
 
+def separation(weights: Sequence[Any], noisy: torch.Tensor) -> dict[str, float]:
+    """Mean weight of the clean and of the noisy examples, and the AUC of :math:`1 - w_i` as a noisy-example
+    score (the chance that a random noisy example weighs less than a random clean one; ties count half)."""
+    w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+    wn, wc = w[noisy], w[~noisy]
+    less = (wn.unsqueeze(1) < wc.unsqueeze(0)).double().mean() + 0.5 * (wn.unsqueeze(1) == wc.unsqueeze(0)).double().mean()
+    return {"clean_mean": float(wc.mean()), "noisy_mean": float(wn.mean()), "auc": float(less)}
+
+
 def histogram(weights: Sequence[Any], noisy: torch.Tensor, bins: int = 10) -> list[tuple[str, int, int]]:
     """``(bin, clean count, noisy count)`` of the weights over ``bins`` equal bins of [0, 1]."""
     w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
@@ -102,6 +112,18 @@ def compare_config(a: argparse.Namespace, kinds: tuple[str, ...], methods: Seque
 def fds_extra(a: argparse.Namespace) -> dict[str, Any]:
     """The FDS methods' start (the hand-picked setting) and outer steps (``--fds-steps``)."""
     return {"init": dict(HAND), "steps": dict(a.fds_steps)}
+
+
+def fds_config(a: argparse.Namespace, entry: str) -> CompareConfig:
+    """FDS (reverse-checkpointed) with the outer optimizer ``NAME[:STEP][:OPTION=VALUE]``: ``STEP`` the
+    per-example weights' outer step (adam: its learning rate), ``OPTION`` one of the optimizer's options."""
+    name, step, option = (entry.split(":") + ["", ""])[:3]
+    extra = fds_extra(a)
+    if step:
+        extra["steps"] = {**extra["steps"], "example_weight": float(step)}
+    tag = entry.replace(":", "-").replace("=", "")
+    return compare_config(a, ("example_weight",), ["reverse-checkpointed"], a.logdir / f"outer-{tag}", outer=name,
+                          outer_options=pairs(option), **extra)
 
 
 def oracle(a: argparse.Namespace, noisy: torch.Tensor) -> list[float]:
@@ -137,7 +159,7 @@ def table(rows: Mapping[str, list[Any]], noisy: torch.Tensor, oracle_accs: list[
     for name, rs in rows.items():
         acc = mean_std([r.test_acc for r in rs])
         secs = statistics.fmean(r.search_seconds for r in rs)
-        if "example_weight" in rs[0].schedule and name in WEIGHTED:
+        if "example_weight" in rs[0].schedule and name.startswith(WEIGHTED):
             sc = [flag_scores(r.schedule["example_weight"], noisy) for r in rs]
             cells = [mean_std([s[k] for s in sc]) for k in ("precision", "recall", "f1")]
             flagged = f"{statistics.fmean(s['flagged'] for s in sc):.0f}"
@@ -163,7 +185,11 @@ def showcase(a: argparse.Namespace, noisy: torch.Tensor) -> dict[str, Any]:
                           log=quiet)
     blackbox, _ = compare(compare_config(a, ("label_smoothing",), a.blackbox, a.logdir / "blackbox",
                                          space=a.space), log=quiet)
-    rows = by_method([*weighted, *blackbox])
+    variants = []
+    for entry in a.fds_outers:  # FDS again with another outer optimizer, under its own name
+        rs, _ = compare(fds_config(a, entry), log=quiet)
+        variants += [replace(r, method=f"reverse-checkpointed, outer {entry}") for r in rs]
+    rows = by_method([*weighted, *variants, *blackbox])
     oracle_accs = oracle(a, noisy)
     print(f"\n## test accuracy at {a.budget_seconds:g} s of search per method, T={a.inner_steps}, "
           f"seeds {','.join(map(str, a.seeds))}\n")
@@ -171,14 +197,17 @@ def showcase(a: argparse.Namespace, noisy: torch.Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {"oracle": oracle_accs,
                            "methods": {m: [{"seed": r.seed, "test_acc": r.test_acc, "seconds": r.search_seconds,
                                             "steps": r.steps} for r in rs] for m, rs in rows.items()}}
-    for name in (m for m in WEIGHTED if m in rows):
+    for name in (m for m in rows if m.startswith(WEIGHTED)):
         r = rows[name][0]
         print(f"\n## {name}, seed {r.seed}: weights by clean / noisy example ({r.steps} inner steps searched)\n")
         print("| weight | clean | noisy |\n|---|---|---|")
         for b, c, n in histogram(r.schedule["example_weight"], noisy):
             print(f"| {b} | {c} | {n} |")
+        sep = separation(r.schedule["example_weight"], noisy)
+        print(f"\nmean weight: clean {sep['clean_mean']:.3f}, noisy {sep['noisy_mean']:.3f}; "
+              f"AUC of 1 - w for the noise mask {sep['auc']:.3f}")
         others = {k: v for k, v in r.schedule.items() if k != "example_weight"}
-        print(f"\nits optimizer values: {json.dumps(others)}")
+        print(f"\nits optimizer values: {json.dumps({k: [round(float(x), 4) for x in v] for k, v in others.items()})}")
     agree = one_step_agreement(a, noisy, a.logdir / "one-step")
     out["one_step"] = agree
     print(f"\n## one outer step (reverse-checkpointed, seed {a.seeds[0]}): hypergradient sign against the noise mask\n")
@@ -189,25 +218,20 @@ def showcase(a: argparse.Namespace, noisy: torch.Tensor) -> dict[str, Any]:
 
 
 def outer_study(a: argparse.Namespace, noisy: torch.Tensor) -> dict[str, Any]:
-    """FDS (reverse-checkpointed) with each ``--outers`` entry, ``NAME`` or ``NAME:STEP`` (the weights' outer step)."""
+    """FDS (reverse-checkpointed) with each ``--outers`` entry (:func:`fds_config`), ``--seeds`` each."""
     print(f"\n## outer optimizers: reverse-checkpointed, {a.budget_seconds:g} s, T={a.inner_steps}, "
           f"seeds {','.join(map(str, a.seeds))}\n")
-    print("| outer | example_weight step | test acc | outer steps | flagged | precision | recall | F1 |")
+    print("| outer[:step][:option] | test acc | outer steps | flagged | precision | recall | F1 | AUC |")
     print("|---|---|---|---|---|---|---|---|")
     out = {}
     for entry in a.outers:
-        name, _, step = entry.partition(":")
-        extra = fds_extra(a)
-        if step:
-            extra["steps"] = {**extra["steps"], "example_weight": float(step)}
-        rows, _ = compare(compare_config(a, ("example_weight",), ["reverse-checkpointed"],
-                                         a.logdir / f"outer-{name}-{step or 'default'}", outer=name, **extra),
-                          log=lambda line: print("  " + line, flush=True))
+        rows, _ = compare(fds_config(a, entry), log=lambda line: print("  " + line, flush=True))
         sc = [flag_scores(r.schedule["example_weight"], noisy) for r in rows]
         cells = [mean_std([s[k] for s in sc]) for k in ("precision", "recall", "f1")]
         outer_steps = statistics.fmean(r.steps for r in rows) / a.inner_steps
-        print(f"| {name} | {step or 'default'} | {mean_std([r.test_acc for r in rows])} | {outer_steps:.1f} | "
-              f"{statistics.fmean(s['flagged'] for s in sc):.0f} | {' | '.join(cells)} |", flush=True)
+        auc = mean_std([separation(r.schedule["example_weight"], noisy)["auc"] for r in rows])
+        print(f"| {entry} | {mean_std([r.test_acc for r in rows])} | {outer_steps:.1f} | "
+              f"{statistics.fmean(s['flagged'] for s in sc):.0f} | {' | '.join(cells)} | {auc} |", flush=True)
         out[entry] = {"test_acc": [r.test_acc for r in rows], "scores": sc}
     return out
 
@@ -234,6 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--space", default="wd=1e-5:1e-2:log,label_smoothing=0:0.3")
     ap.add_argument("--fds-steps", type=pairs, default=pairs("lr=1e-9,momentum=1e-9,wd=1e-12"),
                     help="Outer steps of the FDS methods (tiny: the optimizer's values stay hand-picked).")
+    ap.add_argument("--fds-outers", type=lambda s: [x for x in s.split(",") if x], default=["adam:0.1"],
+                    help="Also run FDS (reverse-checkpointed) with these outer optimizers, NAME or NAME:STEP.")
     ap.add_argument("--outers", type=lambda s: [x for x in s.split(",") if x], default=[],
                     help="Compare outer optimizers instead, e.g. sign,adam:0.1,sign-magnitude.")
     ap.add_argument("--logdir", type=Path, default=Path("runs") / f"hyper-cleaning-{int(time.time())}")
