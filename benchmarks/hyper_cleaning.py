@@ -152,20 +152,22 @@ def one_step_agreement(a: argparse.Namespace, noisy: torch.Tensor, logdir: Path)
 
 
 def table(rows: Mapping[str, list[Any]], noisy: torch.Tensor, oracle_accs: list[float]) -> list[str]:
-    """Markdown lines: test accuracy, search time and (per-example methods) flag precision/recall/F1 per method."""
-    lines = ["| method | test acc (mean ± std) | search wall s (mean) | flagged | precision | recall | F1 |",
-             "|---|---|---|---|---|---|---|"]
-    lines.append(f"| oracle (noisy weights 0, hand-picked) | {mean_std(oracle_accs)} | 0 | - | - | - | - |")
+    """Markdown lines: test accuracy, search time and (per-example methods) flag precision/recall/F1 and the
+    AUC of :func:`separation`, per method."""
+    lines = ["| method | test acc (mean ± std) | search wall s (mean) | flagged | precision | recall | F1 | AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| oracle (noisy weights 0, hand-picked) | {mean_std(oracle_accs)} | 0 | - | - | - | - | - |")
     for name, rs in rows.items():
         acc = mean_std([r.test_acc for r in rs])
         secs = statistics.fmean(r.search_seconds for r in rs)
         if "example_weight" in rs[0].schedule and name.startswith(WEIGHTED):
             sc = [flag_scores(r.schedule["example_weight"], noisy) for r in rs]
             cells = [mean_std([s[k] for s in sc]) for k in ("precision", "recall", "f1")]
+            cells.append(mean_std([separation(r.schedule["example_weight"], noisy)["auc"] for r in rs]))
             flagged = f"{statistics.fmean(s['flagged'] for s in sc):.0f}"
             lines.append(f"| {name} | {acc} | {secs:.0f} | {flagged} | {' | '.join(cells)} |")
         else:
-            lines.append(f"| {name} | {acc} | {secs:.0f} | - | - | - | - |")
+            lines.append(f"| {name} | {acc} | {secs:.0f} | - | - | - | - | - |")
     return lines
 
 
