@@ -18,7 +18,13 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
   it into the forward pass and the sweep;
 * peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
   reverse-checkpointed, reverse-truncated with the largest window, and full reverse mode up to
-  ``--full-reverse-max``).
+  ``--full-reverse-max``);
+* with ``--example-weights N``: reverse-checkpointed (and forward-jvp, when among ``--methods``) on
+  a synthetic training set of N rows, without and with one loss weight per row (the built-in
+  ``example_weight``, :func:`hpo.tasks.loss_hypers.with_loss_hypers`), and their ratio.  The loss
+  is then :math:`\\frac1B \\sum_{i \\in b_t} w_i \\ell_i(\\theta_t)`; both settings draw the same
+  minibatches from the same N rows.  forward-jvp carries one tangent column per weight (N + 9
+  columns), so expect it to be slow and large: give it few ``--steps``.
 
 Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA and, on CPU, the growth of the
 process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the run.
@@ -50,9 +56,11 @@ from hpo.core.backend import HypergradientBackend, run_inner
 from hpo.core.data import TensorRows
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_starts
+from hpo.optimizers.loss_hypers import WithLossHypers
 from hpo.optimizers.sgd import SGDMomentum
 from hpo.runtime.device import pick_device, pick_dtype, synchronize
 from hpo.tasks.base import classification_task, cross_entropy, model_functions, split_state
+from hpo.tasks.loss_hypers import with_loss_hypers
 from hpo.tasks.mnist1d import CNN1D, MLP
 from hpo.tasks.models import LeNet, wrn16_1, wrn40_2
 
@@ -156,6 +164,97 @@ def problem_for(net: nn.Module, x: Tensor, y: Tensor, horizon: int, batch: int) 
 def schedule_for(counts: dict[str, int], dtype: torch.dtype, device: torch.device) -> Schedule:
     """Non-zero constant values (lr 0.05, momentum 0.9, wd 5e-4) with ``counts`` copies each."""
     return Schedule.constant(HYPER, counts).to(dtype, device)
+
+
+def weighted_problem(net: nn.Module, x: Tensor, y: Tensor, horizon: int, batch: int, weights: bool) -> InnerProblem:
+    """An inner problem of ``horizon`` steps on the pool ``(x, y)``, with one ``example_weight`` per row when ``weights``.
+
+    Without weights it is :func:`problem_for`'s problem; with them, the loss is the task's weighted
+    cross-entropy, the rule :class:`WithLossHypers` and each minibatch carries its rows (``example_ids``).
+    """
+    if not weights:
+        return problem_for(net, x, y, horizon, batch)
+    task = with_loss_hypers(classification_task("synthetic", x, y, x[:batch], y[:batch], lambda: net, batch_size=batch),
+                            ("example_weight",))
+    loss_fn, eval_fn = model_functions(net, task)
+    params, buffers = split_state(net)
+    rule = WithLossHypers(SGDMomentum(), task.hypers, task.hyper_groups())
+    return InnerProblem(loss_fn, eval_fn, params, buffers, rule, TensorRows((x, y)), TensorRows((x[:batch], y[:batch])),
+                        horizon=horizon, batch_size=batch, eval_batch_size=batch, score_fn=task.score_fn(),
+                        model_loss=task.loss, example_ids=torch.arange(x.shape[0], device=x.device))
+
+
+def weighted_schedule(counts: dict[str, int], rows: int, weights: bool, dtype: torch.dtype,
+                      device: torch.device) -> Schedule:
+    """:func:`schedule_for`'s values, plus ``example_weight`` 1 for each of ``rows`` rows when ``weights``."""
+    sched = Schedule.constant(HYPER, counts)
+    if weights:
+        sched = Schedule({**sched.values, "example_weight": torch.ones(rows, 1, dtype=torch.float64)})
+    return sched.to(dtype, device)
+
+
+def time_weighted(make: Callable[[], HypergradientBackend], net: nn.Module, x: Tensor, y: Tensor, batch: int,
+                  counts: dict[str, int], horizon: int, weights: bool, repeats: int = 1) -> tuple[float, float]:
+    """ms per inner step of a whole run of ``horizon`` steps plus its hypergradient (fastest of ``repeats``),
+    on the pool ``(x, y)`` with or without per-example weights; and the peak memory (MiB) of the first run.
+
+    A run of 4 steps warms up first.
+    """
+    sched = weighted_schedule(counts, x.shape[0], weights, x.dtype, x.device)
+
+    def run(steps: int) -> float:
+        backend = make()
+        problem = weighted_problem(net, x, y, steps, batch, weights)
+        state = backend.init(problem, sched)
+        start = clock()
+        for t, b in problem.batches():
+            state = backend.step(problem, sched, state, t, b)
+        backend.hypergradient(problem, sched, state)
+        synchronize(x.device)
+        return clock() - start
+
+    run(max(4, max(counts.values())))
+    with PeakMemory(x.device) as mem:
+        best = run(horizon)
+    for _ in range(repeats - 1):
+        best = min(best, run(horizon))
+    return best * 1000 / horizon, mem.mib
+
+
+def example_weight_table(rows: int, model: str, shape: tuple[int, ...], batch: int, counts: dict[str, int],
+                         methods: list[str], horizon: int, jvp_steps: int, repeats: int, dtype: torch.dtype,
+                         device: torch.device) -> list[dict[str, Any]]:
+    """Print and return ms per inner step without and with ``rows`` per-example weights (:func:`time_weighted`).
+
+    reverse-checkpointed runs ``horizon`` steps (a checkpoint every ``round(sqrt(horizon))``);
+    forward-jvp (if in ``methods``) ``jvp_steps`` steps, its hypergradient read at the end.
+    """
+    from hpo.backends.forward import ForwardJvpBackend
+    from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
+
+    net, x, y = build(model, shape, batch, dtype, device, pool=math.ceil(rows / batch))
+    x, y = x[:rows], y[:rows]
+    label = "/".join(str(counts[k]) for k in ("lr", "momentum", "wd"))
+    every = REGIMES["sqrt"][0](horizon)
+    runs: list[tuple[str, Callable[[], HypergradientBackend], int]] = []
+    if "reverse-checkpointed" in methods:
+        runs.append((f"reverse-checkpointed sqrt (k={every}, T={horizon})",
+                     lambda: ReverseCheckpointedBackend(every=every), horizon))
+    if "forward-jvp" in methods:
+        runs.append((f"forward-jvp (T={jvp_steps})", ForwardJvpBackend, jvp_steps))
+    print(f"\n## per-example weights: {rows} training rows, model={model} batch={batch}, shared values {label}\n")
+    print(f"| method | ms per inner step, no weights | with {rows} weights | ratio | peak MiB, no weights | "
+          f"with weights |")
+    print("|---|---|---|---|---|---|")
+    out = []
+    for name, make, steps in runs:
+        plain, plain_mib = time_weighted(make, net, x, y, batch, counts, steps, False, repeats)
+        weighted, weighted_mib = time_weighted(make, net, x, y, batch, counts, steps, True, repeats)
+        print(f"| {name} | {plain:.2f} | {weighted:.2f} | {weighted / plain:.2f} | {plain_mib:.1f} | "
+              f"{weighted_mib:.1f} |", flush=True)
+        out.append({"method": name, "rows": rows, "ms": plain, "ms_weighted": weighted, "ratio": weighted / plain,
+                    "peak_mib": plain_mib, "peak_mib_weighted": weighted_mib})
+    return out
 
 
 def time_sgd(net: nn.Module, x: Tensor, y: Tensor, steps: int, warmup: int, repeats: int = 1) -> tuple[float, float]:
@@ -339,6 +438,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
     ap.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    ap.add_argument("--example-weights", type=int, default=0, metavar="N",
+                    help="Also time reverse-checkpointed (and forward-jvp, if in --methods) on an N-row training set "
+                         "without and with one loss weight per row (e.g. 5000).")
+    ap.add_argument("--only-example-weights", action="store_true",
+                    help="Skip every other measurement (with --example-weights).")
+    ap.add_argument("--jvp-steps", type=int, default=5,
+                    help="Steps of the forward-jvp run of --example-weights (one tangent column per weight).")
     a = ap.parse_args(argv)
     device, dtype = pick_device(a.device), pick_dtype(a.dtype)
     _clock[0] = CLOCKS[a.clock]
@@ -361,7 +467,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"args": {k: str(v) for k, v in vars(a).items()}, "device": dev_name, "steps": [], "horizons": []}
 
     net, x, y = build(a.model, shape, a.batch_size, dtype, device)
-    print(f"parameters: {sum(p.numel() for p in net.parameters()):,}\n")
+    print(f"parameters: {sum(p.numel() for p in net.parameters()):,}")
+    if a.example_weights:
+        out["example_weights"] = example_weight_table(a.example_weights, a.model, shape, a.batch_size, counts_list[0],
+                                                      methods, a.checkpoint_horizon, a.jvp_steps, a.repeats, dtype,
+                                                      device)
+        if a.only_example_weights:
+            if a.json:
+                a.json.write_text(json.dumps(out, indent=2) + "\n")
+            return out
+    print()
     print("| method | shared values (lr/mom/wd) | ms per inner step | x plain step | peak memory (MiB) |")
     print("|---|---|---|---|---|")
     sgd_ms = float("nan")

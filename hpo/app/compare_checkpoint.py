@@ -76,7 +76,8 @@ class Row:
               and all(d[k] is None or checks.is_number(d[k]) for k in ("val_acc", "search_val_acc"))
               and isinstance(d["diverged"], bool)
               and isinstance(d["schedule"], dict) and all(
-                  isinstance(k, str) and isinstance(v, list) and all(checks.is_number(x) for x in v)
+                  isinstance(k, str) and isinstance(v, list) and all(
+                      checks.is_number(x) or (isinstance(x, list) and all(checks.is_number(y) for y in x)) for x in v)
                   for k, v in d["schedule"].items()))
         if not ok:
             raise ValueError(f"a row of {d.get('method')!r} holds an ill-typed value")
