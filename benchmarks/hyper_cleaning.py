@@ -9,8 +9,9 @@ tenth of the training set is the validation set, the test set is clean.  FDS lea
 so that the validation loss after the whole inner run is lowest.  At equal wall-clock time
 (``--budget-seconds``, every method), over ``--seeds``, this prints the test accuracy of:
 
-* FDS with reverse-checkpointed hypergradients (exact, whole horizon), with the default sign outer
-  optimizer and with each ``--fds-outers`` entry (default: Adam, learning rate 0.1);
+* FDS with reverse-checkpointed hypergradients (exact, whole horizon), with the authors' sign outer
+  update and with each ``--fds-outers`` entry (default: Adam, learning rate 0.1, what ``--outer auto``
+  picks for per-example weights);
 * ``greedy``: the one-step hypergradient of each inner step (Ren et al. 2018's reweighting);
 * ``reverse-truncated`` through the last ``--window`` steps;
 * ``hand-picked``: the optimizer's hand-picked setting, every weight 1 (training on everything);
@@ -59,6 +60,9 @@ from hpo.tasks.mnist1d import load_mnist1d, noisy_split
 WEIGHTED = ("reverse-checkpointed", "greedy", "reverse-truncated")
 #: The hand-picked setting of SGD, where the FDS methods start (the oracle trains with it too).
 HAND = {"lr": 0.1, "momentum": 0.9, "wd": 5e-4}
+
+#: The per-example weights' outer step under the sign update, as measured (the kind's default step is Adam's 0.1).
+SIGN_STEP = 0.2
 
 
 def noise_mask(samples: int, noise: float) -> torch.Tensor:
@@ -111,19 +115,20 @@ def compare_config(a: argparse.Namespace, kinds: tuple[str, ...], methods: Seque
 
 
 def fds_extra(a: argparse.Namespace) -> dict[str, Any]:
-    """The FDS methods' start (the hand-picked setting) and outer steps (``--fds-steps``)."""
-    return {"init": dict(HAND), "steps": dict(a.fds_steps)}
+    """The FDS methods' start (the hand-picked setting), outer steps (``--fds-steps``) and the authors' sign
+    outer update, named (``--outer auto`` would pick Adam for per-example weights: that is the ``--fds-outers`` row)."""
+    return {"init": dict(HAND), "steps": {"example_weight": SIGN_STEP, **dict(a.fds_steps)}, "outer": "sign"}
 
 
 def fds_config(a: argparse.Namespace, entry: str) -> CompareConfig:
     """FDS (reverse-checkpointed) with the outer optimizer ``NAME[:STEP][:OPTION=VALUE]``: ``STEP`` the
     per-example weights' outer step (adam: its learning rate), ``OPTION`` one of the optimizer's options."""
     name, step, option = (entry.split(":") + ["", ""])[:3]
-    extra = fds_extra(a)
+    extra = {**fds_extra(a), "outer": name}
     if step:
         extra["steps"] = {**extra["steps"], "example_weight": float(step)}
     tag = entry.replace(":", "-").replace("=", "")
-    return compare_config(a, ("example_weight",), ["reverse-checkpointed"], a.logdir / f"outer-{tag}", outer=name,
+    return compare_config(a, ("example_weight",), ["reverse-checkpointed"], a.logdir / f"outer-{tag}",
                           outer_options=pairs(option), **extra)
 
 
