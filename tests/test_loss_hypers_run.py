@@ -153,3 +153,18 @@ def test_the_default_outer_optimizer_is_adam_for_per_example_weights_and_sign_ot
     assert isinstance(RunConfig(loss_hypers=("label_smoothing", "l2")).resolved_outer, SignDescent)
     assert isinstance(RunConfig(loss_hypers=("example_weight",), label_noise=0.4).resolved_outer, AdamOuter)
     assert isinstance(RunConfig(loss_hypers=("example_weight",), outer="sign").resolved_outer, SignDescent)
+
+
+def test_every_kind_of_method_runs_with_loss_hyperparameters(tmp_path: Path) -> None:
+    """PBT's members and online-greedy tune one shared value per kind; schedule-free trains on the plain loss."""
+    import csv
+
+    result = run_cli("compare", "--samples", "300", "--label-noise", "0.4", "--loss-hypers", "l2,label_smoothing",
+                     "--methods", "pbt,online-greedy,schedule-free,auto", "--seeds", "0", "--inner-steps", "20",
+                     "--budget", "40", "--device", "cpu", "--logdir", str(tmp_path / "c"))
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: json.loads(r["schedule"]) for r in csv.DictReader((tmp_path / "c" / "results.csv").open())}
+    assert set(rows) == {"pbt", "online-greedy", "schedule-free", "auto"}
+    for method in ("pbt", "online-greedy", "auto"):
+        assert len(rows[method]["l2"]) == 3 and "label_smoothing" in rows[method]  # sized for the task's layers
+    assert "l2" not in rows["schedule-free"]

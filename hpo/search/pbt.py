@@ -40,7 +40,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, final
@@ -50,11 +50,12 @@ import torch
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_starts
 from hpo.optimizers.base import UpdateRule
+from hpo.optimizers.loss_hypers import rule_of
 from hpo.runtime.extras import require
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings
 from hpo.search.inner_runs import FDSConfig, make_problem
 from hpo.search.space import SearchSpace
-from hpo.tasks.base import Task, init_model, split_state
+from hpo.tasks.base import Task, init_model, split_state, stateful_loss
 
 #: The file in each member's checkpoint directory.
 STATE_FILE = "member.pt"
@@ -125,7 +126,9 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
     problem = make_problem(task, rule, fds, 0)
     model = init_model(task, problem.seed, fds.dtype, fds.device)
     hyper = {n: float(config[n]) for n in rule.hyper_names}
-    opt = rule.torch_optimizer(model.parameters(), hyper)
+    base = rule_of(rule)  # the optimizer's own values; the loss's (one shared value per kind) go to the loss
+    opt_hyper = {n: hyper[n] for n in base.hyper_names}
+    opt = base.torch_optimizer(model.parameters(), opt_hyper)
     assert opt is not None, f"optimizer {rule.name!r} has no torch.optim counterpart"
     start, trajectory = 0, []
     checkpoint = tune.get_checkpoint()
@@ -136,12 +139,12 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
         opt.load_state_dict(saved["optimizer"])
         start, trajectory = int(saved["interval"]), json.loads(saved["trajectory"])
     for group in opt.param_groups:  # this member's (possibly just perturbed) values, not the donor's
-        group.update(rule.torch_group(hyper))
+        group.update(base.torch_group(opt_hyper))
     bounds = interval_bounds(problem.horizon, intervals)
     for j in range(start, intervals):
         cpu0 = time.process_time()
         trajectory.append(hyper)
-        diverged = train_interval(model, opt, problem, range(bounds[j], bounds[j + 1]))
+        diverged = train_interval(model, opt, problem, range(bounds[j], bounds[j + 1]), stateful_loss(task, hyper))
         params, buffers = split_state(model)
         with torch.no_grad():
             vloss, vacc = problem.evaluate(params, buffers)
@@ -156,14 +159,17 @@ def train_member(config: dict[str, Any], task: Task, rule: UpdateRule, fds: FDSC
                         checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: InnerProblem, steps: range) -> bool:
-    """Train ``model`` in place on ``problem``'s batches of ``steps``; whether the loss stopped being finite."""
+def train_interval(model: torch.nn.Module, opt: torch.optim.Optimizer, problem: InnerProblem, steps: range,
+                   loss_of: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None) -> bool:
+    """Train ``model`` in place on ``problem``'s batches of ``steps`` with ``loss_of`` (default: the problem's
+    ``model_loss``); whether the loss stopped being finite."""
     model.train()
     for t in steps:
         batch = problem.batch(t)
         opt.zero_grad(set_to_none=True)
-        assert problem.model_loss is not None
-        loss = problem.model_loss(model, batch)
+        loss_fn = loss_of or problem.model_loss
+        assert loss_fn is not None
+        loss = loss_fn(model, batch)
         loss.backward()
         if problem.grad_clip is not None:  # the clamp every other method trains under
             torch.nn.utils.clip_grad_value_(model.parameters(), problem.grad_clip)
@@ -306,7 +312,7 @@ class PBTSearch(SearchMethod):
         if settings.units < 2:
             raise ValueError(f"a population of 2 needs a budget of at least 2 inner runs ({2 * settings.horizon} "
                              f"steps), got {settings.budget}")
-        if type(rule).torch_optimizer is UpdateRule.torch_optimizer:
+        if type(rule_of(rule)).torch_optimizer is UpdateRule.torch_optimizer:
             raise ValueError(f"optimizer {rule.name!r} has no torch.optim counterpart for the members to train with")
         missing = [n for n in rule.hyper_names if n not in settings.space]
         if missing:
