@@ -108,7 +108,7 @@ def mean_std(xs: Sequence[float]) -> str:
 def compare_config(a: argparse.Namespace, kinds: tuple[str, ...], methods: Sequence[str], logdir: Path,
                    **extra: Any) -> CompareConfig:
     """The shared settings of every comparison of this benchmark."""
-    return CompareConfig(task="mnist1d-mlp", samples=a.samples, label_noise=a.label_noise, loss_hypers=kinds,
+    return CompareConfig(task=f"mnist1d-{a.model}", samples=a.samples, label_noise=a.label_noise, loss_hypers=kinds,
                          methods=tuple(methods), inner_steps=a.inner_steps, budget=(10**7,), seeds=a.seeds,
                          budget_seconds=a.budget_seconds, device="cpu", logdir=str(logdir),
                          window=a.window if "reverse-truncated" in methods else None, **extra)
@@ -134,7 +134,8 @@ def fds_config(a: argparse.Namespace, entry: str) -> CompareConfig:
 
 def oracle(a: argparse.Namespace, noisy: torch.Tensor) -> list[float]:
     """Test accuracy per seed of the hand-picked setting retrained with the noisy examples' weights at 0."""
-    cfg = CompareConfig(samples=a.samples, label_noise=a.label_noise, loss_hypers=("example_weight",), device="cpu")
+    cfg = CompareConfig(task=f"mnist1d-{a.model}", samples=a.samples, label_noise=a.label_noise,
+                        loss_hypers=("example_weight",), device="cpu")
     task = load_task(cfg.task, cfg.task_options(), torch.float32, "cpu", cfg.loss_hypers)
     rule = rule_with_groups(task, cfg.resolved_rule, cfg.settings().fds(0))
     values = {k: torch.tensor([v], dtype=torch.float64) for k, v in HAND.items()}
@@ -148,7 +149,8 @@ def one_step_agreement(a: argparse.Namespace, noisy: torch.Tensor, logdir: Path)
     The sign update lowers :math:`w_i` exactly where the hypergradient is positive, so a weight
     below 1 marks a positive hypergradient; it should be so for the noisy examples and not for the clean.
     """
-    res = run(RunConfig(samples=a.samples, label_noise=a.label_noise, loss_hypers=("example_weight",),
+    res = run(RunConfig(task=f"mnist1d-{a.model}", samples=a.samples, label_noise=a.label_noise,
+                        loss_hypers=("example_weight",),
                         backend="reverse-checkpointed", outer_steps=1, inner_steps=(a.inner_steps,), seed=a.seeds[0],
                         device="cpu", threads=1, logdir=str(logdir), **fds_extra(a)))
     w = res.schedule.values["example_weight"].reshape(-1)
@@ -252,6 +254,7 @@ def pairs(text: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse arguments, run the showcase (or ``--outers``), print Markdown tables; returns the figures."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="The MNIST-1D model (mnist1d-mlp or mnist1d-cnn).")
     ap.add_argument("--samples", type=int, default=5000, help="MNIST-1D samples (80%% train, of which a tenth is val).")
     ap.add_argument("--label-noise", type=float, default=0.45)
     ap.add_argument("--inner-steps", type=int, default=500, help="Horizon T of every inner run and retrain.")
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     noisy = noise_mask(a.samples, a.label_noise)
-    print(f"# hyper-cleaning: MNIST-1D MLP, samples={a.samples}, label noise {a.label_noise:g} "
+    print(f"# hyper-cleaning: MNIST-1D {a.model.upper()}, samples={a.samples}, label noise {a.label_noise:g} "
           f"({int(noisy.sum())} of {noisy.numel()} training labels replaced), T={a.inner_steps}, "
           f"torch={torch.__version__}, CPU (1 thread)")
     out = outer_study(a, noisy) if a.outers else showcase(a, noisy)
