@@ -13,8 +13,8 @@ long-range terms (the short-horizon bias of truncated backpropagation).  Memory 
 ``W`` (the graph of W steps, activations included), unlike forward mode.
 
 Why ``higher``'s differentiable optimizer and not its functional model (``higher.patch.monkeypatch``):
-the inner problem exposes a pure ``loss_fn(params, buffers, batch)`` built on
-``torch.func.functional_call`` that already returns fresh BatchNorm buffers; a monkeypatched module
+the inner problem exposes a pure ``loss_fn(params, buffers, batch)`` (weights swapped into the
+model's slots, :class:`hpo.tasks.tensor_swap.TensorSwap`) that already returns fresh BatchNorm buffers; a monkeypatched module
 would keep the running statistics as module attributes and update them in place.  The
 differentiable optimizer is the part of ``higher`` we need: it computes the inner gradient with
 ``create_graph`` and takes differentiable hyperparameters through its ``override`` mechanism.

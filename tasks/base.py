@@ -29,7 +29,7 @@ from typing import Any, final
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch.func import grad, jvp
 from torch.utils.data import Dataset
 
 from hpo.core.data import Batch, Indexed, Rows, TensorRows, as_rows, cast, unindexed
@@ -38,6 +38,7 @@ from hpo.core.problem import Buffers, EvalFn, LossFn, MetricLabel, ScoreFn
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params
 from hpo.optimizers.loss_hypers import LossHyper
+from hpo.tasks.tensor_swap import TensorSwap
 
 #: ``fn(model, batch) -> 0-d tensor``: a loss, an objective or a metric, written against the model.
 ModelFn = Callable[[nn.Module, Batch], Tensor]
@@ -297,23 +298,6 @@ def classification_task(name: str, train_x: Tensor, train_y: Tensor, test_x: Ten
                    logits=classifier_logits, classes=int(torch.cat([train_y, test_y]).max()) + 1)
 
 
-@final
-class LossModule(nn.Module):
-    """``forward(fn, batch, *rest) = fn(self.model, batch, *rest)``: the wrapper ``functional_call`` swaps weights into."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, fn: Callable[..., Tensor], batch: Batch, *rest: Any) -> Tensor:
-        """The user's function on the wrapped model."""
-        return fn(self.model, batch, *rest)
-
-
-def _named(tree: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {"model." + k: v for k, v in tree.items()}
-
-
 def loss_values(kinds: tuple[LossHyper, ...], hyper: Mapping[str, Tensor] | None, index: Tensor | None) -> Hyper:
     """What a loss with hyperparameters receives at a step: each kind's value, per-example kinds at the
     batch's rows, :math:`w_{index_1}, \\dots, w_{index_B}` (``index`` from an :class:`~hpo.core.data.Indexed` batch)."""
@@ -359,7 +343,8 @@ def model_functions(model: nn.Module, task: Problem) -> tuple[LossFn, EvalFn]:
     :func:`loss_values`); ``eval_fn(params, buffers, batch, metrics=True) -> (objective, {name:
     batch mean})`` runs in eval mode.
     """
-    wrapper = LossModule(model)
+    swap = TensorSwap(model)
+    model.train()  # every submodule, as each loss call expects (eval_fn switches back to it)
     objective = task.objective or task.loss
     metrics = dict(task.metrics)
     kinds = task.hypers
@@ -369,20 +354,18 @@ def model_functions(model: nn.Module, task: Problem) -> tuple[LossFn, EvalFn]:
         new_buffers = {k: v.clone() for k, v in buffers.items()}
         data, index = unindexed(batch)
         rest = (loss_values(kinds, hyper, index),) if kinds else ()
-        wrapper.train()
-        loss = functional_call(wrapper, (_named(params), _named(new_buffers)), (task.loss, data, *rest))
-        return loss, new_buffers
+        if not model.training:
+            model.train()
+        return swap.call(task.loss, params, new_buffers, data, *rest), new_buffers
 
     def eval_fn(params: Params, buffers: Buffers, batch: Batch, with_metrics: bool = True
                 ) -> tuple[Tensor, dict[str, Tensor]]:
-        wrapper.eval()
+        model.eval()
         try:
-            tensors = (_named(params), _named(buffers))
-            value = functional_call(wrapper, tensors, (objective, batch))
-            means = {k: functional_call(wrapper, tensors, (m.fn, batch)) for k, m in metrics.items()} \
-                if with_metrics else {}
+            value = swap.call(objective, params, buffers, batch)
+            means = {k: swap.call(m.fn, params, buffers, batch) for k, m in metrics.items()} if with_metrics else {}
         finally:
-            wrapper.train()
+            model.train()
         return value, means
 
     return loss_fn, eval_fn

@@ -1,7 +1,7 @@
 """Image classifiers with BatchNorm: LeNet-5 and Wide ResNets (WRN-16-1, WRN-40-2).
 
-All models are plain ``nn.Module`` s; the inner loop calls them through
-``torch.func.functional_call`` with explicit buffers (see :func:`hpo.tasks.base.model_functions`), so
+All models are plain ``nn.Module`` s; the inner loop calls them with its own weights and cloned
+buffers swapped into their slots (see :func:`hpo.tasks.base.model_functions`), so
 BatchNorm running statistics are updated on cloned buffers, returned, and never differentiated.
 """
 
