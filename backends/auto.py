@@ -9,11 +9,14 @@ Costs are in plain training steps per inner step; memory in bytes, with ``b`` by
     \\text{forward:}\\quad c_{fwd} = 1 + c_f N \\ \\text{(CPU)}, \\qquad
     c_{fwd} = 1 + c_{hvp} \\lceil N / W \\rceil \\ \\text{(CUDA)}, \\qquad m_{fwd} = 2 N P b
 
-    \\text{reverse-checkpointed:}\\quad c_{rev} = C_{pass} + C_{tape} \\ \\text{(taped segments)}, \\qquad
+    \\text{reverse-checkpointed:}\\quad c_{rev} = C_{tape} \\ \\text{(the whole run taped)}, \\quad
+    c_{rev} = C_{pass} + C_{tape} \\ \\text{(taped segments)}, \\quad
     c_{rev} = C_{pass} (1 + r(k)) + C_{vjp} \\ \\text{(otherwise)}
 
 with ``k`` and the regime the budget allows (:func:`hpo.backends.memory_budget.plan_checkpoints`):
-taped segments of :math:`\\sqrt T` steps when :math:`2 \\lceil T/k \\rceil P b + k G \\le M` (``G``
+the whole run taped by the forward pass when :math:`2 P b + T G \\le M` (nothing recomputed: each
+step is built once, with its graph, and the sweep is one backward); else taped segments of
+:math:`\\sqrt T` steps when :math:`2 \\lceil T/k \\rceil P b + k G \\le M` (``G``
 one step's double-backward graph, estimated from one probe step); else ``k = 1``, every state
 stored, when :math:`2 T P b \\le M`; else the smallest ``k`` whose
 :math:`2 (\\lceil T/k \\rceil + k - 1) P b` fit, at most :math:`\\sqrt T`.
@@ -105,10 +108,13 @@ def forward_cost(n_values: int, device_type: str) -> float:
     return 1.0 + CPU_COST_PER_COLUMN * n_values
 
 
-def reverse_cost(device_type: str, horizon: int = 1, every: int = 1, taped: bool = False) -> float:
-    """Plain steps per inner step of reverse-checkpointed: :math:`C_{pass} + C_{tape}` taped, else
-    :math:`C_{pass} (1 + r(k)) + C_{vjp}`."""
+def reverse_cost(device_type: str, horizon: int = 1, every: int = 1, taped: bool = False,
+                 whole_run: bool = False) -> float:
+    """Plain steps per inner step of reverse-checkpointed: :math:`C_{tape}` with the whole run taped,
+    :math:`C_{pass} + C_{tape}` with taped segments, else :math:`C_{pass} (1 + r(k)) + C_{vjp}`."""
     cuda = device_type == "cuda"
+    if whole_run:
+        return CUDA_TAPE_COST if cuda else CPU_TAPE_COST
     c_pass = CUDA_PASS_COST if cuda else CPU_PASS_COST
     if taped:
         return c_pass + (CUDA_TAPE_COST if cuda else CPU_TAPE_COST)
@@ -163,7 +169,7 @@ def choose_backend(n_values: int, n_params: int, device_type: str, free_bytes: i
         raise ConfigError("free_bytes", f"must be at least 0, got {free_bytes}")
     fwd_name = "forward-manual" if has_hand_tangent else "forward-jvp"
     plan = reverse_plan(n_params, horizon, free_bytes, dtype_bytes, tape_bytes)
-    c_fwd, c_rev = forward_cost(n_values, device_type), reverse_cost(device_type, horizon, plan.every, plan.taped)
+    c_fwd, c_rev = forward_cost(n_values, device_type), reverse_cost(device_type, horizon, plan.every, plan.taped, plan.whole_run)
     m_fwd, m_rev = forward_bytes(n_values, n_params, dtype_bytes), plan.bytes
     costs = (f"forward {c_fwd:.1f} vs reverse {c_rev:.1f} plain steps per step ({n_values} values on "
              f"{device_type}), memory {_mib(m_fwd)} vs {_mib(m_rev)}; reverse regime: {plan.regime}, k={plan.every}")

@@ -18,11 +18,7 @@ from torch import Tensor
 from hpo.backends.auto import BackendChoice, choose_backend
 from hpo.backends.forward import ForwardJvpBackend, ForwardManualBackend
 from hpo.backends.memory_budget import default_budget, parse_bytes
-from hpo.backends.reverse_checkpointed import (
-    TAPE_GRAPH_FACTOR,
-    ReverseCheckpointedBackend,
-    SavedBytes,
-)
+from hpo.backends.reverse_checkpointed import TAPE_MARGIN, ReverseCheckpointedBackend, SavedBytes, taped_step
 from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import InnerProblem
@@ -42,20 +38,21 @@ class AutoState:
 
 
 def tape_bytes(problem: InnerProblem) -> int | None:
-    """One taped step's graph, :data:`~hpo.backends.reverse_checkpointed.TAPE_GRAPH_FACTOR` times what a
-    probe step on minibatch 0 saves for its backward; None where reverse mode cannot tape (a
-    ``curvature`` rule, a data-parallel run).  The global RNG is left as it was."""
+    """One taped step's graph, as :class:`~hpo.backends.reverse_checkpointed.ReverseCheckpointedBackend`
+    measures it: what a probe of taped step 0 (initial weights and values, minibatch 0) saves,
+    times :data:`~hpo.backends.reverse_checkpointed.TAPE_MARGIN`; None where reverse mode cannot tape
+    (a ``curvature`` rule, a data-parallel run).  The global RNG is left as it was."""
     if problem.rule.curvature is not None or problem.comm is not None:
         return None
     counter = SavedBytes()
     ref = next(iter(problem.params.values()))
-    batch = problem.batch(0)
-    leaves = {k: v.detach().requires_grad_() for k, v in problem.params.items()}
-    with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []), torch.enable_grad(),
+    values = Schedule.initial(problem.rule, groups=group_counts(problem.rule)).values_like(ref)
+    hyper = hyper_at_step({k: v.detach().requires_grad_() for k, v in values.items()}, 0, problem.horizon)
+    with (torch.random.fork_rng(devices=[ref.device] if ref.device.type == "cuda" else []),
           torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack)):
-        values = Schedule.initial(problem.rule, groups=group_counts(problem.rule)).values_like(ref)
-        problem.loss_fn(leaves, problem.buffers, batch, hyper_at_step(values, 0, problem.horizon))  # saves what its backward needs
-    return TAPE_GRAPH_FACTOR * counter.total
+        taped_step(problem.rule, problem.loss_fn, problem.grad_clip, problem.params, problem.buffers,
+                   problem.rule.init(problem.params), hyper, 0, problem.batch(0))
+    return int(TAPE_MARGIN * counter.total)
 
 
 @final

@@ -16,8 +16,11 @@ checkpoint, then one backward through it) needs no separate recomputation at all
 is built by the very forward computation each vector-Jacobian product needs anyway; it holds
 :math:`\\lceil T/k \\rceil` states and the graphs of ``k`` steps (``G`` bytes each).
 
-:func:`plan_checkpoints` takes, in this order of cost (measured, ``docs/backend-choice.md``):
+:func:`plan_checkpoints` takes, in this order of cost (measured, ``docs/performance.md``):
 
+0. :data:`RUN_TAPED`: the forward pass itself builds the graph of the whole run (``k = T``, one
+   segment, taped as it trains), when :math:`s + T G \\le M`: nothing is recomputed, and the sweep
+   is one backward through it;
 1. :data:`TAPED`: :math:`k = \\sqrt T` with taped segments, when
    :math:`\\lceil T/k \\rceil s + k G \\le M` (``s`` bytes a state, budget ``M``);
 2. :data:`ALL_STORED`: ``k = 1``, every state stored, one vector-Jacobian product per step and
@@ -49,6 +52,7 @@ DEFAULT_FRACTION = 0.5
 #: Regime names, as printed by ``auto`` and in the hypergradient's ``info``.
 ALL_STORED, SPACED, SQRT, OVER_BUDGET = "all states stored", "every k-th state", "sqrt(T) checkpoints", "over budget"
 TAPED = "sqrt(T) checkpoints, segments taped"
+RUN_TAPED = "whole run taped, nothing recomputed"
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
 
@@ -133,6 +137,11 @@ class CheckpointPlan:
         return self.tape_bytes > 0
 
     @property
+    def whole_run(self) -> bool:
+        """Whether the forward pass tapes the whole run (:data:`RUN_TAPED`): no checkpoints, no recomputation."""
+        return self.regime == RUN_TAPED
+
+    @property
     def bytes(self) -> int:
         """Memory at the sweep's peak: the states held, and one segment's tape if taped."""
         return self.states * self.state_bytes + self.every * self.tape_bytes
@@ -150,7 +159,8 @@ def plan_checkpoints(horizon: int, state_bytes: int, budget: int | None,
     """The cheapest regime that fits in ``budget`` bytes (see the module docstring).
 
     ``tape_bytes``: one step's graph for a taped segment, None where the sweep cannot tape (then
-    the plan is the smallest ``k`` whose :math:`S(k)` states fit).  ``budget`` None: no limit.
+    the plan is the smallest ``k`` whose :math:`S(k)` states fit); with it, the whole run is taped
+    when its ``T`` graphs fit.  ``budget`` None: no limit.
     Over budget even at :math:`k = \\sqrt T`: that ``k``, regime :data:`OVER_BUDGET`.
 
     Example:
@@ -160,8 +170,14 @@ def plan_checkpoints(horizon: int, state_bytes: int, budget: int | None,
         10
         >>> plan_checkpoints(100, 1000, 60 * 1000).every  # S(2) = 51 states
         2
+        >>> plan_checkpoints(100, 1000, None, tape_bytes=4000).regime
+        'whole run taped, nothing recomputed'
     """
     sqrt_k = max(1, round(math.sqrt(horizon)))
+    if tape_bytes is not None:
+        run = CheckpointPlan(horizon, RUN_TAPED, 1, state_bytes, budget, max(1, tape_bytes))
+        if budget is None or run.bytes <= budget:
+            return run
     if tape_bytes is not None and sqrt_k > 1:
         taped = CheckpointPlan(sqrt_k, TAPED, math.ceil(horizon / sqrt_k), state_bytes, budget, max(1, tape_bytes))
         if budget is None or taped.bytes <= budget:

@@ -111,6 +111,17 @@ class Stored:
 
 @final
 @dataclass(frozen=True)
+class RunTape:
+    """The whole run's graph (:data:`~hpo.backends.memory_budget.RUN_TAPED`): the schedule's tables as
+    leaves, and the newest weights and optimizer state as functions of them, built as the run trains."""
+
+    leaves: dict[str, Tensor]
+    params: Params
+    opt_state: State
+
+
+@final
+@dataclass(frozen=True)
 class StepFunctions:
     """The plain step and the adjoint step, eager or ``torch.compile``d (built once per run)."""
 
@@ -132,6 +143,7 @@ class CheckpointedState:
     plan: CheckpointPlan
     graph_bytes: int = 0
     hyper: tuple[tuple[int, ...], Hyper] = ((), {})
+    tape: RunTape | None = None
 
     @property
     def checkpoints(self) -> tuple[Checkpoint, ...]:
@@ -167,6 +179,31 @@ def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | No
         grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
         new_params, new_state = rule.step(params, opt_state, grads, hyper, t)
     return StepOutput(new_params, new_state, new_buffers, loss.detach(), grads)
+
+
+def taped_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
+               opt_state: State, hyper: Hyper, t: int, batch: Batch) -> StepOutput:
+    """One step of the whole-run tape: :math:`s_{t+1} = F_t(s_t, \\lambda_t)` with a ``create_graph`` gradient.
+
+    :math:`\\theta_{t+1}` and the new optimizer state stay functions of ``hyper`` and, through
+    :math:`s_t`, of every earlier step's values: the graph a backward from :math:`a_T` needs, with
+    nothing recomputed.  Weights that are no function of anything yet (step 0) become leaves; the
+    buffers and the loss come back detached.
+    """
+    p = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+    with torch.enable_grad():
+        loss, new_buffers = loss_fn(p, buffers, batch, hyper)
+        g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
+        grads = tree_clamp(dict(zip(p, g)), grad_clip)
+        new_p, new_s = rule.step(p, opt_state, grads, hyper, t)
+    return StepOutput(new_p, new_s, {k: v.detach() for k, v in new_buffers.items()}, loss.detach(), grads)
+
+
+def detached(out: StepOutput) -> StepOutput:
+    """``out`` with its weights, optimizer state and gradient cut from any graph."""
+    return StepOutput({k: v.detach() for k, v in out.params.items()},
+                      {sk: {k: v.detach() for k, v in sv.items()} for sk, sv in out.opt_state.items()},
+                      out.buffers, out.loss.detach(), {k: v.detach() for k, v in out.grads.items()})
 
 
 def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
@@ -258,12 +295,12 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
 
         The budget is ``memory_budget``, or half the free memory of the weights' device; ``one``
         state is the weights, the optimizer state and the buffers (no RNG state: steps reseed it).
-        ``graph_bytes`` (what step 0's graph saved; None before it ran, or where the sweep cannot
-        tape) gives a taped step :data:`TAPE_GRAPH_FACTOR` times that.
+        ``graph_bytes`` (what taped step 0's graph saved; None before it ran, or where the sweep cannot
+        tape) gives a taped step :data:`TAPE_MARGIN` times that.
         """
         ref = next(iter(problem.params.values()))
         budget = self.memory_budget if self.memory_budget is not None else default_budget(ref.device)
-        tape = None if graph_bytes is None else TAPE_GRAPH_FACTOR * graph_bytes
+        tape = None if graph_bytes is None else int(TAPE_MARGIN * graph_bytes)
         if self.every is None:
             return plan_checkpoints(problem.horizon, one, budget, tape)
         k = self.every
@@ -312,22 +349,38 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
         return state.inner
 
     def step(self, problem: InnerProblem, schedule: Schedule, state: CheckpointedState, t: int, batch: Batch) -> CheckpointedState:
-        """A plain step without a graph; before steps ``0, k, 2k, ...`` first store the checkpoint."""
+        """One step: taped when the whole run is (:data:`~hpo.backends.memory_budget.RUN_TAPED`), else
+        plain, storing the checkpoint first before steps ``0, k, 2k, ...``.
+
+        Step 0 of a run that can tape is taped with its graph measured, then the plan is made; a run
+        that is not taped whole drops that graph and goes on with plain steps.
+        """
         inner = state.inner
         stored = state.stored
         if t % state.every == 0:
             stored = Stored(Checkpoint(t, inner.params, inner.opt_state, inner.buffers), stored)
-        key = tuple(segment_index(t, problem.horizon, v.shape[-1]) for v in state.values.values())
-        if key != state.hyper[0]:  # the values change only at segment starts: index them once per segment
-            state = replace(state, hyper=(key, hyper_at_step(state.values, t, problem.horizon)))
+        tables = state.values if state.tape is None else state.tape.leaves
+        if t == 0 and state.functions.segment is not None:  # tape step 0, measure its graph, then plan
+            tables = {k: v.detach().requires_grad_() for k, v in state.values.items()}
+        key = tuple(segment_index(t, problem.horizon, v.shape[-1]) for v in tables.values())
+        if key != state.hyper[0] or t == 0:  # the values change only at segment starts: index them once per segment
+            state = replace(state, hyper=(key, hyper_at_step(tables, t, problem.horizon)))
         args = (problem.rule, problem.loss_fn, problem.grad_clip, inner.params, inner.buffers, inner.opt_state,
                 state.hyper[1], t, batch)
-        if t == 0 and state.functions.segment is not None:  # measure one step's graph, then plan
+        if t == 0 and state.functions.segment is not None:
             counter = SavedBytes()
             with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
-                out = state.functions.plain(*args, seed=problem.seed)
+                out = taped_step(*args)
             plan = self.plan(problem, state.plan.state_bytes, counter.total)
-            state = replace(state, graph_bytes=counter.total, plan=plan, every=plan.every)
+            tape = RunTape(tables, out.params, out.opt_state) if plan.whole_run else None
+            state = replace(state, graph_bytes=counter.total, plan=plan, every=plan.every, tape=tape,
+                            hyper=state.hyper if plan.whole_run else ((), {}))
+            out = detached(out)
+        elif state.tape is not None:
+            out = taped_step(problem.rule, problem.loss_fn, problem.grad_clip, state.tape.params, inner.buffers,
+                             state.tape.opt_state, state.hyper[1], t, batch)
+            state = replace(state, tape=replace(state.tape, params=out.params, opt_state=out.opt_state))
+            out = detached(out)
         else:
             out = state.functions.plain(*args, seed=problem.seed)
         return replace(state, inner=InnerState(out.params, out.buffers, out.opt_state, t + 1, out.loss),
@@ -350,7 +403,7 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
 
         if inner.t < problem.horizon:  # run_inner stopped early: there is no hypergradient of a whole run
             return failed("loss")
-        hypergrad = sweep(problem, state)
+        hypergrad = sweep(problem, state) if state.tape is None else tape_sweep(problem, state)
         if hypergrad is None:
             return failed("adjoint")
         if not bool(all_finite([hypergrad])):
@@ -376,18 +429,39 @@ class SavedBytes:
         return x
 
 
-#: A step's double-backward graph saves about this many times what its plain backward saves.
-TAPE_GRAPH_FACTOR = 4
+#: A taped step is planned at this many times what the saved-tensor hooks count on step 0.  The
+#: count already exceeds the memory a tape takes (a tensor saved by two nodes counts twice: an MLP
+#: step counts 0.8 MiB and its tape grows by about 0.4 MiB a step), which covers what the hooks do
+#: not see (the step's outputs, the autograd nodes).
+TAPE_MARGIN = 1.0
+
+
+def tape_sweep(problem: InnerProblem, state: CheckpointedState) -> dict[str, Tensor]:
+    """The hypergradient tables from the whole run's tape: one backward from :math:`a_T`.
+
+    :math:`a_T = \\nabla_\\theta L_{val}(\\theta_T)` (the optimizer state's adjoint is zero there), and
+    ``autograd.grad`` of :math:`\\theta_T` with that cotangent gives :math:`\\partial L_{val} / \\partial`
+    each table: every step's :math:`\\bar\\lambda_t` is summed into its segment's column by the graph
+    itself, since each step's values are a slice of the tables (:data:`RunTape.leaves`).
+    """
+    inner, tape = state.inner, state.tape
+    assert tape is not None
+    a_params = grad(lambda p: validation_loss(problem.eval_fn, p, inner.buffers, problem.val,
+                                              problem.eval_batch_size))(inner.params)
+    outs, cots = paired_cotangents(tape.params, {}, a_params, {})
+    leaves = list(tape.leaves.values())
+    bars = torch.autograd.grad(outs, leaves, cots, allow_unused=True)
+    return {k: b if b is not None else torch.zeros_like(v) for (k, v), b in zip(tape.leaves.items(), bars)}
 
 
 def fuse_segments(state: CheckpointedState) -> bool:
     """Whether the sweep tapes whole segments (:func:`segment_adjoint`) instead of replaying them.
 
-    As planned after step 0: only with the ``torch.autograd`` functions and ``k > 1``, and when
-    ``k`` steps' double-backward graphs (:data:`TAPE_GRAPH_FACTOR` times what step 0's graph saved)
-    fit in the budget beside the checkpoints.
+    As planned after step 0: only with the ``torch.autograd`` functions and ``k > 1``, when ``k``
+    taped steps (what taped step 0's graph saved, times :data:`TAPE_MARGIN`) fit in the budget
+    beside the checkpoints, and when the whole run is not taped already.
     """
-    return state.functions.segment is not None and state.plan.taped
+    return state.functions.segment is not None and state.plan.taped and not state.plan.whole_run
 
 
 def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Checkpoint, end: int,

@@ -13,8 +13,9 @@ Measures, on synthetic batches (CIFAR-, MNIST- or MNIST-1D-shaped) and a chosen 
   as ``module:attr`` / ``file.py:attr``), skipped with a note otherwise;
 * ``reverse-checkpointed``: a whole run of ``--checkpoint-horizon`` steps (the forward pass, then
   the recomputation and the reverse sweep) divided by its number of steps, eager and, with
-  ``--compile``, compiled, for each ``--regimes`` entry (``sqrt``: a checkpoint every
-  ``round(sqrt(T))`` steps; ``all``: every state stored, nothing recomputed); a second table splits
+  ``--compile``, compiled, for each ``--regimes`` entry (``run``: the whole run taped by the forward
+  pass; ``sqrt``: a checkpoint every ``round(sqrt(T))`` steps, segments taped in the sweep;
+  ``all``: every state stored, one vector-Jacobian product per step); a second table splits
   it into the forward pass and the sweep;
 * peak memory and wall time of whole inner runs of ``--horizons`` steps (forward-manual,
   reverse-checkpointed, reverse-truncated with the largest window, and full reverse mode up to
@@ -85,10 +86,12 @@ def clock() -> float:
 
 #: The yardstick's name in the tables.
 PLAIN_STEP = "plain step (nn.Module, backward, torch.optim.SGD foreach)"
-#: ``--regimes`` of reverse-checkpointed: (checkpoint interval for a horizon T, memory budget).  ``sqrt``
-#: tapes each segment in the sweep (its graph fits the budget), ``sqrt-replay`` has no room for the
-#: tape and recomputes each segment before its reverse steps, ``all`` stores every state.
-REGIMES: dict[str, tuple[Callable[[int], int], int | None]] = {
+#: ``--regimes`` of reverse-checkpointed: (checkpoint interval for a horizon T, memory budget).  ``run``
+#: tapes the whole run in the forward pass (no budget binds; nothing recomputed), ``sqrt`` tapes each
+#: segment in the sweep (its graph fits the budget), ``sqrt-replay`` has no room for the tape and
+#: recomputes each segment before its reverse steps, ``all`` stores every state.
+REGIMES: dict[str, tuple[Callable[[int], int | None], int | None]] = {
+    "run": (lambda T: None, None),
     "sqrt": (lambda T: max(1, round(math.sqrt(T))), None),
     "sqrt-replay": (lambda T: max(1, round(math.sqrt(T))), 1),
     "all": (lambda T: 1, None),
@@ -420,8 +423,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint-horizon", type=int, default=100,
                     help="Steps of the timed reverse-checkpointed run (its interval is round(sqrt) of it).")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--regimes", type=lambda s: [r for r in s.split(",") if r], default=["sqrt", "all"],
-                    help="reverse-checkpointed regimes: sqrt (k = round(sqrt(T)), segments taped), sqrt-replay "
+    ap.add_argument("--regimes", type=lambda s: [r for r in s.split(",") if r], default=["run", "sqrt", "all"],
+                    help="reverse-checkpointed regimes: run (the whole run taped in the forward pass, nothing "
+                         "recomputed), sqrt (k = round(sqrt(T)), segments taped), sqrt-replay "
                          "(the same, segments recomputed), all (k = 1).")
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                     help="wall time, or the process's CPU time (one thread: steadier when others share the machine).")
@@ -498,7 +502,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if "reverse-checkpointed" in methods:
             for comp, regime in [(c, r) for c in ((None, a.compile) if a.compile else (None,)) for r in a.regimes]:
                 every, budget = REGIMES[regime][0](a.checkpoint_horizon), REGIMES[regime][1]
-                row = f"reverse-checkpointed {regime} (k={every})" + ("" if comp is None else f" (compiled, {comp})")
+                k = a.checkpoint_horizon if every is None else every
+                row = f"reverse-checkpointed {regime} (k={k})" + ("" if comp is None else f" (compiled, {comp})")
                 ms, fwd, rev, mib = time_checkpointed(
                     lambda comp=comp, every=every, budget=budget: ReverseCheckpointedBackend(
                         every=every, compile=comp, **({} if budget is None else {"memory_budget": budget})),

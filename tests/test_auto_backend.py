@@ -16,7 +16,10 @@ def test_nine_values_on_a_cpu_use_reverse_mode() -> None:
     choice = choose_backend(9, MLP, "cpu", None, 1000)
     assert choice == BackendChoice("reverse-checkpointed", choice.reason)
     assert choice.reason.startswith("cheaper: forward 12.7 vs reverse 4.1 plain steps per step (9 values on cpu)")
-    taped = choose_backend(9, MLP, "cpu", None, 1000, tape_bytes=10**6)
+    run = choose_backend(9, MLP, "cpu", None, 1000, tape_bytes=10**6)  # no budget: the whole run taped
+    assert run.reason.startswith("cheaper: forward 12.7 vs reverse 2.7 plain steps per step")
+    assert run.reason.endswith("reverse regime: whole run taped, nothing recomputed, k=1000")
+    taped = choose_backend(9, MLP, "cpu", 200 * MIB, 1000, tape_bytes=10**6)  # 1000 step graphs do not fit, 32 do
     assert taped.reason.startswith("cheaper: forward 12.7 vs reverse 3.8 plain steps per step")
     assert taped.reason.endswith("reverse regime: sqrt(T) checkpoints, segments taped, k=32")
     assert "\n" not in choice.reason
@@ -98,13 +101,22 @@ def test_auto_passes_its_memory_budget_to_reverse_mode() -> None:
 
 
 def test_auto_measures_the_tape_and_runs_the_regime_it_names() -> None:
-    from hpo.backends.auto_backend import AutoBackend
+    from hpo.backends.auto_backend import AutoBackend, tape_bytes
+    from hpo.backends.reverse_checkpointed import ReverseCheckpointedBackend
     from hpo.core.backend import run_inner
     from tests import conftest as helpers
 
     problem = helpers.tiny_problem(horizon=16)
     sched = helpers.sgd_schedule()
     choice = AutoBackend().choose(problem, sched)
-    assert choice.name == "reverse-checkpointed" and choice.reason.endswith("segments taped, k=4")
+    assert choice.name == "reverse-checkpointed" and choice.reason.endswith("whole run taped, nothing recomputed, k=16")
     res = run_inner(AutoBackend(), problem, sched)
+    assert res.info["regime"] == "whole run taped, nothing recomputed" and res.info["every"] == 16
+    backend = ReverseCheckpointedBackend()
+    measured = backend.step(problem, sched, backend.init(problem, sched), 0, problem.batch(0)).graph_bytes
+    assert tape_bytes(problem) == measured > 0  # the probe predicts the backend's own measurement
+    one = backend.state_bytes(problem, problem.rule.init(problem.params))
+    segments = AutoBackend(memory_budget=4 * one + 4 * measured)  # 4 checkpoints and one 4-step tape
+    assert segments.choose(problem, sched).reason.endswith("segments taped, k=4")
+    res = run_inner(segments, problem, sched)
     assert res.info["regime"] == "sqrt(T) checkpoints, segments taped" and res.info["every"] == 4

@@ -17,7 +17,16 @@ from torch import Tensor, nn
 
 from hpo.backends import reverse_checkpointed
 from hpo.backends.forward import ForwardJvpBackend
-from hpo.backends.memory_budget import ALL_STORED, OVER_BUDGET, SPACED, SQRT, TAPED, parse_bytes, plan_checkpoints
+from hpo.backends.memory_budget import (
+    ALL_STORED,
+    OVER_BUDGET,
+    RUN_TAPED,
+    SPACED,
+    SQRT,
+    TAPED,
+    parse_bytes,
+    plan_checkpoints,
+)
 from hpo.backends.reverse_checkpointed import (
     ReverseCheckpointedBackend,
     adjoint_step,
@@ -156,7 +165,9 @@ def test_every_checkpoint_interval_gives_the_same_hypergradient() -> None:
     sched = helpers.sgd_schedule()
     results = {k: checkpointed(problem, sched, k) for k in (1, 2, 3, 5, 12, 50)}
     assert {k: r.info["checkpoints"] for k, r in results.items()} == {1: 12, 2: 6, 3: 4, 5: 3, 12: 1, 50: 1}
-    assert checkpointed(problem, sched).info == {"every": 3, "checkpoints": 4, "regime": TAPED}  # round(sqrt(12))
+    # no budget binds: the forward pass tapes the whole run, one "segment" of 12 steps
+    assert checkpointed(problem, sched).info == {"every": 12, "checkpoints": 1, "regime": RUN_TAPED}
+    results["run"] = checkpointed(problem, sched)
     for r in results.values():
         assert rel_err(r.hypergrad, results[3].hypergrad) < 1e-12
 
@@ -247,24 +258,37 @@ def test_compiled_steps_give_the_same_hypergradient() -> None:
     assert rel_err(compiled.hypergrad, eager) < 1e-12
 
 
+def taped_graph_bytes(problem: InnerProblem, sched: Schedule) -> int:
+    """What the saved-tensor hooks count on taped step 0 of ``problem`` (the backend's measurement)."""
+    backend = ReverseCheckpointedBackend()
+    state = backend.step(problem, sched, backend.init(problem, sched), 0, problem.batch(0))
+    return state.graph_bytes
+
+
 def state_bytes(problem: InnerProblem) -> int:
     """Bytes of one stored state of ``problem`` as the backend counts them."""
     return ReverseCheckpointedBackend().state_bytes(problem, problem.rule.init(problem.params))
 
 
-@pytest.mark.parametrize("states, every, regime", [(None, 5, TAPED), ("no tape", 1, ALL_STORED), (25, 1, ALL_STORED),
+@pytest.mark.parametrize("states, every, regime", [(None, 25, RUN_TAPED), ("segment tapes", 5, TAPED),
+                                                   ("no tape", 1, ALL_STORED), (25, 1, ALL_STORED),
                                                    (14, 2, SPACED), (9, 5, SQRT), (3, 5, OVER_BUDGET)])
 def test_every_budget_regime_equals_the_reference_and_finite_differences(
         states: int | str | None, every: int, regime: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Taped sqrt(T) segments, k = 1 (all stored), k = 2, k = sqrt(T) replayed and over budget:
-    the reference unroll to 1e-13, central finite differences to 1e-6."""
+    """The whole run taped, taped sqrt(T) segments, k = 1 (all stored), k = 2, k = sqrt(T) replayed
+    and over budget: the reference unroll to 1e-13, central finite differences to 1e-6."""
     problem = helpers.tiny_problem(horizon=25)
     sched = helpers.sgd_schedule()
-    if states is not None:  # a step's tape that fits no budget: the plans without taping
-        monkeypatch.setattr(reverse_checkpointed, "TAPE_GRAPH_FACTOR", 10**9)
-    budget = states * state_bytes(problem) if isinstance(states, int) else None
+    one = state_bytes(problem)
+    budget = states * one if isinstance(states, int) else None
+    if states == "segment tapes":  # 5 checkpoints and 5 step graphs fit, 25 step graphs do not
+        tape = int(reverse_checkpointed.TAPE_MARGIN * taped_graph_bytes(problem, sched))
+        assert 5 * one + 5 * tape < one + 25 * tape
+        budget = 5 * one + 5 * tape
+    elif states is not None:  # a step's tape that fits no budget: the plans without taping
+        monkeypatch.setattr(reverse_checkpointed, "TAPE_MARGIN", 10**9)
     backend = ReverseCheckpointedBackend(memory_budget=budget) if budget else ReverseCheckpointedBackend()
-    if states is not None and budget is None:
+    if states == "no tape":
         backend.memory_budget = 10**7  # all 25 states fit, but no tape does
     res = run_inner(backend, problem, sched)
     assert (res.info["every"], res.info["regime"]) == (every, regime)
@@ -339,7 +363,10 @@ def test_the_plan_takes_the_fewest_recomputations_the_budget_allows() -> None:
     # a taped segment of 10 steps: 10 checkpoints + 10 step graphs of 5 bytes
     assert plan_checkpoints(100, 1, 60, tape_bytes=5).regime == TAPED
     assert plan_checkpoints(100, 1, 59, tape_bytes=5).regime == SPACED  # S(2) = 51 states fit
-    assert plan_checkpoints(100, 1, None, tape_bytes=5).every == 10
+    # the whole run: 1 state and 100 step graphs of 5 bytes
+    assert (plan_checkpoints(100, 1, 501, tape_bytes=5).regime, plan_checkpoints(100, 1, 500, tape_bytes=5).regime) \
+        == (RUN_TAPED, TAPED)
+    assert plan_checkpoints(100, 1, None, tape_bytes=5).every == 100
 
 
 @pytest.mark.parametrize("key", ["sgd", "adam"])
@@ -359,3 +386,31 @@ def test_taped_segments_equal_replayed_segments(key: str) -> None:
     assert set(results) == {True, False}
     rev = reverse_hypergradient(problem, sched.values)
     assert rel_err(results[True], rev) < 1e-13 and rel_err(results[False], rev) < 1e-13
+
+
+@pytest.mark.parametrize("key", ["sgd", "adam"])
+def test_the_whole_run_taped_computes_each_step_once(key: str) -> None:
+    """RUN_TAPED: the training loss is evaluated T times in all (the forward pass, nothing replayed);
+    taped sqrt(T) segments evaluate it about 2T times.  Both equal the reference unroll."""
+    make, vals = RULES[key]
+    base = helpers.tiny_problem(make(), horizon=16)
+    sched = Schedule(vals)
+    calls = {"n": 0}
+
+    def counting(*args: object) -> tuple[Tensor, dict[str, Tensor]]:
+        calls["n"] += 1
+        return base.loss_fn(*args)  # type: ignore[arg-type]
+
+    problem = replace(base, loss_fn=counting)
+    rev = reverse_hypergradient(base, sched.values)
+    counts = {}
+    for budget in (None, "segments"):
+        backend = ReverseCheckpointedBackend()
+        if budget == "segments":  # room for 4 checkpoints and a 4-step tape, not for 16 step graphs
+            state = backend.step(problem, sched, backend.init(problem, sched), 0, problem.batch(0))
+            backend.memory_budget = 4 * state_bytes(problem) + 4 * state.graph_bytes
+        calls["n"] = 0
+        res = run_inner(backend, problem, sched)
+        counts[res.info["regime"]] = calls["n"]
+        assert rel_err(res.hypergrad, rev) < 1e-13
+    assert counts == {RUN_TAPED: 16, TAPED: 16 + 16}
