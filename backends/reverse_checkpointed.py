@@ -17,12 +17,15 @@ column ``j`` of the ``(groups, segments)`` table).
 :func:`torch.func.grad`) gives both; the Hessian term comes from reverse-over-reverse, so any update
 rule works with nothing derived by hand, and ``grad_clip`` is differentiated as the clamp it is.
 
-The forward pass runs plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k``
-steps.  ``k`` follows a memory budget
-(:func:`hpo.backends.memory_budget.plan_checkpoints`, decided after step 0, whose graph is
-measured): ``k = sqrt(T)`` with taped segments when a segment's graph fits (the sweep builds one
+The regime follows a memory budget (:func:`hpo.backends.memory_budget.plan_checkpoints`, decided
+after step 0, which is taped and whose graph is measured).  When one state and ``T`` step graphs
+fit, the forward pass tapes the whole run (:func:`taped_step`: each gradient with
+``create_graph=True``, the schedule's tables as the graph's leaves) and the sweep is one backward
+from :math:`a_T` (:func:`tape_sweep`): nothing is recomputed.  Otherwise the forward pass runs
+plain steps and keeps :math:`s_t` (with the BatchNorm buffers) every ``k`` steps:
+``k = sqrt(T)`` with taped segments when a segment's graph fits (the sweep builds one
 graph per segment from its checkpoint and back-propagates through it: no separate recomputation),
-else ``k = 1`` (every state kept, nothing recomputed) when all ``T`` states fit, else the smallest
+else ``k = 1`` (every state kept) when all ``T`` states fit, else the smallest
 ``k`` whose :math:`\\lceil T/k \\rceil + k - 1` states fit, at most :math:`\\sqrt T`.  The reverse sweep takes the segments ``[a, b)`` between
 checkpoints from the last to the first, recomputes :math:`s_a, \\dots, s_{b-1}` from the checkpoint
 on ``problem.batch(t)`` (or tapes the segment), then steps the adjoint from ``b - 1`` down to ``a``.
@@ -73,7 +76,7 @@ from hpo.core.backend import HypergradientBackend, HypergradResult, InnerState
 from hpo.core.data import Batch
 from hpo.core.problem import Buffers, InnerProblem, LossFn
 from hpo.core.schedule import Schedule, segment_index, segment_indices
-from hpo.core.step import StepOutput, hyper_at_step, train_step, tree_clamp, validation_loss
+from hpo.core.step import StepOutput, autograd_train_step, hyper_at_step, train_step, tree_clamp, validation_loss
 from hpo.errors import ConfigError
 from hpo.optimizers.base import Hyper, Params, State, UpdateRule
 from hpo.runtime.distributed import Communicator
@@ -166,19 +169,9 @@ def plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, param
 def autograd_plain_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params,
                         buffers: Buffers, opt_state: State, hyper: Hyper, t: int, batch: Batch,
                         seed: int = 0) -> StepOutput:
-    """:func:`plain_step` through ``torch.autograd`` (rules without ``curvature``): bit-identical, cheaper.
-
-    :math:`g_t = \\operatorname{clamp}_c(\nabla_\\theta L_t(\\theta_t))` by one ``autograd.grad`` on
-    detached leaves, then ``rule.step`` without a graph.
-    """
-    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
-    with torch.enable_grad():
-        loss, new_buffers = loss_fn(leaves, buffers, batch, hyper)
-        g = torch.autograd.grad(loss, tuple(leaves.values()))
-    with torch.no_grad():
-        grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
-        new_params, new_state = rule.step(params, opt_state, grads, hyper, t)
-    return StepOutput(new_params, new_state, new_buffers, loss.detach(), grads)
+    """:func:`plain_step` through ``torch.autograd`` (rules without ``curvature``): bit-identical, cheaper
+    (:func:`hpo.core.step.autograd_train_step`)."""
+    return autograd_train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip)
 
 
 def taped_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | None, params: Params, buffers: Buffers,
@@ -265,8 +258,8 @@ class ReverseCheckpointedBackend(HypergradientBackend[CheckpointedState]):
     """``reverse-checkpointed``: exact reverse mode over the whole horizon, checkpoints every ``every`` steps.
 
     ``every`` is the checkpoint interval k (None: as ``memory_budget`` allows, see
-    :func:`~hpo.backends.memory_budget.plan_checkpoints`: taped :math:`\\sqrt T` segments, or every
-    state stored, or the fewest recomputations).  ``memory_budget`` is bytes or a size such as
+    :func:`~hpo.backends.memory_budget.plan_checkpoints`: the whole run taped, or taped
+    :math:`\\sqrt T` segments, or every state stored, or the fewest recomputations).  ``memory_budget`` is bytes or a size such as
     ``"512MiB"`` (default: half the free memory of the weights' device).  ``compile``
     names a ``torch.compile`` backend (``"inductor"``; ``"aot_eager"`` for a quick capture check)
     for the plain and the adjoint step; None (default) runs them eagerly.  Under ``inductor``,

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fwd, rev = run(a.horizon)
     events = prof.key_averages()
-    print(f"# {a.model} {a.regime} (k={every}) T={a.horizon}: forward pass {fwd * 1e3 / a.horizon:.2f} ms/step, "
+    calls = sum(e.count for e in events if not e.key.startswith(("autograd::", "ProfilerStep")))
+    print(f"# operator calls per step: {calls / a.horizon:.0f}")
+    print(f"# {a.model} {a.regime} (k={a.horizon if every is None else every}) T={a.horizon}: forward pass {fwd * 1e3 / a.horizon:.2f} ms/step, "
           f"sweep {rev * 1e3 / a.horizon:.2f} ms/step (CPU time, under the profiler)")
     print(events.table(sort_by="self_cpu_time_total", row_limit=a.rows))
 

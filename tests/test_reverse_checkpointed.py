@@ -414,3 +414,22 @@ def test_the_whole_run_taped_computes_each_step_once(key: str) -> None:
         counts[res.info["regime"]] = calls["n"]
         assert rel_err(res.hypergrad, rev) < 1e-13
     assert counts == {RUN_TAPED: 16, TAPED: 16 + 16}
+
+
+@pytest.mark.parametrize("key", list(RULES))
+def test_plain_train_step_is_train_step_bit_for_bit(key: str) -> None:
+    """What search trials, retraining and online-greedy train with: torch.autograd, the same values as torch.func."""
+    from hpo.core.step import plain_train_step, train_step
+
+    make, vals = RULES[key]
+    rule = make()
+    problem = helpers.tiny_problem(rule, horizon=3)
+    params, state = problem.params, rule.init(problem.params)
+    ref_p, ref_s = params, state
+    for t, batch in problem.batches():
+        hyper = {k: v[0] for k, v in vals.items()}
+        fast = plain_train_step(rule, problem.loss_fn, params, problem.buffers, state, hyper, t, batch, 0.5)
+        ref = train_step(rule, problem.loss_fn, ref_p, problem.buffers, ref_s, hyper, t, batch, 0.5)
+        assert all(torch.equal(fast.params[k], ref.params[k]) for k in ref.params)
+        assert torch.equal(fast.loss, ref.loss) and not fast.params[next(iter(params))].requires_grad
+        params, state, ref_p, ref_s = fast.params, fast.opt_state, ref.params, ref.opt_state

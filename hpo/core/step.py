@@ -159,6 +159,34 @@ def train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffe
     return StepOutput(new_params, new_state, new_buffers, loss, g)
 
 
+def autograd_train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
+                        hyper: Hyper, t: int, batch: Batch, grad_clip: float | None = None) -> StepOutput:
+    """:func:`train_step` for a rule without ``curvature``, outside any ``torch.func`` transform: bit-identical, cheaper.
+
+    :math:`g_t = \\operatorname{clamp}_c(\\nabla_\\theta L_t(\\theta_t))` by one ``torch.autograd.grad``
+    on detached leaves, then ``rule.step`` without a graph: the same kernels in the same order as
+    :func:`train_step`, without the transform's per-operation dispatch (about half of a small
+    model's step).  For plain training (the forward pass of reverse mode, search trials).
+    """
+    leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+    with torch.enable_grad():
+        loss, new_buffers = loss_fn(leaves, buffers, batch, hyper)
+        g = torch.autograd.grad(loss, tuple(leaves.values()))
+    with torch.no_grad():
+        grads = tree_clamp(dict(zip(leaves, g)), grad_clip)
+        new_params, new_state = rule.step(params, opt_state, grads, hyper, t)
+    return StepOutput(new_params, new_state, new_buffers, loss.detach(), grads)
+
+
+def plain_train_step(rule: UpdateRule, loss_fn: LossFn, params: Params, buffers: Buffers, opt_state: State,
+                     hyper: Hyper, t: int, batch: Batch, grad_clip: float | None = None, seed: int = 0) -> StepOutput:
+    """A training step outside any transform: :func:`autograd_train_step` for a rule without
+    ``curvature``, else :func:`train_step` (same arguments, same result)."""
+    if rule.curvature is None:
+        return autograd_train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip)
+    return train_step(rule, loss_fn, params, buffers, opt_state, hyper, t, batch, grad_clip, seed)
+
+
 def validation_loss(eval_fn: EvalFn, params: Params, buffers: Buffers, rows: Rows, chunk: int = 4096) -> Tensor:
     """Mean eval-mode objective over ``rows`` in chunks of ``chunk``; differentiable in ``params``."""
     total = next(iter(params.values())).new_zeros(())

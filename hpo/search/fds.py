@@ -51,7 +51,7 @@ from torch import Tensor
 from hpo.core.backend import HypergradientBackend, run_inner
 from hpo.core.callbacks import CallbackList, Callbacks, OuterRecord
 from hpo.core.schedule import Schedule
-from hpo.core.step import hyper_at_step, train_step
+from hpo.core.step import hyper_at_step, plain_train_step
 from hpo.optimizers.base import UpdateRule
 from hpo.optimizers.grouped import group_counts, group_names
 from hpo.outer.base import OuterState, converged
@@ -187,8 +187,9 @@ def validation_accuracy(task: Task, rule: UpdateRule, config: FDSConfig, values:
     with torch.no_grad(), seeded_rng(config.seed * 1000 + k + 500_009, config.device):
         for t, batch in problem.batches():
             problem.seed_step(t)  # the dropout masks the search's run of split k drew
-            out = train_step(rule, problem.loss_fn, params, buffers, state, hyper_at_step(vals, t, problem.horizon),
-                             t, batch, problem.grad_clip, seed=problem.seed)
+            out = plain_train_step(rule, problem.loss_fn, params, buffers, state,
+                                   hyper_at_step(vals, t, problem.horizon), t, batch, problem.grad_clip,
+                                   seed=problem.seed)
             params, state, buffers = out.params, out.opt_state, out.buffers
         loss, acc = problem.evaluate(params, buffers)
     return float(acc) if math.isfinite(float(loss)) else 0.0

@@ -26,7 +26,7 @@ from hpo.core.backend import InnerState, is_finite
 from hpo.core.data import EVAL_SEED
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule, segment_indices
-from hpo.core.step import train_step
+from hpo.core.step import plain_train_step
 from hpo.optimizers.base import UpdateRule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
 from hpo.search.fds import initial_state
@@ -88,9 +88,9 @@ def online_greedy(
     for t, batch in problem.batches():
         for k, v in hyper.items():
             used[k].append(v)
-        params, opt, buffers, loss, g = train_step(rule, problem.loss_fn, inner.params, inner.buffers,
-                                                   inner.opt_state, hyper, t, batch, problem.grad_clip,
-                                                   seed=problem.seed)
+        params, opt, buffers, loss, g = plain_train_step(rule, problem.loss_fn, inner.params, inner.buffers,
+                                                         inner.opt_state, hyper, t, batch, problem.grad_clip,
+                                                         seed=problem.seed)
         idx = val_batches[t]
         h = one_step_hypergrad(problem, inner, g, hyper, t, problem.val.fetch(idx, EVAL_SEED, t), buffers, batch)
         hyper = {k: specs[k].clamp(v - betas.get(k, 0.0) * torch.nan_to_num(h[k])) for k, v in hyper.items()}

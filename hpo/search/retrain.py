@@ -12,7 +12,7 @@ import torch
 from hpo.core.data import Batch, Indexed
 from hpo.core.problem import Buffers, batch_order, evaluate
 from hpo.core.schedule import Schedule
-from hpo.core.step import hyper_at_step, train_step
+from hpo.core.step import hyper_at_step, plain_train_step
 from hpo.core.torch_scheduler import ScheduleDriver
 from hpo.optimizers.base import Params, UpdateRule
 from hpo.optimizers.grouped import GroupedRule, group_counts
@@ -95,9 +95,9 @@ def retrain(
         if example_names(rule):  # per-example loss values: each batch carries its training-set rows
             batches = retrain_batches(task, steps, seed, dtype, device, indexed=True)
         for t, batch in batches:
-            params, state, buffers, loss, _ = train_step(rule, loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, steps), t, batch, grad_clip,
-                                                         seed=seed + 1)
+            params, state, buffers, loss, _ = plain_train_step(rule, loss_fn, params, buffers, state,
+                                                               hyper_at_step(values, t, steps), t, batch, grad_clip,
+                                                               seed=seed + 1)
             if on_step is not None:
                 on_step(t, loss.detach())
             if not torch.isfinite(loss):

@@ -36,7 +36,7 @@ import torch
 from hpo.core.backend import rng_devices
 from hpo.core.problem import InnerProblem
 from hpo.core.schedule import Schedule
-from hpo.core.step import hyper_at_step, train_step
+from hpo.core.step import hyper_at_step, plain_train_step
 from hpo.optimizers.base import UpdateRule
 from hpo.search.base import Incumbent, SearchMethod, SearchSettings, Stopwatch
 from hpo.search.inner_runs import FDSConfig, make_problem
@@ -53,9 +53,9 @@ def train_and_validate(problem: InnerProblem, schedule: Schedule) -> tuple[float
     with torch.random.fork_rng(devices=rng_devices(problem)):
         for t, batch in problem.batches():
             problem.seed_step(t)  # dropout masks as FDS's runs draw them
-            params, state, buffers, loss, _ = train_step(rule, problem.loss_fn, params, buffers, state,
-                                                         hyper_at_step(values, t, problem.horizon), t, batch,
-                                                         problem.grad_clip, seed=problem.seed)
+            params, state, buffers, loss, _ = plain_train_step(rule, problem.loss_fn, params, buffers, state,
+                                                               hyper_at_step(values, t, problem.horizon), t, batch,
+                                                               problem.grad_clip, seed=problem.seed)
             if t % 25 == 0 and not bool(torch.isfinite(loss)):
                 return math.inf, 0.0, True
     vloss, vacc = problem.evaluate(params, buffers)
