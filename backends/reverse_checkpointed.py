@@ -475,11 +475,9 @@ def segment_adjoint(problem: InnerProblem, values: dict[str, Tensor], ckpt: Chec
     with torch.enable_grad():
         for t in range(ckpt.t, end):
             problem.seed_step(t)  # the masks step t drew in the forward pass
-            batch = problem.batch(t)
             h = {k: v.detach().requires_grad_() for k, v in hyper_at_step(values, t, horizon).items()}
-            loss, buffers = loss_fn(p, buffers, batch, h)
-            g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
-            p, s = rule.step(p, s, tree_clamp(dict(zip(p, g)), clip), h, t)
+            out = taped_step(rule, loss_fn, clip, p, buffers, s, h, t, problem.batch(t))
+            p, s, buffers = out.params, out.opt_state, out.buffers
             hypers.append(h)
         outs, cots = paired_cotangents(p, s, a_params, a_state)
         inputs = [*p0.values(), *(v for sv in s0.values() for v in sv.values()),
