@@ -47,11 +47,13 @@ Measured constants, CPU (2-core VM, torch 2.14.1, float32, one thread), from::
   (:math:`c_f` = 1.6, 1.5, 1.2; an earlier run of the same command: 12.8x / 27.6x / 111.6x, i.e.
   1.3, 1.3, 1.1); LeNet 13.4x / 55.4x / 399.3x (:math:`c_f` = 1.4, 2.6, 3.9).  :math:`c_f = 1.3`
   is the cheapest figure at 9 columns, so the model leans towards forward mode.
-* reverse-checkpointed, eager, since issue #28 (``torch.autograd`` steps, taped segments; CPU clock,
+* reverse-checkpointed, eager (``torch.autograd`` steps, taped segments; CPU clock,
   ``docs/performance.md``): forward pass 0.9-1.5x (:math:`C_{pass} = 1.1`); sweep of taped
   segments 2.5-3.1x (:math:`C_{tape} = 2.7`); sweep with every state stored 2.5-3.5x
   (:math:`C_{vjp} = 3.0`); a recomputation adds one more pass.  Whole run: MLP, CNN and LeNet
-  3.5x-4.1x taped, 3.6x-5.1x with every state stored, whatever N.
+  3.5x-4.1x taped, 3.6x-5.1x with every state stored, whatever N.  The whole run taped (forward
+  pass and sweep together, no separate pass): MLP 2.7-2.8x, CNN 2.5-3.1x, LeNet 2.8-3.1x, i.e.
+  about :math:`C_{tape}`, which is what it is costed at.
 
 So on a CPU forward mode wins only for :math:`N \\le 2`.  CUDA (assumption, not measured here:
 no GPU was available): a vmap over up to :math:`W = 32` columns runs in the idle width of the

@@ -2,7 +2,7 @@
 
 :func:`torch.func.functional_call` resolves every dotted name, looks for tied weights and swaps
 through generic accessors on each call: about a fifth of a plain training step of a small MLP
-(0.15 ms of 0.77 ms, ``docs/performance.md``).  :class:`TensorSwap` resolves the slots once, when
+(0.17 ms of 0.77 ms, ``docs/performance.md``).  :class:`TensorSwap` resolves the slots once, when
 it is built, so that
 
 .. math::
