@@ -212,10 +212,8 @@ def autograd_adjoint_step(rule: UpdateRule, loss_fn: LossFn, grad_clip: float | 
     s = {sk: {k: v.detach().requires_grad_() for k, v in sv.items()} for sk, sv in opt_state.items()}
     h = {k: v.detach().requires_grad_() for k, v in hyper.items()}
     with torch.enable_grad():
-        loss, _ = loss_fn(p, buffers, batch, h)
-        g = torch.autograd.grad(loss, tuple(p.values()), create_graph=True)
-        new_p, new_s = rule.step(p, s, tree_clamp(dict(zip(p, g)), grad_clip), h, t)
-        outs, cots = paired_cotangents(new_p, new_s, a_params, a_state)
+        out = taped_step(rule, loss_fn, grad_clip, p, buffers, s, h, t, batch)
+        outs, cots = paired_cotangents(out.params, out.opt_state, a_params, a_state)
         inputs = [*p.values(), *(v for sv in s.values() for v in sv.values()), *h.values()]
         bars = torch.autograd.grad(outs, inputs, cots, allow_unused=True)
     it = iter(b if b is not None else torch.zeros_like(v) for b, v in zip(bars, inputs))
